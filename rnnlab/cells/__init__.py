@@ -1,0 +1,10 @@
+"""Cells: one file per family, each registered by name. See ``base.py`` for the contract."""
+from .base import (Block, Cell, Dense, Diagonal, Heads, Linear, State, as_tuple,  # noqa: F401
+                   map_state)
+from .registry import available, get, register  # noqa: F401
+
+# Importing a family's module registers its cells.
+from .elman import Elman  # noqa: F401,E402
+from .gru import GRU  # noqa: F401,E402
+from .indrnn import IndRNN  # noqa: F401,E402
+from .lstm import LSTM  # noqa: F401,E402

@@ -1,0 +1,143 @@
+"""The cell contract: one pure step plus a declared structure.
+
+A cell is an ``nn.Module`` holding parameters. Engines run it over a sequence; they know it only
+through this contract:
+
+- ``project(x)``: the input-only part, for the whole sequence at once, ``(B, T, D) -> (B, T, P)``.
+- ``step(u_t, h) -> h``: one time step, pure (no in-place write to ``h``, nothing kept on self);
+  ``u_t: (B, P)``; ``h`` a tensor or a tuple of tensors, each ``(B, ...)``.
+- ``readout(h) -> y_t``: the output of a step, ``(B, H_out)``; default: the first state tensor.
+- ``init_state(batch, dtype, device)``: the zero state.
+- ``structure``: what ``dh_t/dh_{t-1}`` looks like (``Diagonal``, ``Block``, ``Heads``, ``Dense``,
+  ``Linear``); engines pick what they can do from it.
+- linear cells (``structure`` is ``Linear``) also give ``transition(u) -> (A, b)`` for the whole
+  sequence, so a scan engine never calls ``step``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Tuple, Union
+
+import torch
+from torch import nn
+
+State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
+
+
+# ---- declared structure of the step Jacobian dh_t/dh_{t-1} -------------------------------------
+
+@dataclass(frozen=True)
+class Diagonal:
+    """Each state channel depends only on itself (IndRNN, ParaGRU)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """k x k blocks per channel: channel i of each of the k state tensors mix (ParaLSTM's (c, h))."""
+    k: int
+
+    def __post_init__(self):
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"Block(k): k must be an int >= 1, got {self.k!r}")
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Block-diagonal: n heads of d channels each, mixing only within a head (sLSTM)."""
+    n: int
+    d: int
+
+    def __post_init__(self):
+        for name, v in (("n", self.n), ("d", self.d)):
+            if not (isinstance(v, int) and v >= 1):
+                raise ValueError(f"Heads(n, d): {name} must be an int >= 1, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Every state channel may depend on every other (GRU, LSTM, Elman)."""
+
+
+LINEAR_KINDS = ("diagonal", "complex_diagonal", "scalar", "matrix", "householder", "monoid")
+
+
+@dataclass(frozen=True)
+class Linear:
+    """``h_t = A_t h_{t-1} + b_t``; ``kind`` says what A_t is (one of ``LINEAR_KINDS``)."""
+    kind: str
+
+    def __post_init__(self):
+        if self.kind not in LINEAR_KINDS:
+            raise ValueError(f"Linear(kind): kind must be one of {LINEAR_KINDS}, got {self.kind!r}")
+
+
+Structure = Union[Diagonal, Block, Heads, Dense, Linear]
+
+
+# ---- state trees: a state is a tensor or a tuple of tensors -------------------------------------
+
+def as_tuple(h: State) -> Tuple[torch.Tensor, ...]:
+    return h if isinstance(h, tuple) else (h,)
+
+
+def map_state(fn: Callable[..., torch.Tensor], *states: State) -> State:
+    """Apply ``fn`` leaf-wise over states of the same layout; keeps the tensor/tuple layout."""
+    if isinstance(states[0], tuple):
+        return tuple(fn(*leaves) for leaves in zip(*states))
+    return fn(*states)
+
+
+# ---- the base class -----------------------------------------------------------------------------
+
+class Cell(nn.Module):
+    """Base class of every cell. Subclasses set ``structure`` and implement ``step``.
+
+    Every constructor takes ``input_size`` (D) and ``hidden_size`` (H) first, then options of its
+    own with defaults, so any registered cell can be built from those two numbers alone.
+    """
+
+    structure: Structure = Dense()
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {v!r}")
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+
+    @property
+    def output_size(self) -> int:
+        """H_out, the width of ``readout(h)``."""
+        return self.hidden_size
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Input-only part for all steps at once: ``(B, T, D) -> (B, T, P)``."""
+        return x
+
+    def step(self, u_t: torch.Tensor, h: State) -> State:
+        """One pure time step: ``u_t: (B, P)``, ``h`` -> next ``h``."""
+        raise NotImplementedError
+
+    def readout(self, h: State) -> torch.Tensor:
+        """Output of a step from the state: ``(B, H_out)``."""
+        return as_tuple(h)[0]
+
+    def state_shapes(self) -> Tuple[Tuple[int, ...], ...]:
+        """Per-sample shape of each state tensor (without B). Default: one ``(H,)`` tensor."""
+        return ((self.hidden_size,),)
+
+    def init_state(self, batch: int, dtype: torch.dtype = torch.float32,
+                   device: torch.device | str | None = None) -> State:
+        """The zero state: a tensor ``(B, H)`` or a tuple of tensors ``(B, ...)``."""
+        leaves = tuple(torch.zeros(batch, *s, dtype=dtype, device=device)
+                       for s in self.state_shapes())
+        return leaves if len(leaves) > 1 else leaves[0]
+
+    def transition(self, u: torch.Tensor):
+        """Linear cells only: ``(A, b)`` for the whole sequence, ``u: (B, T, P)``."""
+        raise NotImplementedError(f"{type(self).__name__} is not a linear cell (structure "
+                                  f"{self.structure}); it has no transition()")
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, structure={self.structure}"

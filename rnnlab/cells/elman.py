@@ -1,0 +1,31 @@
+"""Elman RNN as torch.nn.RNN: ``h' = phi(W_ih x + b_ih + W_hh h + b_hh)``, phi in {tanh, relu}."""
+from __future__ import annotations
+
+import torch
+
+from .base import Dense
+from .registry import register
+from .torch_style import TorchStyleCell
+
+_NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+@register("rnn_relu", nonlinearity="relu")
+@register("rnn_tanh", nonlinearity="tanh")
+class Elman(TorchStyleCell):
+    """Elman cell. State ``h: (B, H)``; ``u_t: (B, H)`` (the projected input)."""
+
+    structure = Dense()
+    gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh",
+                 bias: bool = True, device=None, dtype=None):
+        if nonlinearity not in _NONLINEARITIES:
+            raise ValueError(f"Elman: nonlinearity must be one of {sorted(_NONLINEARITIES)}, "
+                             f"got {nonlinearity!r}")
+        super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+        self.reset_parameters()
+
+    def step(self, u_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return _NONLINEARITIES[self.nonlinearity](u_t + self.recur(h))

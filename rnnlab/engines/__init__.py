@@ -1,0 +1,39 @@
+"""Engines run a cell over a sequence: ``Sequential`` (the reference) now; ``Scan`` and
+``Newton`` are added for the structures they support. ``resolve`` turns a name into an engine."""
+from __future__ import annotations
+
+from typing import Dict, List, Type, Union
+
+from ..cells.base import Cell
+from .base import Engine, call_with_params, compute_dtype  # noqa: F401
+from .sequential import Sequential
+
+_ENGINES: Dict[str, Type[Engine]] = {"sequential": Sequential}
+
+
+def available() -> List[str]:
+    """Engine names accepted by ``resolve`` (besides ``"auto"``)."""
+    return sorted(_ENGINES)
+
+
+def auto(cell: Cell) -> Engine:
+    """The fastest engine the cell's structure allows. Today every cell runs sequentially; the
+    scan and Newton engines take over here for the structures they support."""
+    return Sequential()
+
+
+def resolve(engine: Union[str, Engine], cell: Cell) -> Engine:
+    """An engine object from a name (``"sequential"``, ``"auto"``) or an engine object."""
+    if isinstance(engine, Engine):
+        chosen = engine
+    elif engine == "auto":
+        chosen = auto(cell)
+    elif isinstance(engine, str) and engine in _ENGINES:
+        chosen = _ENGINES[engine]()
+    else:
+        raise ValueError(f"engine: expected 'auto', one of {available()} or an Engine object, "
+                         f"got {engine!r}")
+    if not chosen.supports(cell):
+        raise ValueError(f"engine: {chosen.name!r} cannot run {type(cell).__name__} "
+                         f"(structure {cell.structure})")
+    return chosen

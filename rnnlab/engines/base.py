@@ -1,0 +1,87 @@
+"""What every engine shares: input checks, the dtype rule, and running a cell with given
+parameters. An engine subclass implements ``run(cell, x, h0, lengths) -> (y, h_T)``."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..cells.base import Cell, State, map_state
+from .checks import check_input, check_lengths, check_state
+
+
+def compute_dtype(x: torch.Tensor, tensors) -> torch.dtype:
+    """The dtype a run computes and keeps its state in: at least fp32; fp64 stays fp64."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    for t in tensors:
+        if t.is_floating_point():
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+class _Bound(nn.Module):
+    """``fn(cell, *args)`` as a module's forward, so ``functional_call`` can swap the cell's
+    parameters for the duration of one run."""
+
+    def __init__(self, cell: Cell, fn: Callable):
+        super().__init__()
+        self.cell, self.fn = cell, fn
+
+    def forward(self, *args):
+        return self.fn(self.cell, *args)
+
+
+def call_with_params(cell: Cell, tensors: Dict[str, torch.Tensor], fn: Callable, *args):
+    """Call ``fn(cell, *args)`` with the cell's parameters/buffers replaced by ``tensors``
+    (differentiable: gradients flow to the given tensors). The cell itself is not modified."""
+    named = {f"cell.{k}": v for k, v in tensors.items()}
+    return torch.func.functional_call(_Bound(cell, fn), named, args)
+
+
+class Engine:
+    """Runs a cell over a sequence. Call: ``y, h_T = engine(cell, x, initial_state, lengths)``.
+
+    - ``x: (B, T, D)`` floating; ``y: (B, T, H_out)`` in ``x.dtype``.
+    - The state is computed and returned in at least fp32 (bf16/fp16 inputs get an fp32 state,
+      fp64 stays fp64); parameters are cast to that dtype for the run (autocast-like).
+    - ``lengths: (B,)`` ints in [0, T]: steps past a sequence's end leave its state untouched and
+      output zeros.
+    - ``params``: optional ``{name: tensor}`` used instead of the cell's own parameters.
+    """
+
+    name = "engine"
+
+    def supports(self, cell: Cell) -> bool:
+        return True
+
+    def run(self, cell: Cell, x: torch.Tensor, h0: State,
+            lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def __call__(self, cell: Cell, x: torch.Tensor, initial_state: Optional[State] = None,
+                 lengths=None, params: Optional[Dict[str, torch.Tensor]] = None):
+        check_input(cell, x)
+        if not self.supports(cell):
+            raise ValueError(f"engine {self.name!r} cannot run {type(cell).__name__} "
+                             f"(structure {cell.structure})")
+        B, T, _ = x.shape
+        lengths = check_lengths(lengths, B, T, x.device)
+        if initial_state is not None:
+            check_state(cell, initial_state, B)
+        tensors = dict(cell.named_parameters()) if params is None else dict(params)
+        tensors.update({k: v for k, v in cell.named_buffers()
+                        if k not in tensors and v.is_floating_point()})
+        dtype = compute_dtype(x, tensors.values())
+        h0 = (cell.init_state(B, dtype, x.device) if initial_state is None
+              else map_state(lambda t: t.to(dtype), initial_state))
+        xc = x.to(dtype)
+        if params is None and all(t.dtype == dtype for t in tensors.values()):
+            y, h = self.run(cell, xc, h0, lengths)
+        else:
+            cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+            y, h = call_with_params(cell, cast, self.run, xc, h0, lengths)
+        return y.to(x.dtype), h
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

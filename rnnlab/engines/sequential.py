@@ -1,0 +1,44 @@
+"""The sequential engine: the reference. Loops over time calling ``cell.step``; works for every
+cell; gradients by autograd through the loop."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from ..cells.base import Cell, State, map_state
+from .base import Engine
+
+
+def _where(alive: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per-sample select: ``alive: (B,)`` against a state leaf ``(B, ...)``."""
+    return torch.where(alive.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+class Sequential(Engine):
+    """Step-by-step reference engine (streaming, constant memory per step)."""
+
+    name = "sequential"
+
+    def run(self, cell: Cell, x: torch.Tensor, h: State,
+            lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
+        B, T, _ = x.shape
+        u = cell.project(x)  # (B, T, D) -> (B, T, P)
+        # Steps where every sequence is alive need no masking; after the longest ends, none run.
+        t_all = T if lengths is None else int(lengths.min())
+        t_any = T if lengths is None else int(lengths.max())
+        ys = []
+        for t in range(t_any):
+            h_new = cell.step(u[:, t], h)
+            if t < t_all:
+                h = h_new
+                ys.append(cell.readout(h))
+            else:
+                alive = t < lengths  # (B,)
+                h = map_state(lambda n, o: _where(alive, n, o), h_new, h)
+                y = cell.readout(h)
+                ys.append(_where(alive, y, torch.zeros_like(y)))
+        if t_any < T:
+            y = cell.readout(h)
+            ys.extend([torch.zeros_like(y)] * (T - t_any))
+        return torch.stack(ys, dim=1), h  # (B, T, H_out)

@@ -1,0 +1,77 @@
+"""``Recurrent(cell, engine)``: the user-facing layer that runs any cell on any engine it allows."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import cells as _cells
+from ..cells.base import Cell, State
+from ..engines import Engine, compute_dtype, resolve
+
+
+class Recurrent(nn.Module):
+    """A recurrent layer: ``y, h_n = layer(x, initial_state=None, lengths=None)``.
+
+    Args:
+        cell: a ``Cell`` or a registered cell name (then ``input_size`` and ``hidden_size`` are
+            required and ``cell_kwargs`` go to the cell).
+        engine: ``"auto"`` (the fastest the cell's structure allows; see ``engine_name``),
+            ``"sequential"``, or an ``Engine`` object.
+
+    Shapes: ``x: (B, T, D)``, ``y: (B, T, H_out)``, ``lengths: (B,)``; the state is what
+    ``cell.init_state`` gives (a tensor ``(B, H)`` or a tuple), kept in at least fp32.
+
+    Streaming: ``state = layer.initial_state(B)``, then ``y_chunk, state = layer.step(x_chunk,
+    state)`` for chunks ``(B, t, D)`` of any length; equal to one run over the whole sequence.
+    """
+
+    def __init__(self, cell: Union[Cell, str], engine: Union[str, Engine] = "auto",
+                 input_size: Optional[int] = None, hidden_size: Optional[int] = None,
+                 **cell_kwargs):
+        super().__init__()
+        if isinstance(cell, str):
+            if input_size is None or hidden_size is None:
+                raise ValueError(f"Recurrent: building cell {cell!r} by name needs input_size "
+                                 f"and hidden_size, got {input_size!r} and {hidden_size!r}")
+            cell = _cells.get(cell, input_size, hidden_size, **cell_kwargs)
+        elif not isinstance(cell, Cell):
+            raise TypeError(f"Recurrent: cell must be a rnnlab Cell or a registered name "
+                            f"({', '.join(_cells.available())}), got {type(cell).__name__}")
+        elif cell_kwargs or input_size is not None or hidden_size is not None:
+            raise ValueError("Recurrent: sizes and cell options go to the cell's constructor "
+                             "when a built Cell is passed")
+        self.cell = cell
+        self.engine = resolve(engine, cell)
+
+    @property
+    def engine_name(self) -> str:
+        """Name of the engine this layer runs on (what ``"auto"`` picked)."""
+        return self.engine.name
+
+    @property
+    def input_size(self) -> int:
+        return self.cell.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.cell.output_size
+
+    def forward(self, x: torch.Tensor, initial_state: Optional[State] = None,
+                lengths=None) -> Tuple[torch.Tensor, State]:
+        return self.engine(self.cell, x, initial_state, lengths)
+
+    def initial_state(self, batch: int, device=None) -> State:
+        """The zero state for ``batch`` sequences, in the dtype runs keep state in (>= fp32)."""
+        params = list(self.cell.parameters())
+        device = device if device is not None else (params[0].device if params else None)
+        dtype = compute_dtype(torch.empty(0), params)
+        return self.cell.init_state(batch, dtype, device)
+
+    def step(self, x_chunk: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        """Run one chunk ``(B, t, D)`` (t >= 1) from ``state``: ``(y_chunk, state)``."""
+        return self.engine(self.cell, x_chunk, state)
+
+    def extra_repr(self) -> str:
+        return f"engine={self.engine_name}"
