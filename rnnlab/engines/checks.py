@@ -2,7 +2,7 @@
 and what was given, before any work is done."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -57,10 +57,14 @@ def check_lengths(lengths, batch: int, steps: int, device) -> Optional[torch.Ten
     if lengths is None:
         return None
     if not isinstance(lengths, torch.Tensor):
-        if not isinstance(lengths, Sequence):
-            raise TypeError(f"lengths: expected a 1-D integer tensor or list of B={batch} "
-                            f"lengths, got {type(lengths).__name__}")
-        lengths = torch.as_tensor(lengths)
+        bad = TypeError(f"lengths: expected a 1-D integer tensor or list of B={batch} lengths, "
+                        f"got {type(lengths).__name__}")
+        if isinstance(lengths, (str, bytes)) or not hasattr(lengths, "__len__"):
+            raise bad
+        try:
+            lengths = torch.as_tensor(lengths)  # list, tuple, numpy array
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise bad from e
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
     if lengths.shape != (batch,):

@@ -1,0 +1,29 @@
+"""Shared test helpers: the relative error and the one tolerance table per dtype."""
+from __future__ import annotations
+
+import torch
+
+from rnnlab.cells import as_tuple
+
+# rel_err(a, b) = ||a - b|| / ||b|| must stay under this, per compute dtype.
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 3e-2,
+}
+
+
+def rel_err(a, b) -> float:
+    """``||a - b|| / ||b||`` over tensors or tuples of tensors (0 when both are zero)."""
+    a = tuple(t.detach() for t in as_tuple(a))
+    b = tuple(t.detach() for t in as_tuple(b))
+    assert len(a) == len(b), f"layouts differ: {len(a)} vs {len(b)} tensors"
+    num = sum(float((x.double() - y.double()).norm() ** 2) for x, y in zip(a, b)) ** 0.5
+    den = sum(float(y.double().norm() ** 2) for y in b) ** 0.5
+    return num / den if den > 0 else num
+
+
+def assert_close(a, b, dtype=torch.float32, what: str = "") -> None:
+    err = rel_err(a, b)
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
