@@ -1,0 +1,1 @@
+"""Seeded data generators with their metrics, one file per task family."""

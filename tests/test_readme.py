@@ -1,0 +1,23 @@
+"""The README's Python examples run as written."""
+import re
+from pathlib import Path
+
+import torch
+
+import rnnlab
+from rnnlab import cells
+from rnnlab.cells import registry
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_examples_run(monkeypatch):
+    # The example registers a cell: keep that registration inside this test.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 3
+    scope: dict = {}
+    for block in blocks:  # later blocks use names from earlier ones, as a reader would
+        exec(compile(block, str(README), "exec"), scope)
+    layer = rnnlab.Recurrent(cells.get("leaky_tanh", 3, 4))
+    assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
