@@ -19,6 +19,8 @@ def rel_err(a, b) -> float:
     a = tuple(t.detach() for t in as_tuple(a))
     b = tuple(t.detach() for t in as_tuple(b))
     assert len(a) == len(b), f"layouts differ: {len(a)} vs {len(b)} tensors"
+    for x, y in zip(a, b):
+        assert x.shape == y.shape, f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}"
     num = sum(float((x.double() - y.double()).norm() ** 2) for x, y in zip(a, b)) ** 0.5
     den = sum(float(y.double().norm() ** 2) for y in b) ** 0.5
     return num / den if den > 0 else num

@@ -115,8 +115,8 @@ class _RNNBase(nn.Module):
 
     def _check_hx(self, hx, batch: int, unbatched: bool) -> List[torch.Tensor]:
         name = type(self).__name__
-        leaves = list(hx) if isinstance(hx, (tuple, list)) else [hx]
         shapes = self._state_shapes(batch)
+        leaves = list(hx) if isinstance(hx, (tuple, list)) and len(shapes) == 2 else [hx]
         if len(leaves) != len(shapes) or not all(isinstance(t, torch.Tensor) for t in leaves):
             want = "a tuple (h_0, c_0)" if len(shapes) == 2 else "a tensor h_0"
             raise ValueError(f"{name}: hx must be {want}, got {type(hx).__name__}")
@@ -144,6 +144,11 @@ class _RNNBase(nn.Module):
             layout = "(B, T, D)" if self.batch_first else "(T, B, D)"
             raise ValueError(f"{name}: input must be 3-D {layout} or 2-D (T, D) unbatched, "
                              f"got shape {tuple(input.shape)}")
+        if not input.is_floating_point():
+            raise TypeError(f"{name}: input must have a floating dtype, got {input.dtype}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"{name}: input must have input_size={self.input_size} features in "
+                             f"its last dim, got shape {tuple(input.shape)}")
         unbatched = input.dim() == 2
         x = input.unsqueeze(0) if unbatched else (input if self.batch_first
                                                   else input.transpose(0, 1))  # -> (B, T, D)
