@@ -23,13 +23,15 @@ class Sequential(Engine):
     def run(self, cell: Cell, x: torch.Tensor, h: State,
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
         B, T, _ = x.shape
-        u = cell.project(x)  # (B, T, D) -> (B, T, P)
+        # unbind, not u[:, t]: its backward is one stack, where T slices would each scatter into
+        # a zero tensor the size of u (O(T^2) memory traffic).
+        us = cell.project(x).unbind(1)  # (B, T, D) -> T x (B, P)
         # Steps where every sequence is alive need no masking; after the longest ends, none run.
         t_all = T if lengths is None else int(lengths.min())
         t_any = T if lengths is None else int(lengths.max())
         ys = []
         for t in range(t_any):
-            h_new = cell.step(u[:, t], h)
+            h_new = cell.step(us[t], h)
             if t < t_all:
                 h = h_new
                 ys.append(cell.readout(h))
