@@ -52,8 +52,9 @@ def bench_sequential(batch: int = 8, steps: int = 1024, hidden: int = 128, repea
     from .benchmarks import sequential
     from .benchmarks.timing import write_json
     result = sequential.run(batch, steps, hidden, repeats)
-    table = Table(title=f"GRU B={batch} T={steps} H={hidden} fp32, "
-                        f"{result['machine']['threads']} threads (best of {repeats})")
+    console.print(f"GRU B={batch} T={steps} H={hidden} fp32, "
+                  f"{result['machine']['threads']} threads, best of {repeats}")
+    table = Table()
     for col in ("implementation", "fwd ms", "fwd+bwd ms"):
         table.add_column(col, justify="right" if "ms" in col else "left")
     ms = result["ms"]

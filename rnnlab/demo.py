@@ -69,8 +69,9 @@ def run(cfg: DemoConfig, console: Console) -> dict:
             x, y, mask = parity.sample(256, length, test_gen)
             results[length] = parity.accuracy(model(x), y, mask)
 
-    table = Table(title=f"{cfg.cell} (H={cfg.hidden_size}) on running parity, trained at "
-                        f"T={cfg.train_length} for {cfg.steps} steps in {train_s:.1f}s")
+    console.print(f"{cfg.cell} (H={cfg.hidden_size}) on running parity: trained at "
+                  f"T={cfg.train_length} for {cfg.steps} steps in {train_s:.1f}s")
+    table = Table()
     table.add_column("test length", justify="right")
     table.add_column("accuracy", justify="right")
     for length, acc in results.items():

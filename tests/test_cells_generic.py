@@ -72,7 +72,7 @@ def test_step_is_pure_and_shapes_match_the_contract(name):
         assert t._version == version and torch.equal(t, value), f"{name}: step wrote into h"
     assert [tuple(t.shape) for t in as_tuple(h_next)] == [(4, *s) for s in cell.state_shapes()]
     assert isinstance(h_next, tuple) == isinstance(h, tuple)
-    assert cell.readout(h_next).shape == (4, cell.output_size)
+    assert cell.readout(h_next, u).shape == (4, cell.output_size)
 
 
 def _jacobian(cell, u, h):

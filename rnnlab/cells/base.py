@@ -6,7 +6,9 @@ through this contract:
 - ``project(x)``: the input-only part, for the whole sequence at once, ``(B, T, D) -> (B, T, P)``.
 - ``step(u_t, h) -> h``: one time step, pure (no in-place write to ``h``, nothing kept on self);
   ``u_t: (B, P)``; ``h`` a tensor or a tuple of tensors, each ``(B, ...)``.
-- ``readout(h) -> y_t``: the output of a step, ``(B, H_out)``; default: the first state tensor.
+- ``readout(h, u_t) -> y_t``: the output of a step, ``(B, H_out)``, from the new state and the
+  same step's projected input (selective SSMs read out with an input-dependent C_t, linear
+  attention with q_t); default: the first state tensor.
 - ``init_state(batch, dtype, device)``: the zero state.
 - ``structure``: what ``dh_t/dh_{t-1}`` looks like (``Diagonal``, ``Block``, ``Heads``, ``Dense``,
   ``Linear``); engines pick what they can do from it.
@@ -108,7 +110,7 @@ class Cell(nn.Module):
 
     @property
     def output_size(self) -> int:
-        """H_out, the width of ``readout(h)``."""
+        """H_out, the width of ``readout(h, u_t)``."""
         return self.hidden_size
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +121,9 @@ class Cell(nn.Module):
         """One pure time step: ``u_t: (B, P)``, ``h`` -> next ``h``."""
         raise NotImplementedError
 
-    def readout(self, h: State) -> torch.Tensor:
-        """Output of a step from the state: ``(B, H_out)``."""
+    def readout(self, h: State, u_t: torch.Tensor) -> torch.Tensor:
+        """Output of a step from its new state ``h`` and projected input ``u_t: (B, P)``:
+        ``(B, H_out)``."""
         return as_tuple(h)[0]
 
     def state_shapes(self) -> Tuple[Tuple[int, ...], ...]:

@@ -34,13 +34,13 @@ class Sequential(Engine):
             h_new = cell.step(us[t], h)
             if t < t_all:
                 h = h_new
-                ys.append(cell.readout(h))
+                ys.append(cell.readout(h, us[t]))
             else:
                 alive = t < lengths  # (B,)
                 h = map_state(lambda n, o: _where(alive, n, o), h_new, h)
-                y = cell.readout(h)
+                y = cell.readout(h, us[t])
                 ys.append(_where(alive, y, torch.zeros_like(y)))
         if t_any < T:
-            y = cell.readout(h)
+            y = cell.readout(h, us[-1])
             ys.extend([torch.zeros_like(y)] * (T - t_any))
         return torch.stack(ys, dim=1), h  # (B, T, H_out)
