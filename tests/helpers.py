@@ -14,6 +14,16 @@ TOL = {
 }
 
 
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """fp64, or complex128 for complex tensors."""
+    return t.to(torch.complex128 if t.is_complex() else torch.float64)
+
+
+def sq_norm(state) -> torch.Tensor:
+    """Sum of |x|^2 over a state's leaves: a real scalar, also for complex states."""
+    return sum((t.abs() ** 2).sum() for t in as_tuple(state))
+
+
 def rel_err(a, b) -> float:
     """``||a - b|| / ||b||`` over tensors or tuples of tensors (0 when both are zero)."""
     a = tuple(t.detach() for t in as_tuple(a))
@@ -21,8 +31,9 @@ def rel_err(a, b) -> float:
     assert len(a) == len(b), f"layouts differ: {len(a)} vs {len(b)} tensors"
     for x, y in zip(a, b):
         assert x.shape == y.shape, f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}"
-    num = sum(float((x.double() - y.double()).norm() ** 2) for x, y in zip(a, b)) ** 0.5
-    den = sum(float(y.double().norm() ** 2) for y in b) ** 0.5
+    a, b = tuple(map(widen, a)), tuple(map(widen, b))
+    num = sum(float((x - y).norm() ** 2) for x, y in zip(a, b)) ** 0.5
+    den = sum(float(y.norm() ** 2) for y in b) ** 0.5
     return num / den if den > 0 else num
 
 

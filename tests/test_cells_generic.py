@@ -12,7 +12,7 @@ import rnnlab
 from rnnlab import cells
 from rnnlab.cells import Block, Dense, Diagonal, Heads, Linear, as_tuple, map_state
 
-from .helpers import TOL, assert_close, rel_err
+from .helpers import TOL, assert_close, rel_err, sq_norm, widen
 
 NAMES = cells.available()
 D, H = 5, 7  # odd, not powers of two
@@ -26,8 +26,8 @@ def build(name: str, seed: int = 0, **kw) -> rnnlab.Recurrent:
 def random_state(layer: rnnlab.Recurrent, batch: int, seed: int = 1, requires_grad=False):
     g = torch.Generator().manual_seed(seed)
     zero = layer.initial_state(batch)
-    return map_state(lambda z: (0.5 * torch.randn(z.shape, generator=g)).requires_grad_(
-        requires_grad), zero)
+    return map_state(lambda z: (0.5 * torch.randn(z.shape, generator=g, dtype=z.dtype))
+                     .requires_grad_(requires_grad), zero)
 
 
 def test_registry_lists_the_classic_cells():
@@ -42,7 +42,7 @@ def test_forward_backward_reach_everything(name):
     y, h = layer(x, h0)
     assert y.shape == (3, 9, layer.output_size)
     assert all(torch.isfinite(t).all() for t in (y, *as_tuple(h)))
-    loss = (y * torch.randn_like(y)).sum() + sum((t * t).sum() for t in as_tuple(h))
+    loss = (y * torch.randn_like(y)).sum() + sq_norm(h)
     loss.backward()
     for what, t in [("x", x), *[(f"h0[{i}]", t) for i, t in enumerate(as_tuple(h0))],
                     *layer.cell.named_parameters()]:
@@ -64,7 +64,7 @@ def test_deterministic_under_a_seed(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_step_is_pure_and_shapes_match_the_contract(name):
     cell = build(name).cell
-    h = map_state(lambda z: torch.randn(z.shape), cell.init_state(4))
+    h = map_state(lambda z: torch.randn(z.shape, dtype=z.dtype), cell.init_state(4))
     before = [(t.clone(), t._version) for t in as_tuple(h)]
     u = cell.project(torch.randn(4, 1, D))[:, 0]  # (B, P)
     h_next = cell.step(u, h)
@@ -105,7 +105,12 @@ def _allowed(structure, sizes):
     return group[:, None] == group[None, :]
 
 
-@pytest.mark.parametrize("name", NAMES)
+NONLINEAR = [n for n in NAMES if not isinstance(cells.get(n, D, H, device="meta").structure,
+                                                Linear)]
+LINEAR = [n for n in NAMES if n not in NONLINEAR]
+
+
+@pytest.mark.parametrize("name", NONLINEAR)
 def test_declared_structure_holds(name):
     cell = build(name).cell.double()
     h = map_state(lambda z: torch.randn(z.shape, dtype=torch.float64), cell.init_state(2))
@@ -115,6 +120,27 @@ def test_declared_structure_holds(name):
     outside = J[~mask]
     assert outside.numel() == 0 or outside.abs().max() == 0, \
         f"{name}: Jacobian has entries outside its declared {cell.structure}"
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_linear_cell_is_affine_with_its_declared_kind(name):
+    """step(u, h) = A h + b: affine in h, and A has the pattern of its Linear(kind)."""
+    cell = build(name).cell.double()
+    zero = cell.init_state(1, torch.float64)
+    S = zero[0].numel()
+    u = cell.project(torch.randn(1, 1, D, dtype=torch.float64))[:, 0].expand(S, -1)  # (S, P)
+    basis = torch.eye(S, dtype=zero.dtype).view(S, *zero.shape[1:])  # S unit states
+    b = cell.step(u[:1], zero)
+    M = (cell.step(u, basis) - b).reshape(S, S).T  # column i = A e_i
+    h1, h2 = (torch.randn(zero.shape, dtype=zero.dtype) for _ in range(2))
+    mix = cell.step(u[:1], 0.3 * h1 + 0.7 * h2)
+    assert_close(mix, 0.3 * cell.step(u[:1], h1) + 0.7 * cell.step(u[:1], h2),
+                 torch.float64, f"{name}: step is not affine in h")
+    kind = cell.structure.kind
+    block = zero.shape[-1] if kind == "matrix" else 1
+    idx = torch.arange(S) // block
+    off = M[idx[:, None] != idx[None, :]]
+    assert off.numel() == 0 or off.abs().max() == 0, f"{name}: A is not {kind}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -159,7 +185,7 @@ def test_padding_has_no_influence(name):
     lengths = torch.tensor([6, 2, 4])
     x = torch.randn(3, 6, D, requires_grad=True)
     y, h = layer(x, lengths=lengths)
-    (y.sum() + sum(t.sum() for t in as_tuple(h))).backward()
+    (y.sum() + sq_norm(h)).backward()
     pad = torch.arange(6)[None, :] >= lengths[:, None]  # (B, T)
     assert (x.grad[pad] == 0).all(), f"{name}: padded inputs receive gradient"
 
@@ -173,7 +199,7 @@ def test_input_dtypes_keep_a_wide_state(name, dtype):
     y, h = layer(x.to(dtype))
     assert y.dtype == dtype
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    assert all(t.dtype == state_dtype for t in as_tuple(h))
+    assert all((t.real if t.is_complex() else t).dtype == state_dtype for t in as_tuple(h))
     # Only the input is rounded to `dtype`; the run itself is fp32 (or fp64).
     tol = max(TOL[torch.float32], TOL.get(dtype))
     assert rel_err(y.double(), y_ref) <= tol and rel_err(h, h_ref) <= tol
@@ -184,7 +210,7 @@ def test_fp64_cell_passes_gradcheck(name):
     layer = build(name).double()
     x = torch.randn(2, 4, D, dtype=torch.float64, requires_grad=True)
     h0 = random_state(layer, 2)
-    h0 = map_state(lambda t: t.double().requires_grad_(), h0)
+    h0 = map_state(lambda t: widen(t).requires_grad_(), h0)
     leaves = as_tuple(h0)
 
     def f(x, *leaves):

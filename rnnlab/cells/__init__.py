@@ -8,3 +8,9 @@ from .elman import Elman  # noqa: F401,E402
 from .gru import GRU  # noqa: F401,E402
 from .indrnn import IndRNN  # noqa: F401,E402
 from .lstm import LSTM  # noqa: F401,E402
+from .dlr import DLR  # noqa: F401,E402
+from .lru import LRU  # noqa: F401,E402
+from .lssl import LSSL  # noqa: F401,E402
+from .mamba import Mamba  # noqa: F401,E402
+from .mamba2 import Mamba2  # noqa: F401,E402
+from .s4d import S4D  # noqa: F401,E402

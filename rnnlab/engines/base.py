@@ -20,6 +20,12 @@ def compute_dtype(x: torch.Tensor, tensors) -> torch.dtype:
     return dtype
 
 
+def state_dtype(leaf: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a state leaf is kept in: ``dtype``, or its complex counterpart for complex
+    leaves (complex64 for fp32, complex128 for fp64)."""
+    return torch.promote_types(dtype, torch.complex64) if leaf.is_complex() else dtype
+
+
 class _Bound(nn.Module):
     """``fn(cell, *args)`` as a module's forward, so ``functional_call`` can swap the cell's
     parameters for the duration of one run."""
@@ -74,7 +80,7 @@ class Engine:
                         if k not in tensors and v.is_floating_point()})
         dtype = compute_dtype(x, tensors.values())
         h0 = (cell.init_state(B, dtype, x.device) if initial_state is None
-              else map_state(lambda t: t.to(dtype), initial_state))
+              else map_state(lambda t: t.to(state_dtype(t, dtype)), initial_state))
         xc = x.to(dtype)
         if params is None and all(t.dtype == dtype for t in tensors.values()):
             y, h = self.run(cell, xc, h0, lengths)

@@ -31,8 +31,10 @@ def check_input(cell: Cell, x) -> None:
 
 
 def check_state(cell: Cell, state: State, batch: int, name: str = "initial_state") -> None:
-    """``state`` must have the layout of ``cell.init_state(batch)``: same tuple arity and shapes."""
-    shapes = [(batch, *s) for s in cell.state_shapes()]
+    """``state`` must have the layout of ``cell.init_state(batch)``: same tuple arity, shapes, and
+    real or complex leaves where the cell's are."""
+    template = as_tuple(cell.init_state(batch, torch.float32, "meta"))
+    shapes = [tuple(t.shape) for t in template]
     want = shapes[0] if len(shapes) == 1 else tuple(shapes)
     is_tuple = isinstance(state, tuple)
     leaves = as_tuple(state) if is_tuple or isinstance(state, torch.Tensor) else None
@@ -41,15 +43,17 @@ def check_state(cell: Cell, state: State, batch: int, name: str = "initial_state
         got = f"a tuple of {len(state)}" if is_tuple else type(state).__name__
         raise ValueError(f"{name}: expected {kind} shaped {want} for {type(cell).__name__}, "
                          f"got {got}")
-    for i, (leaf, shape) in enumerate(zip(leaves, shapes)):
+    for i, (leaf, ref) in enumerate(zip(leaves, template)):
         where = f"{name}[{i}]" if is_tuple else name
         if not isinstance(leaf, torch.Tensor):
-            raise TypeError(f"{where}: expected a tensor shaped {shape}, got {type(leaf).__name__}")
-        if not leaf.is_floating_point():
-            raise TypeError(f"{where}: expected a floating dtype, got {leaf.dtype}")
-        if tuple(leaf.shape) != shape:
-            raise ValueError(f"{where}: expected shape {shape} for {type(cell).__name__} "
-                             f"(B={batch}), got {tuple(leaf.shape)}")
+            raise TypeError(f"{where}: expected a tensor shaped {tuple(ref.shape)}, "
+                            f"got {type(leaf).__name__}")
+        kind = "complex" if ref.is_complex() else "floating"
+        if not (leaf.is_complex() if ref.is_complex() else leaf.is_floating_point()):
+            raise TypeError(f"{where}: expected a {kind} dtype, got {leaf.dtype}")
+        if leaf.shape != ref.shape:
+            raise ValueError(f"{where}: expected shape {tuple(ref.shape)} for "
+                             f"{type(cell).__name__} (B={batch}), got {tuple(leaf.shape)}")
 
 
 def check_lengths(lengths, batch: int, steps: int, device) -> Optional[torch.Tensor]:

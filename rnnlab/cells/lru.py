@@ -1,0 +1,67 @@
+"""LRU, the linear recurrent unit (Orvieto et al. 2023): complex diagonal, ring init, gamma
+normalization.
+
+    x_t = lam * x_{t-1} + gamma * (B u_t),   y_t = Re(C x_t) + D u_t
+
+lam_j = exp(-exp(nu_log_j) + i exp(theta_log_j)); ring init: |lam| uniform on the ring
+[r_min, r_max] (in squared radius), phase uniform in [0, max_phase]; gamma = sqrt(1 - |lam|^2)
+(trainable, stored as a log). B ~ N(0, 1/(2D)), C ~ N(0, 1/N) per real/imaginary part,
+D ~ N(0, 1/D).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import Linear
+from .linear import LinearCell
+from .registry import register
+
+
+@register("lru")
+class LRU(LinearCell):
+    """LRU cell. State ``(B, N)`` complex; ``u_t: (B, 2N + H)`` = [Re, Im of gamma B x, D x]."""
+
+    structure = Linear("complex_diagonal")
+
+    def __init__(self, input_size: int, hidden_size: int, state_size: int = 64,
+                 r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi,
+                 device=None, dtype=None):
+        super().__init__(input_size, hidden_size)
+        if not 0 <= r_min < r_max <= 1:
+            raise ValueError(f"LRU: need 0 <= r_min < r_max <= 1, got r_min={r_min}, "
+                             f"r_max={r_max}")
+        kw = dict(device=device, dtype=dtype)
+        D, H, N = input_size, hidden_size, state_size
+        self.state_size = N
+        u1, u2 = torch.rand(N, **kw), torch.rand(N, **kw)
+        nu = -0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2)
+        self.nu_log = nn.Parameter(torch.log(nu))
+        self.theta_log = nn.Parameter(torch.log(u2 * max_phase))
+        self.gamma_log = nn.Parameter(0.5 * torch.log1p(-torch.exp(-2 * nu)))  # sqrt(1-|lam|^2)
+        self.b_re = nn.Parameter(torch.randn(N, D, **kw) / math.sqrt(2 * D))
+        self.b_im = nn.Parameter(torch.randn(N, D, **kw) / math.sqrt(2 * D))
+        self.c_re = nn.Parameter(torch.randn(H, N, **kw) / math.sqrt(N))
+        self.c_im = nn.Parameter(torch.randn(H, N, **kw) / math.sqrt(N))
+        self.skip = nn.Parameter(torch.randn(H, D, **kw) / math.sqrt(D))
+
+    def state_shapes(self):
+        return ((self.state_size,),)
+
+    def project(self, x):
+        gamma = torch.exp(self.gamma_log)
+        bx_re = (x @ self.b_re.T) * gamma  # (B, T, D) -> (B, T, N)
+        bx_im = (x @ self.b_im.T) * gamma
+        return torch.cat([bx_re, bx_im, x @ self.skip.T], dim=-1)  # (B, T, 2N + H)
+
+    def transition(self, u):
+        N = self.state_size
+        lam = torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
+        b = torch.complex(u[..., :N], u[..., N:2 * N])  # (B, T, N)
+        return lam.expand_as(b), b
+
+    def readout(self, h, u_t):
+        c = torch.complex(self.c_re, self.c_im)
+        return (h @ c.T).real + u_t[..., 2 * self.state_size:]  # (B, N) -> (B, H)

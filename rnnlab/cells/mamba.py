@@ -1,0 +1,72 @@
+"""Mamba's selective state-space layer S6 (Gu & Dao 2023), as in the reference code:
+
+    h_t[d, n] = exp(dt_t[d] A[d, n]) h_{t-1}[d, n] + dt_t[d] B_t[n] x_t[d]     (ZOH A, Euler B)
+    y_t[d]    = sum_n C_t[n] h_t[d, n] + D[d] x_t[d]
+
+with x = W_in u, dt = softplus(W_up W_down x + b_dt) (rank ceil(D/16)), B_t = W_B x, C_t = W_C x.
+Init: A = -exp(A_log), A_log[d, n] = log(n + 1); b_dt = softplus^-1(dt), dt log-uniform in
+[dt_min, dt_max] floored at dt_floor; D = 1. ``allow_neg_eigval=True`` maps the decay a to
+2a - 1 in (-1, 1] (Grazzi et al. 2024), which lets the cell track parity. The block around it
+(causal conv, SiLU gate, out projection) belongs to the model layer.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Linear
+from .linear import LinearCell
+from .registry import register
+from .ssm_init import farange, inverse_softplus, log_uniform
+
+
+@register("mamba")
+class Mamba(LinearCell):
+    """S6 cell. State ``(B, H, N)`` real; ``u_t: (B, 2H + 2N)`` = [x, dt, B_t, C_t]."""
+
+    structure = Linear("diagonal")
+
+    def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 dt_floor: float = 1e-4, allow_neg_eigval: bool = False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size)
+        kw = dict(device=device, dtype=dtype)
+        H, N = hidden_size, state_size
+        R = dt_rank or math.ceil(input_size / 16)
+        self.state_size, self.dt_rank, self.allow_neg_eigval = N, R, allow_neg_eigval
+        self.in_proj = nn.Linear(input_size, H, **kw)
+        self.x_proj = nn.Linear(H, R + 2 * N, bias=False, **kw)
+        self.dt_proj = nn.Linear(R, H, **kw)
+        with torch.no_grad():
+            dt = log_uniform((H,), dt_min, dt_max, **kw).clamp(min=dt_floor)
+            self.dt_proj.bias.copy_(inverse_softplus(dt))
+        self.A_log = nn.Parameter(torch.log(farange(N, **kw) + 1).repeat(H, 1))
+        self.D = nn.Parameter(torch.ones(H, **kw))
+
+    def state_shapes(self):
+        return ((self.hidden_size, self.state_size),)
+
+    def project(self, x):
+        xin = self.in_proj(x)  # (B, T, D) -> (B, T, H)
+        low, b_t, c_t = self.x_proj(xin).split([self.dt_rank, self.state_size, self.state_size], -1)
+        dt = F.softplus(self.dt_proj(low))  # (B, T, H)
+        return torch.cat([xin, dt, b_t, c_t], dim=-1)  # (B, T, 2H + 2N)
+
+    def _split(self, u):
+        H, N = self.hidden_size, self.state_size
+        return u.split([H, H, N, N], dim=-1)
+
+    def transition(self, u):
+        xin, dt, b_t, _ = self._split(u)
+        a = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, T, H, N)
+        if self.allow_neg_eigval:
+            a = 2 * a - 1
+        b = (dt * xin).unsqueeze(-1) * b_t.unsqueeze(-2)  # (B, T, H, 1) * (B, T, 1, N)
+        return a, b
+
+    def readout(self, h, u_t):
+        xin, _, _, c_t = self._split(u_t)
+        return (h * c_t.unsqueeze(-2)).sum(-1) + self.D * xin  # (B, H, N) -> (B, H)

@@ -1,0 +1,66 @@
+"""Mamba-2's SSD layer (Dao & Gu 2024): one scalar decay per head, a matrix state per head.
+
+    a_t = exp(dt_t A_h),   H_t = a_t H_{t-1} + (dt_t x_t) B_t^T  in R^{P x N},   y_t = H_t C_t + D_h x_t
+
+with x, dt, B, C from one input projection, dt = softplus(. + dt_bias). Init: A_h ~ U[1, 16]
+(stored as a log, A = -exp(A_log)), dt log-uniform in [dt_min, dt_max], D = 1.
+``allow_neg_eigval=True`` maps a to 2a - 1. H = heads * head_dim.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Linear
+from .linear import LinearCell
+from .registry import register
+from .ssm_init import inverse_softplus, log_uniform
+
+
+@register("mamba2")
+class Mamba2(LinearCell):
+    """SSD cell. State ``(B, heads, P, N)``; ``u_t: (B, H + heads + 2N)`` = [x, dt, B_t, C_t]."""
+
+    structure = Linear("scalar")
+
+    def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
+                 head_dim: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 allow_neg_eigval: bool = False, device=None, dtype=None):
+        super().__init__(input_size, hidden_size)
+        P = head_dim or (hidden_size if hidden_size <= 64 else 64)
+        if hidden_size % P:
+            raise ValueError(f"Mamba2: head_dim must divide hidden_size={hidden_size}, got {P}")
+        kw = dict(device=device, dtype=dtype)
+        self.heads, self.head_dim, self.state_size = hidden_size // P, P, state_size
+        self.allow_neg_eigval = allow_neg_eigval
+        self.in_proj = nn.Linear(input_size, hidden_size + self.heads + 2 * state_size, **kw)
+        self.dt_bias = nn.Parameter(inverse_softplus(log_uniform((self.heads,), dt_min, dt_max,
+                                                                 **kw)))
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.heads, **kw).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(self.heads, **kw))
+
+    def state_shapes(self):
+        return ((self.heads, self.head_dim, self.state_size),)
+
+    def project(self, x):
+        return self.in_proj(x)  # (B, T, D) -> (B, T, H + heads + 2N)
+
+    def _split(self, u):
+        H, n, N = self.hidden_size, self.heads, self.state_size
+        x, dt, b_t, c_t = u.split([H, n, N, N], dim=-1)
+        x = x.unflatten(-1, (n, self.head_dim))  # (..., H) -> (..., heads, P)
+        return x, F.softplus(dt + self.dt_bias), b_t, c_t
+
+    def transition(self, u):
+        x, dt, b_t, _ = self._split(u)
+        a = torch.exp(-torch.exp(self.A_log) * dt)  # (B, T, heads)
+        if self.allow_neg_eigval:
+            a = 2 * a - 1
+        b = (dt.unsqueeze(-1) * x).unsqueeze(-1) * b_t[..., None, None, :]  # (B, T, heads, P, N)
+        return a, b
+
+    def readout(self, h, u_t):
+        x, _, _, c_t = self._split(u_t)
+        y = (h * c_t[:, None, None, :]).sum(-1) + self.D[:, None] * x  # (B, heads, P)
+        return y.flatten(-2)  # (B, H)
