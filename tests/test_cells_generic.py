@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import rnnlab
 from rnnlab import cells
 from rnnlab.cells import Block, Dense, Diagonal, Heads, Linear, as_tuple, map_state
+from rnnlab.cells.linear import apply_transition
 
 from .helpers import TOL, assert_close, rel_err, sq_norm, widen
 
@@ -136,11 +137,26 @@ def test_linear_cell_is_affine_with_its_declared_kind(name):
     mix = cell.step(u[:1], 0.3 * h1 + 0.7 * h2)
     assert_close(mix, 0.3 * cell.step(u[:1], h1) + 0.7 * cell.step(u[:1], h2),
                  torch.float64, f"{name}: step is not affine in h")
-    kind = cell.structure.kind
-    block = zero.shape[-1] if kind == "matrix" else 1
-    idx = torch.arange(S) // block
+    kind, i = cell.structure.kind, torch.arange(S)
+    if kind == "matrix":  # A mixes the last dim
+        idx = i // zero.shape[-1]
+    elif kind == "householder":  # A (K x K) mixes the K dim of each (head, v) column
+        K, V = zero.shape[-2:]
+        idx = (i // (K * V)) * V + i % V
+    else:
+        idx = i
     off = M[idx[:, None] != idx[None, :]]
     assert off.numel() == 0 or off.abs().max() == 0, f"{name}: A is not {kind}"
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_transition_agrees_with_step(name):
+    cell = build(name).cell.double()
+    h = map_state(lambda z: torch.randn(z.shape, dtype=z.dtype), cell.init_state(3, torch.float64))
+    u = cell.project(torch.randn(3, 1, D, dtype=torch.float64))  # (B, 1, P)
+    A, b = cell.transition(u)
+    assert_close(apply_transition(cell.structure.kind, A[:, 0], b[:, 0], h),
+                 cell.step(u[:, 0], h), torch.float64, f"{name}: transition vs step")
 
 
 @pytest.mark.parametrize("name", NAMES)

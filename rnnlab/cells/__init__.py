@@ -14,3 +14,5 @@ from .lssl import LSSL  # noqa: F401,E402
 from .mamba import Mamba  # noqa: F401,E402
 from .mamba2 import Mamba2  # noqa: F401,E402
 from .s4d import S4D  # noqa: F401,E402
+from .gla import GLA  # noqa: F401,E402
+from .delta import DeltaNet, DeltaProduct, GatedDeltaNet  # noqa: F401,E402

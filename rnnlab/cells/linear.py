@@ -8,6 +8,8 @@ What ``transition`` returns, by ``Linear(kind)`` (S is the state's shape without
   dims that broadcast against b (a time-invariant A is an ``expand``-ed view).
 - ``scalar``: ``A: (B, T, n)``, ``b: (B, T, n, ...)``: one decay per head broadcast over the rest.
 - ``matrix``: ``A: (B, T, *S[:-1], N, N)``, ``b: (B, T, *S)``; ``h_t = A_t @ h_{t-1} + b_t``.
+- ``householder``: a matrix state ``(heads, K, V)`` with ``A: (B, T, heads, K, K)`` acting on K;
+  the cells (``delta.py``) also give the factors (q, k, v, beta, g) the delta-rule op runs on.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def apply_transition(kind: str, A: torch.Tensor, b: torch.Tensor, h: torch.Tenso
     """One step ``A h + b`` of a ``Linear(kind)`` transition (A, b without the T dim)."""
     if kind == "matrix":
         return (A @ h.unsqueeze(-1)).squeeze(-1) + b  # (B, ..., N, N) @ (B, ..., N, 1)
+    if kind == "householder":
+        return A @ h + b  # (B, heads, K, K) @ (B, heads, K, V)
     return expand_decay(A, b) * h + b
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from rnnlab.ops.delta_rule import delta_rule, delta_rule_reference
 
-from ..helpers import TOL, assert_close, rel_err
+from ..helpers import assert_close
 
 NAMES = ("q", "k", "v", "beta", "g", "initial_state")
 
@@ -37,17 +37,19 @@ def make(B=2, T=7, H=3, K=5, V=7, dtype=torch.float32, gated=True, rows=None, se
     return inputs
 
 
-def forward_backward(fn, inputs, seed=1, **kw):
-    """Run ``fn`` on fresh leaves with random upstream gradients on o and S_T; returns
-    ``(o, S_T, {name: grad})``."""
+def forward_backward(fn, inputs, upstream=None, **kw):
+    """Run ``fn`` on fresh leaves with upstream gradients ``(do, dS)`` on o and S_T (random when
+    None); returns ``(o, S_T, {name: grad})``."""
     leaves = {n: (x.clone().requires_grad_() if x is not None else None)
               for n, x in inputs.items()}
     o, S = fn(**leaves, output_final_state=True, **kw)
-    gen = torch.Generator().manual_seed(seed)
-    do = torch.randn(o.shape, generator=gen, dtype=o.dtype)
-    dS = torch.randn(S.shape, generator=gen, dtype=S.dtype)
-    ((o * do).sum() + (S * dS).sum()).backward()
-    return o, S, {n: x.grad for n, x in leaves.items() if x is not None}
+    if upstream is None:
+        gen = torch.Generator().manual_seed(1)
+        upstream = (torch.randn(o.shape, generator=gen, dtype=o.dtype),
+                    torch.randn(S.shape, generator=gen, dtype=S.dtype))
+    ((o * upstream[0]).sum() + (S * upstream[1]).sum()).backward()
+    return o, S, {n: (x.grad if x.grad is not None else torch.zeros_like(x))  # unused: zero
+                  for n, x in leaves.items() if x is not None}
 
 
 def assert_parity(inputs, dtype, **kw):
@@ -158,44 +160,42 @@ def test_half_inputs_compute_in_fp32(dtype):
     assert_close(S, S_ref, torch.float32, "S_T")
 
 
+def _split(inputs, bounds):
+    """Per-sequence inputs of a packed batch: time slices and rows of initial_state."""
+    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        part = {n: x[:, s:e] for n, x in inputs.items() if n != "initial_state"}
+        yield dict(part, initial_state=inputs["initial_state"][i:i + 1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bounds", [[0, 5, 5, 40, 41, 110], [0, 300]])
 def test_cu_seqlens_equals_per_sequence_runs(bounds, dtype):
-    """Packed sequences == each run alone from its row of initial_state (incl. gradients)."""
+    """Packed sequences == each run alone from its row of initial_state: o, S_T and, with the
+    same upstream gradients, every input gradient."""
     cu = torch.tensor(bounds, dtype=torch.int32)
     inputs = make(B=1, T=bounds[-1], dtype=dtype, rows=len(bounds) - 1, seed=len(bounds))
-    o, S, grads = forward_backward(delta_rule, inputs, cu_seqlens=cu, chunk_size=16)
-    per = []
-    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-        part = {n: x[:, s:e] for n, x in inputs.items() if n != "initial_state"}
-        per.append(dict(part, initial_state=inputs["initial_state"][i:i + 1]))
-    o_per, S_per, grads_per = [], [], {n: [] for n in NAMES}
-    for i, part in enumerate(per):
-        o_i, S_i, g_i = forward_backward(delta_rule_reference, part, seed=1)
-        o_per.append(o_i)
-        S_per.append(S_i)
-        for n in NAMES:
-            grads_per[n].append(g_i[n])
-    # upstream gradients differ per split, so compare the packed forward and, separately, the
-    # packed gradients against the packed reference (which is itself per-sequence).
-    assert_close(o, torch.cat(o_per, 1), dtype, "o")
-    assert_close(S, torch.cat(S_per), dtype, "S_T")
-    _, _, grads_ref = forward_backward(delta_rule_reference, inputs, cu_seqlens=cu)
+    gen = torch.Generator().manual_seed(2)
+    do = torch.randn(inputs["v"].shape, generator=gen, dtype=dtype)  # (1, T, H, V)
+    dS = torch.randn(inputs["initial_state"].shape, generator=gen, dtype=dtype)  # (N, H, K, V)
+    o, S, grads = forward_backward(delta_rule, inputs, (do, dS), cu_seqlens=cu, chunk_size=16)
+    runs = [forward_backward(delta_rule_reference, part, (do[:, s:e], dS[i:i + 1]))
+            for i, (part, s, e) in enumerate(zip(_split(inputs, bounds), bounds, bounds[1:]))]
+    assert_close(o, torch.cat([r[0] for r in runs], 1), dtype, "o")
+    assert_close(S, torch.cat([r[1] for r in runs]), dtype, "S_T")
     for name in NAMES:
-        assert_close(grads[name], grads_ref[name], dtype, f"d{name}")
+        dim = 0 if name == "initial_state" else 1
+        assert_close(grads[name], torch.cat([r[2][name] for r in runs], dim), dtype, f"d{name}")
 
 
 def test_reference_cu_seqlens_equals_per_sequence_runs():
     bounds = [0, 3, 20, 20, 33]
-    cu = torch.tensor(bounds)
     inputs = make(B=1, T=33, dtype=torch.float64, rows=4)
-    o, S = delta_rule_reference(**inputs, cu_seqlens=cu, output_final_state=True)
-    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-        part = {n: x[:, s:e] for n, x in inputs.items() if n != "initial_state"}
-        o_i, S_i = delta_rule_reference(**part, initial_state=inputs["initial_state"][i:i + 1],
-                                        output_final_state=True)
-        assert rel_err(o[:, s:e], o_i) == 0.0 or e == s
-        assert rel_err(S[i:i + 1], S_i) <= TOL[torch.float64]
+    o, S = delta_rule_reference(**inputs, cu_seqlens=torch.tensor(bounds),
+                                output_final_state=True)
+    runs = [delta_rule_reference(**part, output_final_state=True)
+            for part in _split(inputs, bounds)]
+    assert_close(o, torch.cat([r[0] for r in runs], 1), torch.float64, "o")
+    assert_close(S, torch.cat([r[1] for r in runs]), torch.float64, "S_T")
 
 
 def _bad(**changes):

@@ -1,0 +1,65 @@
+"""GLA, gated linear attention (Yang et al. 2024): a matrix state per head with a data-dependent
+decay on its key dimension.
+
+    S_t = diag(alpha_t) S_{t-1} + k_t v_t^T  in R^{K x V},   o_t = S_t^T q_t
+
+q, k, v, alpha from the input; log alpha_t = logsigmoid(W_2 W_1 x_t + b) / tau with a rank-16
+W_2 W_1 and tau = 16 (slow forgetting at init); q scaled by K^-1/2. H = heads * V. The output
+norm and gate of the GLA block belong to the model layer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Linear
+from .linear import LinearCell
+from .registry import register
+
+
+@register("gla")
+class GLA(LinearCell):
+    """GLA cell. State ``(B, heads, K, V)``; ``u_t: (B, heads * (3K + V))`` = [q, k, log a, v]."""
+
+    structure = Linear("diagonal")
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
+                 key_dim: int | None = None, gate_rank: int = 16, tau: float = 16.0,
+                 device=None, dtype=None):
+        super().__init__(input_size, hidden_size)
+        if hidden_size % heads:
+            raise ValueError(f"GLA: heads must divide hidden_size={hidden_size}, got {heads}")
+        kw = dict(device=device, dtype=dtype)
+        self.heads, self.value_dim = heads, hidden_size // heads
+        self.key_dim = key_dim or max(1, self.value_dim // 2)
+        self.tau = tau
+        nk = heads * self.key_dim
+        self.qkv = nn.Linear(input_size, 2 * nk + hidden_size, bias=False, **kw)
+        self.gate = nn.Sequential(nn.Linear(input_size, gate_rank, bias=False, **kw),
+                                  nn.Linear(gate_rank, nk, **kw))
+
+    def state_shapes(self):
+        return ((self.heads, self.key_dim, self.value_dim),)
+
+    def project(self, x):
+        nk = self.heads * self.key_dim
+        q, k, v = self.qkv(x).split([nk, nk, self.hidden_size], dim=-1)
+        log_a = F.logsigmoid(self.gate(x)) / self.tau
+        return torch.cat([q * self.key_dim ** -0.5, k, log_a, v], dim=-1)  # (B, T, P)
+
+    def _split(self, u):
+        """q, k, log a: (..., heads, K); v: (..., heads, V)."""
+        nk = self.heads * self.key_dim
+        q, k, log_a, v = u.split([nk, nk, nk, self.hidden_size], dim=-1)
+        heads = (self.heads, -1)
+        return (q.unflatten(-1, heads), k.unflatten(-1, heads), log_a.unflatten(-1, heads),
+                v.unflatten(-1, heads))
+
+    def transition(self, u):
+        _, k, log_a, v = self._split(u)
+        return torch.exp(log_a).unsqueeze(-1), k.unsqueeze(-1) * v.unsqueeze(-2)  # (.., K, 1), (.., K, V)
+
+    def readout(self, h, u_t):
+        q = self._split(u_t)[0]
+        return torch.einsum("bnkv,bnk->bnv", h, q).flatten(-2)  # (B, heads, V) -> (B, H)

@@ -1,0 +1,251 @@
+"""Dense linear recurrence ``h_t = A_t h_{t-1} + b_t`` with small matrices A_t (N ≤ ~64).
+
+Fast path: a chunked scan. Time is cut into chunks of C steps (C ≈ √T). One loop over the C
+positions, vectorized over all chunks, composes each chunk's affine map (P, s) — P the product of
+its C matrices; the maps are carried across chunks by the same scan applied recursively to the
+chunk maps; a second loop over the C positions, vectorized over chunks, reruns the recurrence
+from each chunk's true initial state. That is about 2·C + T/C dependent tensor ops (≈ 2√T, ~190
+for T = 4096) instead of T.
+
+Trade-off: composing matrices costs O(N³) per step where a sequential step costs O(N²), so the
+fast path does about N times the arithmetic of the loop and wins only while per-op overhead, not
+arithmetic, is the bottleneck: always on GPUs at these sizes, on CPUs only for small
+(batch·N³). ``chunk_size=None`` picks by that rule; ``chunk_size=1`` forces the plain loop.
+
+Backward is analytic (a custom autograd.Function): the adjoint ``g_t = dL/dh_t + A_{t+1}ᵀ g_{t+1}``
+is the same recurrence run backwards in time on transposed matrices, so it reuses the forward
+path on flipped inputs; then ``dA_t = g_t h_{t-1}ᵀ``, ``db_t = g_t``, ``dh_0 = A_1ᵀ g_1``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from .varlen import check_cu_seqlens, segments
+
+_LOOP_MAX_STEPS = 16  # at or below this many steps the plain loop is already cheapest
+_CPU_WORK_MAX = 1 << 15  # batch·N³ from which CPU matmul time outweighs the loop overhead saved
+
+
+def _loop(A: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Sequential steps: A ``(M, T, N, N)``, b ``(M, T, N)``, h ``(M, N)`` -> states ``(M, T, N)``."""
+    outs = []
+    for A_t, b_t in zip(A.unbind(1), b.unbind(1)):
+        h = torch.baddbmm(b_t.unsqueeze(-1), A_t, h.unsqueeze(-1)).squeeze(-1)  # (M, N)
+        outs.append(h)
+    return torch.stack(outs, 1)  # T x (M, N) -> (M, T, N)
+
+
+def _auto_chunk(M: int, T: int, N: int, device: torch.device) -> int:
+    if T <= _LOOP_MAX_STEPS or (device.type == "cpu" and M * N ** 3 >= _CPU_WORK_MAX):
+        return 1
+    return math.isqrt(T - 1) + 1  # ceil(sqrt(T))
+
+
+def _scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
+          chunk: Optional[int]) -> torch.Tensor:
+    """Chunked scan: A ``(M, T, N, N)``, b ``(M, T, N)``, h0 ``(M, N)`` -> states ``(M, T, N)``."""
+    M, T, N, _ = A.shape
+    C = _auto_chunk(M, T, N, A.device) if chunk is None else chunk
+    if C <= 1 or T <= C:
+        return _loop(A, b, h0)
+    n_chunks = -(-T // C)
+    pad = n_chunks * C - T
+    if pad:  # identity steps at the end change no earlier state
+        eye = torch.eye(N, dtype=A.dtype, device=A.device)
+        A = torch.cat((A, eye.expand(M, pad, N, N)), 1)  # (M, n_chunks·C, N, N)
+        b = torch.cat((b, b.new_zeros(M, pad, N)), 1)  # (M, n_chunks·C, N)
+    # Position-in-chunk first, so each loop step reads one contiguous slab of all chunks.
+    A_c = A.reshape(M * n_chunks, C, N, N).transpose(0, 1).contiguous()  # (C, M·n_chunks, N, N)
+    b_c = b.reshape(M * n_chunks, C, N, 1).transpose(0, 1).contiguous()  # (C, M·n_chunks, N, 1)
+    P, s = A_c[0], b_c[0]  # each chunk's map h -> P h + s, built up step by step
+    for A_j, b_j in zip(A_c[1:], b_c[1:]):
+        s = torch.baddbmm(b_j, A_j, s)
+        P = torch.bmm(A_j, P)
+    # The state entering chunk c is the scan of the first c - 1 chunk maps: recurse on them.
+    P = P.view(M, n_chunks, N, N)[:, :-1]  # (M, n_chunks - 1, N, N)
+    s = s.view(M, n_chunks, N)[:, :-1]  # (M, n_chunks - 1, N)
+    entering = torch.cat((h0.unsqueeze(1), _scan(P, s, h0, chunk)), 1)  # (M, n_chunks, N)
+    h, outs = entering.reshape(M * n_chunks, N, 1), []
+    for A_j, b_j in zip(A_c, b_c):
+        h = torch.baddbmm(b_j, A_j, h)  # (M·n_chunks, N, 1)
+        outs.append(h)
+    return torch.stack(outs, 1).view(M, n_chunks * C, N)[:, :T]  # (M, T, N)
+
+
+def _adjoint(A: torch.Tensor, grad_h: torch.Tensor, chunk: Optional[int]) -> torch.Tensor:
+    """``g_t = grad_h_t + A_{t+1}ᵀ g_{t+1}`` (g_T = grad_h_T): A ``(M, T, N, N)``, grad_h
+    ``(M, T, N)`` -> g ``(M, T, N)``. Reversed in time it is a forward scan started from g_T."""
+    g_last = grad_h[:, -1]  # (M, N)
+    if A.shape[1] == 1:
+        return grad_h
+    A_rev = A[:, 1:].transpose(-1, -2).flip(1)  # A_{t+1}ᵀ for t = T-1 ... 1: (M, T-1, N, N)
+    g_rev = _scan(A_rev, grad_h[:, :-1].flip(1), g_last, chunk)  # (M, T-1, N)
+    return torch.cat((g_rev.flip(1), g_last.unsqueeze(1)), 1)  # (M, T, N)
+
+
+class _MatrixScan(torch.autograd.Function):
+    """Flat layout: A ``(M, T, N, N)``, b ``(M, T, N)``, h0 ``(M, N)`` -> h ``(M, T, N)``."""
+
+    @staticmethod
+    def forward(ctx, A, b, h0, chunk):
+        h = _scan(A, b, h0, chunk)
+        ctx.save_for_backward(A, h0, h)
+        ctx.chunk = chunk
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        A, h0, h = ctx.saved_tensors
+        g = _adjoint(A, grad_h, ctx.chunk)  # (M, T, N)
+        dA = dh0 = None
+        if ctx.needs_input_grad[0]:
+            h_prev = torch.cat((h0.unsqueeze(1), h[:, :-1]), 1)  # (M, T, N)
+            dA = g.unsqueeze(-1) * h_prev.unsqueeze(-2)  # g_t h_{t-1}ᵀ: (M, T, N, N)
+        if ctx.needs_input_grad[2]:
+            dh0 = (A[:, 0].transpose(-1, -2) @ g[:, 0].unsqueeze(-1)).squeeze(-1)  # (M, N)
+        return dA, g, dh0, None
+
+
+def _run(A, b, h0, chunk) -> torch.Tensor:
+    """A ``(B, T, ..., N, N)``, b ``(B, T, ..., N)``, h0 ``(B, ..., N)`` or None -> h like b."""
+    T, N = b.shape[1], b.shape[-1]
+    if T == 0:
+        return b.new_zeros(b.shape)
+    A_f = A.movedim(1, -3).reshape(-1, T, N, N)  # (B, T, ..., N, N) -> (M, T, N, N)
+    b_f = b.movedim(1, -2).reshape(-1, T, N)  # (B, T, ..., N) -> (M, T, N)
+    h0_f = b_f.new_zeros(b_f.shape[0], N) if h0 is None else h0.reshape(-1, N)  # (M, N)
+    h = _MatrixScan.apply(A_f, b_f, h0_f, chunk)  # (M, T, N)
+    return h.reshape(*b.shape[:1], *b.shape[2:-1], T, N).movedim(-2, 1)  # (B, T, ..., N)
+
+
+def _packed(A, b, h0, cu):
+    """Packed sequences as one: each sequence's first step forgets what came before (A = 0) and
+    reads the sequence's own initial state through b (b + A h0). Shapes as in matrix_scan."""
+    live = [(i, start) for i, (start, end) in enumerate(segments(cu)) if end > start]
+    rows = torch.tensor([i for i, _ in live], dtype=torch.long, device=b.device)
+    starts = torch.tensor([start for _, start in live], dtype=torch.long, device=b.device)
+    first = torch.zeros(b.shape[1], dtype=torch.bool, device=b.device)
+    first[starts] = True
+    A_new = torch.where(first.view(1, -1, *[1] * (A.dim() - 2)), torch.zeros_like(A), A)
+    if h0 is None:
+        return A_new, b
+    carried = (A[:, starts] @ h0[rows].unsqueeze(0).unsqueeze(-1)).squeeze(-1)  # (1, S, ..., N)
+    return A_new, b.index_add(1, starts, carried)
+
+
+def _final(h, h0, cu) -> torch.Tensor:
+    """Final states: ``(B, ..., N)``, or ``(num_seqs, ..., N)`` with cu_seqlens (an empty
+    sequence keeps its initial state)."""
+    if cu is None:
+        if h.shape[1] == 0:
+            return torch.zeros_like(h[:, 0]) if h0 is None else h0
+        return h[:, -1]
+    segs = segments(cu)
+    out = h.new_zeros(len(segs), *h.shape[2:]) if h0 is None else h0
+    live = [(i, end - 1) for i, (start, end) in enumerate(segs) if end > start]
+    if live:
+        rows = torch.tensor([i for i, _ in live], dtype=torch.long, device=h.device)
+        last = torch.tensor([t for _, t in live], dtype=torch.long, device=h.device)
+        out = out.index_copy(0, rows, h[0, last])
+    return out
+
+
+_REAL = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check(A, b, initial_state, cu_seqlens, chunk_size):
+    """Validate the inputs of matrix_scan; returns cu_seqlens as a CPU long tensor or None."""
+    for name, x in (("A", A), ("b", b)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _REAL:
+            raise TypeError(f"{name}: expected a real floating dtype (float16, bfloat16, float32, "
+                            f"float64), got {x.dtype}")
+    if A.dim() < 4 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A: expected shape (B, T, ..., N, N) with square N x N matrices, got "
+                         f"{tuple(A.shape)}")
+    if b.shape != A.shape[:-1]:
+        raise ValueError(f"b: expected shape (B, T, ..., N) = {tuple(A.shape[:-1])} to match A "
+                         f"{tuple(A.shape)}, got {tuple(b.shape)}")
+    if b.dtype != A.dtype:
+        raise TypeError(f"b: expected dtype {A.dtype} (that of A), got {b.dtype}")
+    cu = check_cu_seqlens(cu_seqlens, b.shape[0], b.shape[1])
+    if initial_state is not None:
+        rows, what = (b.shape[0], "B") if cu is None else (len(cu) - 1, "num_seqs")
+        expected = (rows, *b.shape[2:])
+        if not isinstance(initial_state, torch.Tensor):
+            raise TypeError(f"initial_state: expected a tensor ({what}, ..., N) = {expected}, "
+                            f"got {type(initial_state).__name__}")
+        if tuple(initial_state.shape) != expected:
+            raise ValueError(f"initial_state: expected shape ({what}, ..., N) = {expected}, got "
+                             f"{tuple(initial_state.shape)}")
+        if initial_state.dtype != A.dtype:
+            raise TypeError(f"initial_state: expected dtype {A.dtype} (that of A), got "
+                            f"{initial_state.dtype}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected None or an int >= 1, got {chunk_size!r}")
+    return cu
+
+
+def matrix_scan(A: torch.Tensor, b: torch.Tensor, initial_state: Optional[torch.Tensor] = None,
+                output_final_state: bool = False, cu_seqlens: Optional[torch.Tensor] = None, *,
+                chunk_size: Optional[int] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``h_t = A_t h_{t-1} + b_t`` for t = 1..T, with ``h_0 = initial_state`` (zeros if None).
+
+    Args:
+        A: transitions ``(B, T, ..., N, N)``; any extra dims (e.g. heads) are batch dims.
+        b: inputs ``(B, T, ..., N)``, same dtype as A.
+        initial_state: ``(B, ..., N)``, or ``(num_seqs, ..., N)`` with cu_seqlens.
+        output_final_state: also return the last state.
+        cu_seqlens: ``(num_seqs + 1,)`` cumulative lengths of sequences packed along T (B == 1);
+            each runs from its own initial state, as if run alone.
+        chunk_size: steps per chunk of the fast path (see the module docstring); None picks one,
+            1 runs the plain loop. Results agree up to rounding either way.
+
+    Returns:
+        ``(h, h_T)``: states ``(B, T, ..., N)`` in the dtype of A, and the final state
+        ``(B, ..., N)`` (``(num_seqs, ..., N)`` with cu_seqlens) or None. float16 and bfloat16
+        are computed in float32. Gradients reach A, b and initial_state through h and h_T.
+    """
+    cu = _check(A, b, initial_state, cu_seqlens, chunk_size)
+    dtype = A.dtype
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    A, b = A.to(work), b.to(work)
+    h0 = None if initial_state is None else initial_state.to(work)
+    if cu is None:
+        h = _run(A, b, h0, chunk_size)
+    else:
+        h = _run(*_packed(A, b, h0, cu), None, chunk_size)
+    final = _final(h, h0, cu).to(dtype) if output_final_state else None
+    return h.to(dtype), final
+
+
+def matrix_scan_reference(A: torch.Tensor, b: torch.Tensor,
+                          initial_state: Optional[torch.Tensor] = None,
+                          output_final_state: bool = False,
+                          cu_seqlens: Optional[torch.Tensor] = None):
+    """Plain loop over time, same contract as :func:`matrix_scan`; gradients by autograd.
+    Computes in float32 or wider, one sequence at a time under cu_seqlens."""
+    cu = _check(A, b, initial_state, cu_seqlens, None)
+    if cu is not None:
+        outs, finals = [], []
+        for i, (start, end) in enumerate(segments(cu)):
+            h0 = None if initial_state is None else initial_state[i:i + 1]  # (1, ..., N)
+            h, h_T = matrix_scan_reference(A[:, start:end], b[:, start:end], h0, True)
+            outs.append(h)
+            finals.append(h_T)
+        return torch.cat(outs, 1), (torch.cat(finals, 0) if output_final_state else None)
+    dtype = A.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    h = b.new_zeros(b.shape[:1] + b.shape[2:], dtype=work) if initial_state is None \
+        else initial_state.to(work)  # (B, ..., N)
+    outs = []
+    for t in range(b.shape[1]):
+        h = (A[:, t].to(work) @ h.unsqueeze(-1)).squeeze(-1) + b[:, t].to(work)  # (B, ..., N)
+        outs.append(h)
+    states = torch.stack(outs, 1) if outs else b.new_zeros(b.shape, dtype=work)  # (B, T, ..., N)
+    return states.to(dtype), (h.to(dtype) if output_final_state else None)
