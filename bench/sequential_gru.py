@@ -5,9 +5,9 @@ Run it on an otherwise idle machine: a second busy process makes OpenMP threads 
 timings meaningless.
 """
 import sys
+from pathlib import Path
 
 from rnnlab.cli import bench_sequential
 
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "bench/out/sequential_gru.json"
-    bench_sequential(batch=8, steps=1024, hidden=128, repeats=5, out=out)
+    bench_sequential(out=Path(sys.argv[1] if len(sys.argv) > 1 else "bench/out/sequential_gru.json"))

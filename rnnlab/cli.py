@@ -44,27 +44,43 @@ def list_cells() -> None:
     console.print(table)
 
 
+def _bench(module, out: Optional[Path], **kwargs) -> dict:
+    """Run one benchmark module, print its table, write its JSON (atomically)."""
+    from .benchmarks.timing import write_json
+    result = module.run(**kwargs)
+    module.print_table(result, console)
+    if out is not None:
+        console.print(f"wrote {write_json(result, out)}")
+    return result
+
+
 @bench_app.command("sequential")
 def bench_sequential(batch: int = 8, steps: int = 1024, hidden: int = 128, repeats: int = 5,
                      out: Optional[Path] = typer.Option(
                          Path("bench/out/sequential_gru.json"), help="JSON output file")) -> None:
     """Sequential-engine GRU vs torch.nn.GRU vs a GRUCell loop, forward and forward+backward."""
     from .benchmarks import sequential
-    from .benchmarks.timing import write_json
-    result = sequential.run(batch, steps, hidden, repeats)
-    console.print(f"GRU B={batch} T={steps} H={hidden} fp32, "
-                  f"{result['machine']['threads']} threads, best of {repeats}")
-    table = Table()
-    for col in ("implementation", "fwd ms", "fwd+bwd ms"):
-        table.add_column(col, justify="right" if "ms" in col else "left")
-    ms = result["ms"]
-    for impl in ("rnnlab_sequential", "torch_nn_GRU", "torch_GRUCell_loop"):
-        table.add_row(impl, f"{ms[impl + '_fwd_ms']:.1f}", f"{ms[impl + '_fwdbwd_ms']:.1f}")
-    console.print(table)
-    for k, v in result["ratios"].items():
-        console.print(f"{k}: {v:.2f}x")
-    if out is not None:
-        console.print(f"wrote {write_json(result, out)}")
+    _bench(sequential, out, batch=batch, steps=steps, hidden=hidden, repeats=repeats)
+
+
+@bench_app.command("scan")
+def bench_scan(batch: int = 16, width: int = 256, repeats: int = 3,
+               out: Optional[Path] = typer.Option(Path("bench/out/scan.json"),
+                                                  help="JSON output file")) -> None:
+    """linear_scan vs a naive torch loop vs copy bandwidth, T = 1024, 4096, 16384."""
+    from .benchmarks import scan
+    _bench(scan, out, batch=batch, width=width, repeats=repeats)
+
+
+@bench_app.command("delta-rule")
+def bench_delta_rule(batch: int = 4, steps: int = 4096, heads: int = 4, dk: int = 64,
+                     dv: int = 64, repeats: int = 3,
+                     out: Optional[Path] = typer.Option(Path("bench/out/delta_rule.json"),
+                                                        help="JSON output file")) -> None:
+    """Chunked delta rule vs its loop reference, forward and forward+backward."""
+    from .benchmarks import delta_rule
+    _bench(delta_rule, out, batch=batch, steps=steps, heads=heads, dk=dk, dv=dv,
+           repeats=repeats)
 
 
 if __name__ == "__main__":

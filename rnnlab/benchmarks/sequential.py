@@ -44,3 +44,19 @@ def run(batch: int = 8, steps: int = 1024, hidden: int = 128, repeats: int = 5,
     return {"benchmark": "sequential_gru", "batch": batch, "steps": steps, "hidden": hidden,
             "input": hidden, "dtype": "float32", "repeats": repeats, "machine": machine(),
             "ms": ms, "ratios": ratios}
+
+
+def print_table(result: dict, console) -> None:
+    """Print ``run``'s result as a rich table (ms per implementation) plus the ratios."""
+    from rich.table import Table
+    r, ms = result, result["ms"]
+    console.print(f"GRU B={r['batch']} T={r['steps']} H={r['hidden']} fp32, "
+                  f"{r['machine']['threads']} threads, best of {r['repeats']}")
+    table = Table()
+    for col in ("implementation", "fwd ms", "fwd+bwd ms"):
+        table.add_column(col, justify="right" if "ms" in col else "left")
+    for impl in ("rnnlab_sequential", "torch_nn_GRU", "torch_GRUCell_loop"):
+        table.add_row(impl, f"{ms[impl + '_fwd_ms']:.1f}", f"{ms[impl + '_fwdbwd_ms']:.1f}")
+    console.print(table)
+    for k, v in r["ratios"].items():
+        console.print(f"{k}: {v:.2f}x")

@@ -16,3 +16,6 @@ from .mamba2 import Mamba2  # noqa: F401,E402
 from .s4d import S4D  # noqa: F401,E402
 from .gla import GLA  # noqa: F401,E402
 from .delta import DeltaNet, DeltaProduct, GatedDeltaNet  # noqa: F401,E402
+from .aaren import Aaren  # noqa: F401,E402
+from .minmax import MinMax  # noqa: F401,E402
+from .mlstm import MLSTM  # noqa: F401,E402

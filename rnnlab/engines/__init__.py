@@ -1,14 +1,16 @@
-"""Engines run a cell over a sequence: ``Sequential`` (the reference) now; ``Scan`` and
-``Newton`` are added for the structures they support. ``resolve`` turns a name into an engine."""
+"""Engines run a cell over a sequence: ``Sequential`` (the reference, every cell) and ``Scan``
+(linear cells, in parallel over time); ``Newton`` joins for nonlinear cells. ``resolve`` turns a
+name into an engine; ``"auto"`` picks the fastest the cell's structure allows."""
 from __future__ import annotations
 
 from typing import Dict, List, Type, Union
 
 from ..cells.base import Cell
 from .base import Engine, call_with_params, compute_dtype  # noqa: F401
+from .scan import Scan
 from .sequential import Sequential
 
-_ENGINES: Dict[str, Type[Engine]] = {"sequential": Sequential}
+_ENGINES: Dict[str, Type[Engine]] = {"sequential": Sequential, "scan": Scan}
 
 
 def available() -> List[str]:
@@ -17,9 +19,9 @@ def available() -> List[str]:
 
 
 def auto(cell: Cell) -> Engine:
-    """The fastest engine the cell's structure allows. Today every cell runs sequentially; the
-    scan and Newton engines take over here for the structures they support."""
-    return Sequential()
+    """The fastest engine the cell's structure allows: the scan engine for linear cells, else the
+    sequential one (the Newton engine takes over here for nonlinear cells when it lands)."""
+    return Scan() if Scan().supports(cell) else Sequential()
 
 
 def resolve(engine: Union[str, Engine], cell: Cell) -> Engine:

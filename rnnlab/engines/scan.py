@@ -1,36 +1,81 @@
-"""The scan engine: linear cells in parallel over time. It asks the cell for its transitions
-``(A, b)`` for the whole sequence, solves ``h_t = A_t h_{t-1} + b_t`` with the scan op of the
-cell's ``Linear(kind)``, and reads out every step at once; it never calls ``step``. Gradients flow
-through the ops' analytic reverse scans."""
+"""The scan engine: linear cells in parallel over time. It never calls ``step``; by the cell's
+``Linear(kind)`` it runs
+
+- ``diagonal``, ``complex_diagonal``, ``scalar``: the transitions ``(A, b)`` through
+  ``ops.linear_scan`` (analytic reverse-scan backward);
+- ``matrix``: through ``ops.matrix_scan``;
+- ``householder``: the factors ``(q, k, v, beta, g)`` through the chunked ``ops.delta_rule``;
+- ``monoid``: the cell's elements through ``ops.associative_scan`` with the cell's ``combine``;
+
+then reads out every step at once. Padded steps (``lengths``) become identity transitions, so
+the state stays and the final state is each sequence's own.
+"""
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
 import torch
 
-from ..cells.base import Cell, Linear, State
+from ..cells.base import Cell, Linear, State, map_state
 from ..cells.linear import expand_decay
+from ..ops.associative_scan import associative_scan
+from ..ops.delta_rule import delta_rule
 from ..ops.linear_scan import linear_scan
 from ..ops.matrix_scan import matrix_scan
 from .base import Engine
 
-KINDS = ("diagonal", "complex_diagonal", "scalar", "matrix")
+KINDS = ("diagonal", "complex_diagonal", "scalar", "matrix", "householder", "monoid")
 
 
-def _mask_padding(kind: str, A, b, lengths: torch.Tensor):
-    """Padded steps become the identity transition (A = 1 or I, b = 0): the state stays."""
-    T = b.shape[1]
-    alive = torch.arange(T, device=b.device)[None, :] < lengths[:, None]  # (B, T)
-    alive_b = alive.view(*alive.shape, *([1] * (b.dim() - 2)))
-    b = torch.where(alive_b, b, torch.zeros((), dtype=b.dtype, device=b.device))
-    if kind == "matrix":
-        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-        A = torch.where(alive.view(*alive.shape, *([1] * (A.dim() - 2))), A, eye)
-    else:
-        A = A.expand(*b.shape[:2], *A.shape[2:])  # a time-invariant A gets per-step entries
-        A = torch.where(alive.view(*alive.shape, *([1] * (A.dim() - 2))), A,
-                        torch.ones((), dtype=A.dtype, device=A.device))
-    return A, b, alive
+def _alive(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
+
+
+def _keep(alive: torch.Tensor, x: torch.Tensor, fill) -> torch.Tensor:
+    """``x (B, T, ...)`` where alive, else ``fill`` (a scalar or a tensor broadcasting to x)."""
+    mask = alive.view(*alive.shape, *([1] * (x.dim() - 2)))
+    fill = fill if isinstance(fill, torch.Tensor) else torch.tensor(fill, dtype=x.dtype,
+                                                                    device=x.device)
+    return torch.where(mask, x, fill)
+
+
+def _affine(cell, u, h0, alive):
+    """diagonal / complex_diagonal / scalar / matrix -> (all states (B, T, *S), final state)."""
+    A, b = cell.transition(u)
+    matrix = cell.structure.kind == "matrix"
+    if alive is not None:  # padded steps: A = 1 (or I), b = 0
+        b = _keep(alive, b, 0.0)
+        eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device) if matrix else 1.0
+        A = _keep(alive, A.expand(*b.shape[:2], *A.shape[2:]), eye)
+    if matrix:
+        return matrix_scan(A, b, initial_state=h0, output_final_state=True)
+    a = expand_decay(A, b).expand_as(b)  # (B, T, *S)
+    return linear_scan(a, b, initial_state=h0, output_final_state=True)
+
+
+def _householder(cell, u, h0, alive):
+    """The delta rule on the cell's factors -> (outputs (B, T, H), final state)."""
+    q, k, v, beta, g = cell.delta_inputs(u)  # (B, T * n_h, heads, ...)
+    B, T = u.shape[:2]
+    n = cell.substeps
+    if alive is not None:  # padded sub-steps: beta = 0, g = 0 -> identity
+        sub = alive.repeat_interleave(n, dim=1)  # (B, T * n_h)
+        beta = _keep(sub, beta, 0.0)
+        g = None if g is None else _keep(sub, g, 0.0)
+    o, S = delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True)
+    o = o.unflatten(1, (T, n))[:, :, -1]  # the last sub-step of each token: (B, T, heads, V)
+    return o.flatten(2), S
+
+
+def _monoid(cell, u, h0, alive):
+    """Prefix scan of the cell's elements, applied to the initial state -> (all states, final)."""
+    elems = cell.elements(u)
+    if alive is not None:  # padded steps: identity elements
+        elems = tuple(_keep(alive, e, i) for e, i in zip(elems, cell.identity(elems)))
+    prefix = associative_scan(cell.combine, elems, dim=1)
+    start = tuple(e.unsqueeze(1) for e in cell.to_element(h0))  # (B, 1, ...)
+    states = cell.from_element(cell.combine(start, prefix))  # each (B, T, ...)
+    return states, map_state(lambda s: s[:, -1], states)
 
 
 class Scan(Engine):
@@ -46,17 +91,13 @@ class Scan(Engine):
         B, T, _ = x.shape
         kind = cell.structure.kind
         u = cell.project(x)  # (B, T, D) -> (B, T, P)
-        A, b = cell.transition(u)
-        alive = None
-        if lengths is not None:
-            A, b, alive = _mask_padding(kind, A, b, lengths)
-        if kind == "matrix":
-            h, h_T = matrix_scan(A, b, initial_state=h0, output_final_state=True)
+        alive = None if lengths is None else _alive(lengths, T)
+        if kind == "householder":
+            y, h_T = _householder(cell, u, h0, alive)
         else:
-            a = expand_decay(A, b).expand_as(b)  # (B, T, *S)
-            h, h_T = linear_scan(a, b, initial_state=h0, output_final_state=True)
-        y = cell.readout(h.flatten(0, 1), u.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, H_out)
+            states, h_T = (_monoid if kind == "monoid" else _affine)(cell, u, h0, alive)
+            flat = map_state(lambda s: s.flatten(0, 1), states)  # (B, T, ...) -> (B*T, ...)
+            y = cell.readout(flat, u.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, H_out)
         if alive is not None:
-            y = torch.where(alive.view(B, T, *([1] * (y.dim() - 2))), y,
-                            torch.zeros((), dtype=y.dtype, device=y.device))
+            y = _keep(alive, y, 0.0)
         return y, h_T

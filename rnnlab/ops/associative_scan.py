@@ -43,7 +43,7 @@ def _interleave(even: Elems, odd: Elems, dims: Sequence[int]) -> Elems:
 
 
 def _odd_even_scan(combine, elems: Elems, dims: Sequence[int]) -> Elems:
-    """Inclusive scan of ``elems`` (each ``(..., T, ...)`` along its own dim) by odd/even recursion."""
+    """Inclusive scan by odd/even recursion; each of elems is ``(..., T, ...)`` along its dim."""
     steps = elems[0].shape[dims[0]]
     if steps < 2:
         return elems

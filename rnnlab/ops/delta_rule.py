@@ -85,8 +85,9 @@ def _check_inputs(q, k, v, beta, g, initial_state, cu_seqlens, chunk_size, scale
 def _segsum(g: Tensor) -> Tensor:
     """``g (..., C) -> (..., C, C)``: ``sum(g[j+1 : i+1])`` for ``i >= j``, ``-inf`` above.
 
-    Built by a masked cumsum, not a difference of cumsums, so it is exact to rounding and only
-    values ``<= 0`` (for ``g <= 0``) are ever exponentiated."""
+    Built by a masked cumsum of the g's in the segment, not as a difference of two long
+    cumsums (which cancels digits when |gamma| is large); with ``g <= 0`` only values ``<= 0``
+    are ever exponentiated, and ``-inf`` above the diagonal exponentiates to an exact 0."""
     C = g.shape[-1]
     x = g.unsqueeze(-1).expand(*g.shape, C)  # (..., C, C): x[i, j] = g_i
     strict = torch.ones(C, C, dtype=torch.bool, device=g.device).tril(-1)
@@ -106,28 +107,32 @@ def _chunk_operands(q, k, v, beta, g, scale: float):
     seg = _segsum(g)  # (N, BH, C, C): gamma_i - gamma_j below the diagonal, -inf above
     gam = seg.exp()  # (N, BH, C, C): Gamma_ij = exp(gamma_i - gamma_j), 0 above
     gamma = g.cumsum(-1)  # (N, BH, C): decay from the chunk start to step i, in log space
-    a = (beta.unsqueeze(-1) * gam * (k @ k.transpose(-1, -2))).tril(-1)  # (N, BH, C, C)
-    rhs = torch.cat([beta.unsqueeze(-1) * v,
-                     (beta * gamma.exp()).unsqueeze(-1) * k], -1)  # (N, BH, C, V + K)
+    bk = beta.unsqueeze(-1) * k  # (N, BH, C, K): beta_i k_i
+    a = ((bk @ k.transpose(-1, -2)) * gam).tril(-1)  # (N, BH, C, C): StrictTril(b (G . KK^T))
+    rhs = torch.cat([beta.unsqueeze(-1) * v, gamma.exp().unsqueeze(-1) * bk], -1)  # (.., V + K)
     # (I + a) X = rhs; unitriangular takes a's (zero) diagonal as ones.
     sol = torch.linalg.solve_triangular(a, rhs, upper=False, unitriangular=True)
     U, W = sol.split([V, k.shape[-1]], -1)  # (N, BH, C, V), (N, BH, C, K)
     Kd = k * seg[..., -1, :].exp().unsqueeze(-1)  # (N, BH, C, K): k_j exp(gamma_C - gamma_j)
     decay = gamma[..., -1].exp()  # (N, BH)
-    Qd = q * (scale * gamma.exp()).unsqueeze(-1)  # (N, BH, C, K)
-    P = (q @ k.transpose(-1, -2)) * gam * scale  # (N, BH, C, C), lower triangular
+    if scale != 1.0:
+        q = q * scale
+    Qd = q * gamma.exp().unsqueeze(-1)  # (N, BH, C, K)
+    P = (q @ k.transpose(-1, -2)) * gam  # (N, BH, C, C), lower triangular
     return W, U, Kd, decay, Qd, P
 
 
 def _chunk_scan(W, U, Kd, decay, S):
     """Carry the state ``S (BH, K, V)`` across the N chunks; returns the states entering each
-    chunk ``(N, BH, K, V)``, the corrected values ``V' (N, BH, C, V)`` and the final state."""
+    chunk ``(N, BH, K, V)``, the corrected values ``V' (N, BH, C, V)`` and the final state.
+    Chunks are taken by ``unbind`` (one stacking backward), not by indexing (a full-size zero
+    gradient per chunk)."""
     states, news = [], []
-    for n in range(W.shape[0]):
+    for w, u, kd, d in zip(W.unbind(0), U.unbind(0), Kd.unbind(0), decay.unbind(0)):
         states.append(S)
-        vn = torch.baddbmm(U[n], W[n], S, alpha=-1)  # (BH, C, V)
+        vn = torch.baddbmm(u, w, S, alpha=-1)  # (BH, C, V)
         news.append(vn)
-        S = torch.baddbmm(S * decay[n][:, None, None], Kd[n].transpose(1, 2), vn)  # (BH, K, V)
+        S = torch.baddbmm(S * d[:, None, None], kd.transpose(1, 2), vn)  # (BH, K, V)
     if not states:
         return W.new_zeros(0, *S.shape), U.new_zeros(U.shape), S
     return torch.stack(states), torch.stack(news), S
@@ -138,7 +143,8 @@ def _to_chunks(x: Tensor, C: int) -> Tensor:
     B, T, H = x.shape[:3]
     N = -(-T // C)
     tail = x.shape[3:]
-    x = torch.nn.functional.pad(x, [0, 0] * len(tail) + [0, 0, 0, N * C - T])  # (B, N*C, H, ...)
+    if N * C != T:
+        x = torch.nn.functional.pad(x, [0, 0] * len(tail) + [0, 0, 0, N * C - T])  # (B, NC, H, ..)
     x = x.reshape(B, N, C, H, *tail)  # (B, N, C, H, ...)
     x = x.permute(1, 0, 3, 2, *range(4, x.dim()))  # (N, B, H, C, ...)
     return x.reshape(N, B * H, C, *tail)  # (N, BH, C, ...)
@@ -213,15 +219,15 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Optional[Tensor
 
 def _reference_run(q, k, v, beta, g, S, scale: float):
     """One step at a time: ``q, k (b, L, H, K)``, ``v (b, L, H, V)``, ``beta, g (b, L, H)``,
-    ``S (b, H, K, V)`` -> ``o (b, L, H, V)``, ``S``."""
+    ``S (b, H, K, V)`` -> ``o (b, L, H, V)``, ``S``. Steps are taken by ``unbind`` (indexing
+    would cost a full-size zero gradient per step in the backward)."""
     outs = []
-    for t in range(q.shape[1]):
-        kt, bt = k[:, t], beta[:, t, :, None, None]  # (b, H, K), (b, H, 1, 1)
-        kS = torch.einsum("bhk,bhkv->bhv", kt, S)  # (b, H, V): k_t^T S_{t-1}
-        erase = kt.unsqueeze(-1) * kS.unsqueeze(-2)  # (b, H, K, V)
-        write = kt.unsqueeze(-1) * v[:, t].unsqueeze(-2)  # (b, H, K, V)
-        S = g[:, t, :, None, None].exp() * (S - bt * erase) + bt * write
-        outs.append(torch.einsum("bhk,bhkv->bhv", scale * q[:, t], S))  # (b, H, V)
+    for qt, kt, vt, bt, gt in zip(*(x.unbind(1) for x in (q, k, v, beta, g))):
+        S = gt.exp()[..., None, None] * S  # (b, H, K, V): exp(g_t) S_{t-1}
+        kS = torch.einsum("bhk,bhkv->bhv", kt, S)  # (b, H, V)
+        # exp(g)(I - b k k^T) S + b k v^T  ==  exp(g) S + k (b (v - k^T exp(g) S))^T
+        S = S + kt.unsqueeze(-1) * (bt.unsqueeze(-1) * (vt - kS)).unsqueeze(-2)
+        outs.append(torch.einsum("bhk,bhkv->bhv", scale * qt, S))  # (b, H, V)
     if not outs:
         return v.new_zeros(v.shape), S
     return torch.stack(outs, 1), S  # (b, L, H, V)

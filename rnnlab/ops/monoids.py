@@ -43,8 +43,8 @@ def _apply_at(x0: Optional[torch.Tensor], like: torch.Tensor, dim: int,
     dim = dim % like.dim()
     expected = tuple(like.shape[:dim] + like.shape[dim + 1:])
     if tuple(x0.shape) != expected:
-        raise ValueError(f"{name}: expected shape {expected} (the scanned shape without its time dim "
-                         f"{dim}), got {tuple(x0.shape)}")
+        raise ValueError(f"{name}: expected shape {expected} (the scanned shape without its time "
+                         f"dim {dim}), got {tuple(x0.shape)}")
     return x0.unsqueeze(dim)  # (B, ...) -> (B, 1, ...)
 
 
@@ -88,13 +88,14 @@ def matrix_affine_apply(A: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Ten
     h0 ``(B, ..., N)`` (zeros when None)."""
     if h0 is None:
         return b
-    return (A @ _apply_at(h0, b, dim, "h0").unsqueeze(-1)).squeeze(-1) + b  # (..., N, 1) -> (..., N)
+    h0 = _apply_at(h0, b, dim, "h0")  # (B, ..., N) -> (B, 1, ..., N)
+    return (A @ h0.unsqueeze(-1)).squeeze(-1) + b  # (..., N, 1) -> (..., N)
 
 
 # --- Aaren: o_k = Σ_{i≤k} e^{s_i} v_i / Σ_{i≤k} e^{s_i} -----------------------------------
 
 def aaren_leaf(s: torch.Tensor, v: torch.Tensor) -> Elems:
-    """Scores s ``(B, T, ...)`` and values v ``(B, T, ..., V)`` -> leaves ``(m, u, w) = (s, 1, v)``."""
+    """Scores s ``(B, T, ...)``, values v ``(B, T, ..., V)`` -> leaves ``(m, u, w) = (s, 1, v)``."""
     return s, torch.ones_like(s), v
 
 

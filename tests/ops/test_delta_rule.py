@@ -20,7 +20,8 @@ NAMES = ("q", "k", "v", "beta", "g", "initial_state")
 
 def make(B=2, T=7, H=3, K=5, V=7, dtype=torch.float32, gated=True, rows=None, seed=0,
          beta=None, g=None):
-    """Random inputs: k L2-normalized, beta in [0, 2], g = logsigmoid(N(0, 1)) (<= 0)."""
+    """Random inputs: k L2-normalized, beta in [0, 2], g = logsigmoid(N(2, 1)) (<= 0, mild
+    enough that decay still links the ends of a 64-step chunk)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -28,7 +29,7 @@ def make(B=2, T=7, H=3, K=5, V=7, dtype=torch.float32, gated=True, rows=None, se
     inputs = {"q": rand(B, T, H, K), "k": F.normalize(rand(B, T, H, K), dim=-1),
               "v": rand(B, T, H, V),
               "beta": 2 * torch.rand(B, T, H, generator=gen, dtype=dtype),
-              "g": F.logsigmoid(rand(B, T, H)) if gated else None,
+              "g": F.logsigmoid(rand(B, T, H) + 2) if gated else None,
               "initial_state": rand(B if rows is None else rows, H, K, V)}
     if beta is not None:
         inputs["beta"] = torch.full((B, T, H), float(beta), dtype=dtype)

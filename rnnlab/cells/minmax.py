@@ -1,0 +1,52 @@
+"""MinMax recurrent neural cascade neuron (Ronca 2026), elementwise:
+
+    x_t = max(min(r_t, x_{t-1}), s_t),   r = W_r u,  s = W_s u,   y_t = x_t * sigmoid(W_g u),  x_0 = 0
+
+Each map x -> max(min(r, x), s) is idempotent, so the neuron is aperiodic: it latches and resets
+but cannot count (no parity). The maps compose associatively (not commutatively) as
+(r, s) then (r', s') = (min(r', r), max(min(r', s), s')), which the scan engine prefix-scans.
+Init: "small init" std sqrt(2 / (5 D)) for W_r and W_s.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..ops.monoids import minmax_combine, minmax_identity
+from .monoid import MonoidCell
+from .registry import register
+
+
+@register("minmax")
+class MinMax(MonoidCell):
+    """MinMax cell. State ``x: (B, H)``; ``u_t: (B, 3H)`` = [r, s, gate]."""
+
+    def __init__(self, input_size: int, hidden_size: int, device=None, dtype=None):
+        super().__init__(input_size, hidden_size)
+        self.proj = nn.Linear(input_size, 3 * hidden_size, device=device, dtype=dtype)
+        with torch.no_grad():
+            nn.init.normal_(self.proj.weight[:2 * hidden_size], std=math.sqrt(2 / (5 * input_size)))
+
+    def project(self, x):
+        return self.proj(x)  # (B, T, D) -> (B, T, 3H)
+
+    def elements(self, u):
+        r, s, _ = u.chunk(3, dim=-1)
+        return r, s
+
+    def combine(self, a, b):
+        return minmax_combine(a, b)
+
+    def identity(self, elems):
+        return minmax_identity(elems)
+
+    def to_element(self, h):
+        return h, h  # the constant map to h: max(min(h, .), h) = h
+
+    def from_element(self, e):
+        return e[1]  # applied after to_element(h), the second bound is the new state
+
+    def readout(self, h, u_t):
+        return h * torch.sigmoid(u_t.chunk(3, dim=-1)[2])
