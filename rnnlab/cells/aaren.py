@@ -23,11 +23,8 @@ class Aaren(MonoidCell):
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if hidden_size % heads:
-            raise ValueError(f"Aaren: heads must divide hidden_size={hidden_size}, got {heads}")
+        self.init_heads(heads, key_dim)
         kw = dict(device=device, dtype=dtype)
-        self.heads, self.value_dim = heads, hidden_size // heads
-        self.key_dim = key_dim or self.value_dim
         self.query = nn.Parameter(torch.randn(heads, self.key_dim, **kw))
         self.kv = nn.Linear(input_size, heads * self.key_dim + hidden_size, **kw)
 

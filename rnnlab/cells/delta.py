@@ -29,13 +29,6 @@ class DeltaCell(LinearCell):
     structure = Linear("householder")
     substeps = 1  # Householder steps per token (DeltaProduct's n_h); all but the last unread
 
-    def _init_heads(self, hidden_size: int, heads: int, key_dim: int | None):
-        if hidden_size % heads:
-            raise ValueError(f"{type(self).__name__}: heads must divide hidden_size="
-                             f"{hidden_size}, got {heads}")
-        self.heads, self.value_dim = heads, hidden_size // heads
-        self.key_dim = key_dim or self.value_dim
-
     def state_shapes(self):
         return ((self.heads, self.key_dim, self.value_dim),)
 
@@ -84,7 +77,7 @@ class DeltaNet(DeltaCell):
                  key_dim: int | None = None, allow_neg_eigval: bool = False,
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        self._init_heads(hidden_size, heads, key_dim)
+        self.init_heads(heads, key_dim)
         self.allow_neg_eigval = allow_neg_eigval
         nk = heads * self.key_dim
         self.proj = nn.Linear(input_size, 2 * nk + hidden_size + heads, bias=False,
@@ -136,7 +129,7 @@ class DeltaProduct(DeltaCell):
         super().__init__(input_size, hidden_size)
         if not (isinstance(substeps, int) and substeps >= 1):
             raise ValueError(f"DeltaProduct: substeps must be an int >= 1, got {substeps!r}")
-        self._init_heads(hidden_size, heads, key_dim)
+        self.init_heads(heads, key_dim)
         self.substeps, self.allow_neg_eigval, self.gated = substeps, allow_neg_eigval, gated
         kw = dict(device=device, dtype=dtype)
         nk = heads * self.key_dim

@@ -28,11 +28,9 @@ class GLA(LinearCell):
                  key_dim: int | None = None, gate_rank: int = 16, tau: float = 16.0,
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if hidden_size % heads:
-            raise ValueError(f"GLA: heads must divide hidden_size={hidden_size}, got {heads}")
+        self.init_heads(heads, key_dim)
+        self.key_dim = key_dim or max(1, self.value_dim // 2)  # d_k = d_v / 2 as the paper
         kw = dict(device=device, dtype=dtype)
-        self.heads, self.value_dim = heads, hidden_size // heads
-        self.key_dim = key_dim or max(1, self.value_dim // 2)
         self.tau = tau
         nk = heads * self.key_dim
         self.qkv = nn.Linear(input_size, 2 * nk + hidden_size, bias=False, **kw)

@@ -41,6 +41,14 @@ class LinearCell(Cell):
 
     structure: Linear = Linear("diagonal")
 
+    def init_heads(self, heads: int, key_dim: int | None):
+        """Split H into ``heads`` of ``value_dim`` (V) each, with key dim K (default V)."""
+        if not (isinstance(heads, int) and heads >= 1) or self.hidden_size % heads:
+            raise ValueError(f"{type(self).__name__}: heads must be an int >= 1 dividing "
+                             f"hidden_size={self.hidden_size}, got {heads!r}")
+        self.heads, self.value_dim = heads, self.hidden_size // heads
+        self.key_dim = key_dim or self.value_dim
+
     def transition(self, u: torch.Tensor):
         raise NotImplementedError
 

@@ -26,11 +26,8 @@ class MLSTM(MonoidCell):
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if hidden_size % heads:
-            raise ValueError(f"MLSTM: heads must divide hidden_size={hidden_size}, got {heads}")
+        self.init_heads(heads, key_dim)
         kw = dict(device=device, dtype=dtype)
-        self.heads, self.value_dim = heads, hidden_size // heads
-        self.key_dim = key_dim or self.value_dim
         nk = heads * self.key_dim
         self.qkvo = nn.Linear(input_size, 2 * nk + 2 * hidden_size, bias=False, **kw)
         self.gates = nn.Linear(input_size, 2 * heads, **kw)  # i~, f~

@@ -185,6 +185,20 @@ def _pack_rows(cu: Tensor, *xs: Tensor):
     return mask, rows
 
 
+def _prepare(q, k, v, beta, g, initial_state, cu_seqlens, chunk_size, scale):
+    """Checks, then the inputs in the compute dtype: ``(cu, scale, (q, k, v, beta, g), S0,
+    out_dtype)`` with g zeros when None, S0 ``(B or N, H, K, V)`` zeros when no initial state,
+    and out_dtype q's own dtype."""
+    B, T, H, K, V, cu, dt = _check_inputs(q, k, v, beta, g, initial_state, cu_seqlens,
+                                          chunk_size, scale)
+    rows = B if cu is None else len(cu) - 1
+    g = beta.new_zeros(()).expand(B, T, H) if g is None else g
+    out_dtype = q.dtype
+    q, k, v, beta, g = (x.to(dt) for x in (q, k, v, beta, g))
+    S0 = q.new_zeros(rows, H, K, V) if initial_state is None else initial_state.to(dt)
+    return cu, 1.0 if scale is None else float(scale), (q, k, v, beta, g), S0, out_dtype
+
+
 def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Optional[Tensor] = None,
                initial_state: Optional[Tensor] = None, output_final_state: bool = False,
                cu_seqlens: Optional[Tensor] = None, chunk_size: int = 64,
@@ -199,15 +213,8 @@ def delta_rule(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Optional[Tensor
     Returns ``o (B, T, H, V)`` in q's dtype and, if ``output_final_state``, the final state
     ``(B or N, H, K, V)`` in the compute dtype (fp32, or fp64 for fp64 inputs), else None.
     Autograd flows through all inputs and ``initial_state``."""
-    B, T, H, K, V, cu, dt = _check_inputs(q, k, v, beta, g, initial_state, cu_seqlens,
-                                          chunk_size, scale)
-    scale = 1.0 if scale is None else float(scale)
-    rows = B if cu is None else len(cu) - 1
-    out_dtype = q.dtype
-    g = beta.new_zeros(()).expand(B, T, H) if g is None else g
-    q, k, v, beta, g = (x.to(dt) for x in (q, k, v, beta, g))
-    S0 = (q.new_zeros(rows, H, K, V) if initial_state is None
-          else initial_state.to(dt))  # (B or N, H, K, V)
+    cu, scale, (q, k, v, beta, g), S0, out_dtype = _prepare(
+        q, k, v, beta, g, initial_state, cu_seqlens, chunk_size, scale)
     if cu is None:
         o, S = _chunked(q, k, v, beta, g, S0, chunk_size, scale)
     else:
@@ -241,14 +248,8 @@ def delta_rule_reference(q: Tensor, k: Tensor, v: Tensor, beta: Tensor,
     """The source of truth: a plain loop over time. Same signature, shapes and dtypes as
     :func:`delta_rule` (``chunk_size`` is checked, then unused); each sequence of
     ``cu_seqlens`` is run on its own from its row of ``initial_state``."""
-    B, T, H, K, V, cu, dt = _check_inputs(q, k, v, beta, g, initial_state, cu_seqlens,
-                                          chunk_size, scale)
-    scale = 1.0 if scale is None else float(scale)
-    rows = B if cu is None else len(cu) - 1
-    out_dtype = q.dtype
-    g = beta.new_zeros(()).expand(B, T, H) if g is None else g
-    q, k, v, beta, g = (x.to(dt) for x in (q, k, v, beta, g))
-    S0 = q.new_zeros(rows, H, K, V) if initial_state is None else initial_state.to(dt)
+    cu, scale, (q, k, v, beta, g), S0, out_dtype = _prepare(
+        q, k, v, beta, g, initial_state, cu_seqlens, chunk_size, scale)
     if cu is None:
         o, S = _reference_run(q, k, v, beta, g, S0, scale)
     else:
