@@ -1,6 +1,11 @@
 """Shared test helpers: the relative error and the one tolerance table per dtype."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import pathlib
+
+import pytest
 import torch
 
 from rnnlab.cells import as_tuple
@@ -40,3 +45,21 @@ def rel_err(a, b) -> float:
 def assert_close(a, b, dtype=torch.float32, what: str = "") -> None:
     err = rel_err(a, b)
     assert err <= TOL[dtype], f"{what}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
+
+
+def fla_naive(module: str):
+    """fla's pure-torch naive module (e.g. ``"delta_rule.naive"``), the independent test oracle;
+    skips when fla is not installed. ``fla.ops`` imports triton at package level, so without
+    triton the naive file is loaded alone (it needs only torch and einops)."""
+    pytest.importorskip("einops")
+    fla = pytest.importorskip("fla")
+    try:
+        return importlib.import_module(f"fla.ops.{module}")
+    except ImportError:
+        path = pathlib.Path(fla.__file__).parent / "ops" / (module.replace(".", "/") + ".py")
+        if not path.is_file():
+            pytest.skip(f"fla has no ops/{module}")
+        spec = importlib.util.spec_from_file_location(f"_fla_oracle_{module}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod

@@ -3,9 +3,6 @@ edge values of beta and g; cu_seqlens vs per-sequence runs; named errors; and fl
 as an independent oracle when fla is installed."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -13,7 +10,7 @@ import torch.nn.functional as F
 
 from rnnlab.ops.delta_rule import delta_rule, delta_rule_reference
 
-from ..helpers import assert_close
+from ..helpers import assert_close, fla_naive
 
 NAMES = ("q", "k", "v", "beta", "g", "initial_state")
 
@@ -231,26 +228,9 @@ def test_errors_name_the_argument(fn, kwargs, err, pattern):
         fn(**kwargs)
 
 
-def _fla_naive(module: str):
-    """fla's pure-torch naive module, e.g. ``delta_rule.naive``. ``fla.ops`` imports triton at
-    package level; without triton, load the naive file alone (it needs only torch and einops)."""
-    pytest.importorskip("einops")
-    fla = pytest.importorskip("fla")
-    try:
-        return importlib.import_module(f"fla.ops.{module}")
-    except ImportError:
-        path = pathlib.Path(fla.__file__).parent / "ops" / (module.replace(".", "/") + ".py")
-        if not path.is_file():
-            pytest.skip(f"fla has no ops/{module}")
-        spec = importlib.util.spec_from_file_location(f"_fla_oracle_{module}", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-
 @pytest.mark.parametrize("T", [7, 130])
 def test_fla_delta_rule_recurrence_oracle(T):
-    fn = getattr(_fla_naive("delta_rule.naive"), "delta_rule_recurrence", None)
+    fn = getattr(fla_naive("delta_rule.naive"), "delta_rule_recurrence", None)
     if fn is None:
         pytest.skip("fla has no delta_rule_recurrence")
     x = make(T=T, K=12, V=20, gated=False)
@@ -265,7 +245,7 @@ def test_fla_delta_rule_recurrence_oracle(T):
 
 @pytest.mark.parametrize("beta", [None, 2.0])
 def test_fla_gated_delta_rule_oracle(beta):
-    fn = getattr(_fla_naive("gated_delta_rule.naive"), "naive_recurrent_gated_delta_rule", None)
+    fn = getattr(fla_naive("gated_delta_rule.naive"), "naive_recurrent_gated_delta_rule", None)
     if fn is None:
         pytest.skip("fla has no naive_recurrent_gated_delta_rule")
     x = make(T=150, K=12, V=20, beta=beta)
