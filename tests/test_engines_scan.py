@@ -16,9 +16,26 @@ LINEAR = [n for n in cells.available()
           if isinstance(cells.get(n, D, H, device="meta").structure, Linear)]
 
 
-def run(name, engine, x, h0, lengths, seed=0):
+# Options that change the math, each run on both engines too.
+VARIANTS = [
+    ("s4d", dict(init="inv", discretization="bilinear")),
+    ("s4d", dict(init="real", discretization="zoh")),
+    ("lru", dict(r_min=0.9, r_max=0.999, max_phase=0.3)),
+    ("lssl", dict(learn_A=False, state_size=5)),
+    ("mamba", dict(allow_neg_eigval=True)),
+    ("mamba2", dict(allow_neg_eigval=True, head_dim=3)),
+    ("gla", dict(heads=2, key_dim=5)),
+    ("deltanet", dict(allow_neg_eigval=True, heads=2)),
+    ("deltaproduct", dict(substeps=3, gated=True)),
+    ("deltaproduct", dict(substeps=1, allow_neg_eigval=False)),
+    ("mlstm", dict(heads=3, key_dim=4)),
+    ("aaren", dict(heads=2, key_dim=3)),
+]
+
+
+def run(name, engine, x, h0, lengths, seed=0, **options):
     torch.manual_seed(seed)
-    layer = rnnlab.Recurrent(cells.get(name, D, H), engine=engine)
+    layer = rnnlab.Recurrent(cells.get(name, D, H, **options), engine=engine)
     x = x.clone().requires_grad_()
     h0 = map_state(lambda t: t.clone().requires_grad_(), h0)
     y, h = layer(x, h0, lengths=lengths)
@@ -29,21 +46,51 @@ def run(name, engine, x, h0, lengths, seed=0):
     return y, h, grads
 
 
+def check_engines_agree(name, T, varlen, **options):
+    B = 3
+    zero = cells.get(name, D, H, **options).init_state(B)
+    h0 = map_state(lambda z: 0.3 * torch.randn(z.shape, dtype=z.dtype), zero)
+    x = torch.randn(B, T, D)
+    lengths = torch.tensor([T, max(T // 2, 1), 0]) if varlen else None
+    y_s, h_s, g_s = run(name, "sequential", x, h0, lengths, **options)
+    y_p, h_p, g_p = run(name, "scan", x, h0, lengths, **options)
+    what = f"{name}{options or ''}"
+    assert_close(y_p, y_s, what=f"{what} outputs")
+    assert_close(h_p, h_s, what=f"{what} final state")
+    for i, (a, b) in enumerate(zip(g_p, g_s)):
+        assert_close(a, b, what=f"{what} gradient #{i}")
+
+
 @pytest.mark.parametrize("name", LINEAR)
 @pytest.mark.parametrize("T", [1, 7, 63])
 @pytest.mark.parametrize("varlen", [False, True])
 def test_scan_equals_sequential(name, T, varlen):
-    B = 3
-    zero = cells.get(name, D, H).init_state(B)
-    h0 = map_state(lambda z: 0.3 * torch.randn(z.shape, dtype=z.dtype), zero)
-    x = torch.randn(B, T, D)
-    lengths = torch.tensor([T, max(T // 2, 1), 0])[:B] if varlen else None
-    y_s, h_s, g_s = run(name, "sequential", x, h0, lengths)
-    y_p, h_p, g_p = run(name, "scan", x, h0, lengths)
-    assert_close(y_p, y_s, what=f"{name} outputs")
-    assert_close(h_p, h_s, what=f"{name} final state")
-    for i, (a, b) in enumerate(zip(g_p, g_s)):
-        assert_close(a, b, what=f"{name} gradient #{i}")
+    check_engines_agree(name, T, varlen)
+
+
+@pytest.mark.parametrize("name", LINEAR)
+def test_scan_equals_sequential_long(name):
+    check_engines_agree(name, 300, varlen=True)
+
+
+@pytest.mark.parametrize("name, options", VARIANTS, ids=lambda v: str(v))
+def test_scan_equals_sequential_for_options(name, options):
+    check_engines_agree(name, 29, varlen=True, **options)
+
+
+def test_negative_eigenvalue_options_reach_below_zero():
+    x = torch.randn(4, 50, D) * 3
+    for name in ("mamba", "mamba2"):
+        torch.manual_seed(0)
+        cell = cells.get(name, D, H, allow_neg_eigval=True)
+        A, _ = cell.transition(cell.project(x))
+        assert A.min() < 0 <= A.max() <= 1, name
+    torch.manual_seed(0)
+    cell = cells.get("deltanet", D, H, allow_neg_eigval=True)
+    beta = cell.delta_inputs(cell.project(x))[3]
+    assert beta.max() > 1 and beta.min() >= 0 and beta.max() <= 2
+    A, _ = cell.transition(cell.project(x))
+    assert torch.linalg.eigvalsh(A).min() < 0  # I - beta k k^T with beta > 1
 
 
 def test_auto_picks_scan_for_linear_and_sequential_otherwise():
