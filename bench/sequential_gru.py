@@ -10,4 +10,5 @@ from pathlib import Path
 from rnnlab.cli import bench_sequential
 
 if __name__ == "__main__":
-    bench_sequential(out=Path(sys.argv[1] if len(sys.argv) > 1 else "bench/out/sequential_gru.json"))
+    out = sys.argv[1] if len(sys.argv) > 1 else "bench/out/sequential_gru.json"
+    bench_sequential(out=Path(out))

@@ -25,7 +25,8 @@ def demo(cell: str = typer.Option("gru", help="registered cell name"),
     from . import cells
     from .demo import DemoConfig, run
     if cell not in cells.available():
-        raise typer.BadParameter(f"unknown cell {cell!r}; available: {', '.join(cells.available())}",
+        raise typer.BadParameter(f"unknown cell {cell!r}; available: "
+                                 f"{', '.join(cells.available())}",
                                  param_hint="--cell")
     run(DemoConfig(cell=cell, hidden_size=hidden_size, steps=steps, seed=seed), console)
 

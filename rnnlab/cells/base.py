@@ -35,7 +35,7 @@ class Diagonal:
 
 @dataclass(frozen=True)
 class Block:
-    """k x k blocks per channel: channel i of each of the k state tensors mix (ParaLSTM's (c, h))."""
+    """k x k blocks per channel: channel i of each of the k state tensors mix (ParaLSTM's c, h)."""
     k: int
 
     def __post_init__(self):

@@ -1,7 +1,8 @@
 """The delta-rule family: DeltaNet, Gated DeltaNet, DeltaProduct. A matrix state per head, updated
 by one (or n_h) online regression steps on 1/2 ||S^T k - v||^2:
 
-    S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T  in R^{K x V},   o_t = S_t^T q_t
+    S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T  in R^{K x V}
+    o_t = S_t^T q_t
 
 q, k pass SiLU then L2 normalization per head (needed: the eigenvalues of the transition are 1
 and 1 - beta ||k||^2); beta = sigmoid(.) in (0, 1), or 2 sigmoid(.) in (0, 2) with

@@ -56,7 +56,8 @@ class GLA(LinearCell):
 
     def transition(self, u):
         _, k, log_a, v = self._split(u)
-        return torch.exp(log_a).unsqueeze(-1), k.unsqueeze(-1) * v.unsqueeze(-2)  # (.., K, 1), (.., K, V)
+        a = torch.exp(log_a).unsqueeze(-1)  # (B, T, heads, K, 1): decays broadcast over V
+        return a, k.unsqueeze(-1) * v.unsqueeze(-2)  # (B, T, heads, K, V)
 
     def readout(self, h, u_t):
         q = self._split(u_t)[0]

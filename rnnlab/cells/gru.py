@@ -4,7 +4,8 @@
     n    = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     h'   = (1 - z) * n + z * h
 
-``reset_after=False`` gives Cho et al.'s original form, ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``.
+``reset_after=False`` gives Cho et al.'s original form,
+``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``.
 """
 from __future__ import annotations
 

@@ -39,7 +39,8 @@ class LSTM(TorchStyleCell):
         self.proj_size = proj_size
         self.forget_bias = float(forget_bias)
         kw = dict(device=device, dtype=dtype)
-        self.weight_hr = nn.Parameter(torch.empty(proj_size, hidden_size, **kw)) if proj_size else None
+        self.weight_hr = (nn.Parameter(torch.empty(proj_size, hidden_size, **kw)) if proj_size
+                          else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

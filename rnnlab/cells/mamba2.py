@@ -1,6 +1,7 @@
 """Mamba-2's SSD layer (Dao & Gu 2024): one scalar decay per head, a matrix state per head.
 
-    a_t = exp(dt_t A_h),   H_t = a_t H_{t-1} + (dt_t x_t) B_t^T  in R^{P x N},   y_t = H_t C_t + D_h x_t
+    a_t = exp(dt_t A_h),   H_t = a_t H_{t-1} + (dt_t x_t) B_t^T  in R^{P x N}
+    y_t = H_t C_t + D_h x_t
 
 with x, dt, B, C from one input projection, dt = softplus(. + dt_bias). Init: A_h ~ U[1, 16]
 (stored as a log, A = -exp(A_log)), dt log-uniform in [dt_min, dt_max], D = 1.

@@ -1,6 +1,7 @@
 """MinMax recurrent neural cascade neuron (Ronca 2026), elementwise:
 
-    x_t = max(min(r_t, x_{t-1}), s_t),   r = W_r u,  s = W_s u,   y_t = x_t * sigmoid(W_g u),  x_0 = 0
+    x_t = max(min(r_t, x_{t-1}), s_t),   r = W_r u,  s = W_s u,   x_0 = 0
+    y_t = x_t * sigmoid(W_g u)
 
 Each map x -> max(min(r, x), s) is idempotent, so the neuron is aperiodic: it latches and resets
 but cannot count (no parity). The maps compose associatively (not commutatively) as

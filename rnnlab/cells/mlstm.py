@@ -46,7 +46,9 @@ class MLSTM(MonoidCell):
     def _split(self, u):
         nk, H, n = self.heads * self.key_dim, self.hidden_size, self.heads
         q, k, v, o, i, f = u.split([nk, nk, H, H, n, n], dim=-1)
-        heads = lambda t: t.unflatten(-1, (n, -1))  # (..., n * d) -> (..., n, d)
+
+        def heads(t):
+            return t.unflatten(-1, (n, -1))  # (..., n * d) -> (..., n, d)
         return heads(q), heads(k) * self.key_dim ** -0.5, heads(v), o, i, F.logsigmoid(f)
 
     def elements(self, u):

@@ -79,7 +79,8 @@ class S4D(LinearCell):
         b = torch.complex(self.b_re, self.b_im)
         if self.discretization == "zoh":
             return torch.exp(dt_lam), torch.expm1(dt_lam) / lam * b
-        return (1 + dt_lam / 2) / (1 - dt_lam / 2), torch.exp(self.log_dt)[:, None] * b / (1 - dt_lam / 2)
+        dt = torch.exp(self.log_dt)[:, None]  # (H, 1)
+        return (1 + dt_lam / 2) / (1 - dt_lam / 2), dt * b / (1 - dt_lam / 2)
 
     def transition(self, u):
         a_bar, b_bar = self.discrete()

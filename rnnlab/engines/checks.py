@@ -10,7 +10,7 @@ from ..cells.base import Cell, State, as_tuple
 
 
 def check_input(cell: Cell, x) -> None:
-    """``x`` must be a floating tensor ``(B, T, D)`` with ``T >= 1`` and ``D == cell.input_size``."""
+    """``x`` must be a floating tensor ``(B, T, D)``, ``T >= 1``, ``D == cell.input_size``."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor of shape (B, T, D={cell.input_size}), "
                         f"got {type(x).__name__}")
@@ -27,7 +27,8 @@ def check_input(cell: Cell, x) -> None:
     if T == 0:
         raise ValueError(f"x: expected at least one time step (T >= 1), got shape {tuple(x.shape)}")
     if B == 0:
-        raise ValueError(f"x: expected a batch of at least one (B >= 1), got shape {tuple(x.shape)}")
+        raise ValueError(f"x: expected a batch of at least one (B >= 1), "
+                         f"got shape {tuple(x.shape)}")
 
 
 def check_state(cell: Cell, state: State, batch: int, name: str = "initial_state") -> None:

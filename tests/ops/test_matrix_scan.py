@@ -13,7 +13,7 @@ from rnnlab.ops import monoids as mo
 from rnnlab.ops.associative_scan import associative_scan
 from rnnlab.ops.matrix_scan import matrix_scan, matrix_scan_reference
 
-from ..helpers import TOL, assert_close
+from ..helpers import assert_close
 
 B, E = 2, 3  # batch and one extra batch dim (e.g. heads)
 
