@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab.ops.linear_scan import linear_scan
+from rnnlab.ops.diagonal import linear_scan
 
 from .helpers import assert_close, fla_naive
 

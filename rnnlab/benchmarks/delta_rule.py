@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..ops.delta_rule import delta_rule, delta_rule_reference
+from ..ops.delta import delta_rule, delta_rule_reference
 from .timing import best_ms, machine
 
 

@@ -18,10 +18,7 @@ import torch
 
 from ..cells.base import Cell, Linear, State, map_state
 from ..cells.linear import expand_decay
-from ..ops.associative_scan import associative_scan
-from ..ops.delta_rule import delta_rule
-from ..ops.linear_scan import linear_scan
-from ..ops.matrix_scan import matrix_scan
+from ..ops import associative_scan, delta_rule, linear_scan, matrix_scan
 from .base import Engine
 
 KINDS = ("diagonal", "complex_diagonal", "scalar", "matrix", "householder", "monoid")
@@ -49,8 +46,8 @@ def _affine(cell, u, h0, alive):
         A = _keep(alive, A.expand(*b.shape[:2], *A.shape[2:]), eye)
     if matrix:
         return matrix_scan(A, b, initial_state=h0, output_final_state=True)
-    a = expand_decay(A, b).expand_as(b)  # (B, T, *S)
-    return linear_scan(a, b, initial_state=h0, output_final_state=True)
+    # Size-1 dims of a (a decay per head or per key) stay: the op reads them broadcast.
+    return linear_scan(expand_decay(A, b), b, initial_state=h0, output_final_state=True)
 
 
 def _householder(cell, u, h0, alive):

@@ -3,3 +3,7 @@
 Signatures follow fla: ``op(inputs..., initial_state=None, output_final_state=False,
 cu_seqlens=None) -> (out, final_state)``; ``final_state`` is ``None`` unless asked for.
 """
+from .associative import associative_scan, associative_scan_reference  # noqa: E402,F401
+from .delta import delta_rule, delta_rule_reference  # noqa: E402,F401
+from .diagonal import linear_scan, linear_scan_reference  # noqa: E402,F401
+from .matrix import matrix_scan, matrix_scan_reference  # noqa: E402,F401

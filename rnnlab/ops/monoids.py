@@ -1,4 +1,4 @@
-"""Monoids for :func:`rnnlab.ops.associative_scan.associative_scan` (see linear_models.md §0).
+"""Monoids for :func:`rnnlab.ops.associative_scan` (see linear_models.md §0).
 
 Each family gives: a leaf constructor (inputs at each step -> scan elements), ``*_combine(a, b)``
 with ``a`` the earlier and ``b`` the later element, ``*_identity(elems)`` (identity elements

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnlab.ops import monoids as mo
-from rnnlab.ops.associative_scan import associative_scan, associative_scan_reference
+from rnnlab.ops.associative import associative_scan, associative_scan_reference
 
 from ..helpers import TOL, assert_close, rel_err
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops.delta_rule import delta_rule, delta_rule_reference
+from rnnlab.ops.delta import delta_rule, delta_rule_reference
 
 from ..helpers import assert_close, fla_naive
 

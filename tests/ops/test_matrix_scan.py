@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnlab.ops import monoids as mo
-from rnnlab.ops.associative_scan import associative_scan
-from rnnlab.ops.matrix_scan import matrix_scan, matrix_scan_reference
+from rnnlab.ops.associative import associative_scan
+from rnnlab.ops.matrix import matrix_scan, matrix_scan_reference
 
 from ..helpers import assert_close
 
