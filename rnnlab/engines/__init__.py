@@ -7,10 +7,11 @@ from typing import Dict, List, Type, Union
 
 from ..cells.base import Cell
 from .base import Engine, call_with_params, compute_dtype  # noqa: F401
+from .newton import Newton
 from .scan import Scan
 from .sequential import Sequential
 
-_ENGINES: Dict[str, Type[Engine]] = {"sequential": Sequential, "scan": Scan}
+_ENGINES: Dict[str, Type[Engine]] = {"sequential": Sequential, "scan": Scan, "newton": Newton}
 
 
 def available() -> List[str]:

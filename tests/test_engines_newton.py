@@ -1,0 +1,158 @@
+"""The Newton engine equals the sequential engine for every cell it supports (outputs, final
+state, gradients of inputs, initial state and every parameter), with varlen and non-zero initial
+state; a false structure declaration is caught; divergence raises or falls back, never returns
+wrong numbers."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import cells
+from rnnlab.cells import Diagonal, as_tuple, map_state
+from rnnlab.cells.elman import Elman
+from rnnlab.engines import Newton
+
+from .helpers import assert_close, sq_norm
+
+D, H = 5, 6
+NEWTON = [n for n in cells.available() if Newton().supports(cells.get(n, D, H, device="meta"))]
+
+
+def run(cell, engine, x, h0, lengths):
+    x = x.clone().requires_grad_()
+    h0 = map_state(lambda t: t.clone().requires_grad_(), h0)
+    y, h = rnnlab.Recurrent(cell, engine=engine)(x, h0, lengths=lengths)
+    g = torch.Generator().manual_seed(7)
+    loss = (y * torch.randn(y.shape, generator=g)).sum() + sq_norm(h)
+    params = list(cell.parameters())
+    grads = torch.autograd.grad(loss, [x, *as_tuple(h0), *params])
+    return y, h, grads
+
+
+def check_agree(name, T, varlen=True, **options):
+    torch.manual_seed(0)
+    cell = cells.get(name, D, H, **options)
+    h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
+    x = torch.randn(3, T, D)
+    lengths = torch.tensor([T, max(T // 2, 1), 0]) if varlen else None
+    engine = Newton()
+    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
+    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert engine.stats["converged"]
+    assert_close(y_n, y_s, what=f"{name} outputs")
+    assert_close(h_n, h_s, what=f"{name} final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"{name} gradient #{i}")
+    return engine
+
+
+def test_the_classic_cells_are_supported():
+    assert {"gru", "lstm", "rnn_tanh", "rnn_relu", "indrnn"} <= set(NEWTON)
+
+
+@pytest.mark.parametrize("name", NEWTON)
+@pytest.mark.parametrize("T", [1, 7, 300])
+def test_newton_equals_sequential(name, T):
+    check_agree(name, T)
+
+
+@pytest.mark.parametrize("name", NEWTON)
+def test_newton_equals_sequential_long(name):
+    check_agree(name, 2048, varlen=False)
+
+
+class DiagonalLiar(Elman):
+    """An Elman cell (dense recurrence) that claims to be diagonal."""
+    structure = Diagonal()
+
+
+def test_probe_catches_a_false_diagonal_declaration():
+    layer = rnnlab.Recurrent(DiagonalLiar(D, H), engine="newton")
+    with pytest.raises(ValueError, match=r"DiagonalLiar declares structure Diagonal\(\), but its "
+                                         r"step mixes state entries outside it"):
+        layer(torch.randn(2, 9, D))
+
+
+def chaotic(T=200):
+    """A tanh RNN with recurrent weights x20: bounded, chaotic, Newton needs many iterations."""
+    torch.manual_seed(0)
+    cell = cells.get("rnn_tanh", D, H)
+    with torch.no_grad():
+        cell.weight_hh.mul_(20)
+    return cell, torch.randn(2, T, D)
+
+
+def test_planted_divergence_raises_with_history():
+    cell, x = chaotic()
+    layer = rnnlab.Recurrent(cell, engine=Newton(max_iters=3))
+    with pytest.raises(rnnlab.ConvergenceError, match=r"no convergence.*within 3 iterations") as e:
+        layer(x)
+    assert len(e.value.history) == 4 and e.value.history[-1] > 1e-5
+
+
+def test_planted_divergence_falls_back_to_sequential_and_counts():
+    cell, x = chaotic()
+    engine = Newton(max_iters=3, on_fail="sequential")
+    with pytest.warns(RuntimeWarning, match="recomputing with the sequential engine"):
+        y, h = rnnlab.Recurrent(cell, engine=engine)(x)
+    y_ref, h_ref = rnnlab.Recurrent(cell, engine="sequential")(x)
+    assert torch.equal(y, y_ref) and torch.equal(h, h_ref)
+    rnnlab.Recurrent(cell, engine=engine)(x)  # a second failure: counted, not warned again
+    assert engine.fallbacks == 2
+
+
+def test_nan_input_raises():
+    x = torch.randn(2, 9, D)
+    x[1, 4, 2] = float("nan")
+    with pytest.raises(rnnlab.ConvergenceError, match="NaN or inf"):
+        rnnlab.Recurrent("gru", engine="newton", input_size=D, hidden_size=H)(x)
+
+
+def test_chaotic_cell_converges_given_enough_iterations():
+    cell, x = chaotic(T=60)
+    engine = Newton(max_iters=200)
+    y, _ = rnnlab.Recurrent(cell, engine=engine)(x)
+    y_ref, _ = rnnlab.Recurrent(cell, engine="sequential")(x)
+    assert engine.stats["converged"] and engine.stats["iterations"] > 4
+    assert torch.allclose(y, y_ref, atol=1e-3)  # chaos amplifies fp32 rounding either way
+
+
+def test_drop_in_gru_on_newton_matches_torch():
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(D, H, num_layers=2, batch_first=True)
+    mine = rnnlab.nn.GRU(D, H, num_layers=2, batch_first=True, engine="newton")
+    mine.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 40, D)
+    assert mine.engine_name == "newton"
+    assert_close(mine(x)[0], ref(x)[0], what="drop-in GRU on newton")
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    (dict(tol=0), r"tol must be > 0"), (dict(max_iters=0), r"max_iters must be an int >= 1"),
+    (dict(damping=1.5), r"damping must be in \(0, 1\]"), (dict(init="ones"), r"init must be"),
+    (dict(on_fail="ignore"), r"on_fail must be 'raise' or 'sequential'"),
+])
+def test_bad_options(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Newton(**kwargs)
+
+
+def test_newton_refuses_linear_cells():
+    with pytest.raises(ValueError, match=r"'newton' cannot run Mamba"):
+        rnnlab.Recurrent("mamba", engine="newton", input_size=D, hidden_size=H)
+
+
+def test_damping_still_converges_to_the_same_answer():
+    cell = cells.get("gru", D, H)
+    x = torch.randn(2, 50, D)
+    engine = Newton(damping=0.7)
+    y, _ = rnnlab.Recurrent(cell, engine=engine)(x)
+    assert_close(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0], what="damped")
+    assert engine.stats["iterations"] > Newton_iterations(cell, x)
+
+
+def Newton_iterations(cell, x):
+    engine = Newton()
+    rnnlab.Recurrent(cell, engine=engine)(x)
+    return engine.stats["iterations"]
