@@ -84,5 +84,18 @@ def bench_delta_rule(batch: int = 4, steps: int = 4096, heads: int = 4, dk: int 
            repeats=repeats)
 
 
+@bench_app.command("newton")
+def bench_newton(cells: str = typer.Option("paragru,paralstm", help="comma-separated cells"),
+                 batch: int = 8, hidden: int = 64,
+                 lengths: str = typer.Option("1024,4096,16384", help="comma-separated T"),
+                 repeats: int = 3,
+                 out: Optional[Path] = typer.Option(Path("bench/out/newton.json"),
+                                                    help="JSON output file")) -> None:
+    """Newton engine vs sequential engine, forward and forward+backward, with iterations."""
+    from .benchmarks import newton
+    _bench(newton, out, cells=tuple(cells.split(",")), batch=batch, hidden=hidden,
+           lengths=tuple(int(t) for t in lengths.split(",")), repeats=repeats)
+
+
 if __name__ == "__main__":
     app()

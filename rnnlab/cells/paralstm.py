@@ -1,0 +1,91 @@
+"""ParaLSTM (ParaRNN, apple/ml-pararnn): a CIFG LSTM (coupled input gate i = 1 - f) with diagonal
+recurrent vectors a and diagonal peepholes C, so channel i of c and channel i of h mix only with
+each other: the step Jacobian is a 2 x 2 block per channel (``Block(2)``).
+
+    f  = sigmoid(a_f * h + C_f * c  + B_f x + b_f)
+    c~ = tanh(a_c * h + B_c x + b_c)
+    c' = f * c + (1 - f) * c~
+    o  = sigmoid(a_o * h + C_o * c' + B_o x + b_o)
+    h' = o * tanh(c')
+
+State ``(h, c)``, h first as in rnnlab's LSTM; ``readout`` returns h. B is the same multi-head,
+block-diagonal input projection as ParaGRU's (``heads`` defaults to 2 when it divides D and H,
+else 1).
+
+Init (concrete readings, as in ``paragru``):
+
+- ``xlstm`` for a and for the peepholes C: N(0, std = sqrt(2 / (5 H))).
+- ``xavier_uniform`` for B, per (gate, head) block.
+- ``bias_minus_linspace``: CIFG's write gate is 1 - f = sigmoid(-(.. + b_f)), so the write gate
+  gets the bias -linspace(1, 4) within each head, i.e. b_f = +linspace(1, 4); ParaGRU's z and this
+  1 - f then start with the same retention spectrum. b_c = b_o = 0.
+
+``a_max`` (default None): clamp |a| and |C| <= a_max inside the step (ParaRNN's |a| <= 0.5
+recipe, extended to the peepholes, which are diagonal recurrent weights too).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from .base import Block, Cell
+from .paragru import HeadwiseLinear, check_a_max, minus_linspace, resolve_heads, xlstm_normal_
+from .registry import register
+
+
+@register("paralstm")
+class ParaLSTM(Cell):
+    """ParaRNN's diagonal CIFG-LSTM. State ``(h: (B, H), c: (B, H))``; ``u_t: (B, 3H)`` =
+    [B_f x + b_f, B_c x + b_c, B_o x + b_o]."""
+
+    structure = Block(2)
+
+    def __init__(self, input_size: int, hidden_size: int, heads: int | None = None,
+                 a_max: float | None = None, device=None, dtype=None):
+        super().__init__(input_size, hidden_size)
+        self.heads = resolve_heads("ParaLSTM", heads, input_size, hidden_size)
+        self.a_max = check_a_max("ParaLSTM", a_max)
+        kw = dict(device=device, dtype=dtype)
+        self.proj = HeadwiseLinear(input_size, hidden_size, 3, self.heads, **kw)
+        self.a = nn.Parameter(torch.empty(3, hidden_size, **kw))  # rows a_f, a_c, a_o
+        self.peephole = nn.Parameter(torch.empty(2, hidden_size, **kw))  # rows C_f, C_o
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        H = self.hidden_size
+        self.proj.reset_parameters()
+        xlstm_normal_(self.a, H)
+        xlstm_normal_(self.peephole, H)
+        with torch.no_grad():
+            self.proj.bias[:H].copy_(-minus_linspace(H, self.heads, self.a.device, self.a.dtype))
+
+    def recurrent(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(a (3, H), C (2, H))`` as the step uses them (clamped to a_max when set)."""
+        if self.a_max is None:
+            return self.a, self.peephole
+        m = self.a_max
+        return self.a.clamp(-m, m), self.peephole.clamp(-m, m)
+
+    def state_shapes(self):
+        return ((self.hidden_size,), (self.hidden_size,))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)  # (B, T, D) -> (B, T, 3H)
+
+    def step(self, u_t: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]):
+        h, c = state  # (B, H) each
+        (a_f, a_c, a_o), (C_f, C_o) = self.recurrent()  # (H,) each
+        u_f, u_c, u_o = u_t.chunk(3, dim=-1)  # 3 x (B, H)
+        f = torch.sigmoid(a_f * h + C_f * c + u_f)
+        c_tilde = torch.tanh(a_c * h + u_c)
+        c_new = c_tilde + f * (c - c_tilde)  # = f * c + (1 - f) * c~
+        o = torch.sigmoid(a_o * h + C_o * c_new + u_o)
+        return o * torch.tanh(c_new), c_new
+
+    def readout(self, h, u_t: torch.Tensor) -> torch.Tensor:
+        return h[0]  # the h of (h, c): (B, H)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, heads={self.heads}, a_max={self.a_max}"
