@@ -156,3 +156,65 @@ def Newton_iterations(cell, x):
     engine = Newton()
     rnnlab.Recurrent(cell, engine=engine)(x)
     return engine.stats["iterations"]
+
+
+class PairCell(rnnlab.cells.Cell):
+    """Test cell with state (c, h) mixing channel i of c with channel i of h: Block(2)."""
+    structure = rnnlab.cells.Block(2)
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.inp = torch.nn.Linear(input_size, 2 * hidden_size)
+        self.mix = torch.nn.Parameter(0.5 * torch.randn(4, hidden_size))
+
+    def state_shapes(self):
+        return ((self.hidden_size,), (self.hidden_size,))
+
+    def project(self, x):
+        return self.inp(x)
+
+    def step(self, u, state):
+        c, h = state
+        u1, u2 = u.chunk(2, -1)
+        c = torch.tanh(self.mix[0] * c + self.mix[1] * h + u1)
+        return c, torch.sigmoid(self.mix[2] * c + self.mix[3] * h + u2)
+
+
+class HeadCell(rnnlab.cells.Cell):
+    """Test cell: tanh RNN whose recurrent matrix is block-diagonal over 2 heads: Heads(2, 3)."""
+    structure = rnnlab.cells.Heads(2, 3)
+
+    def __init__(self, input_size, hidden_size=6):
+        super().__init__(input_size, hidden_size)
+        self.inp = torch.nn.Linear(input_size, 6)
+        self.rec = torch.nn.Parameter(0.5 * torch.randn(2, 3, 3))
+
+    def project(self, x):
+        return self.inp(x)
+
+    def step(self, u, h):
+        heads = torch.einsum("nij,bnj->bni", self.rec, h.unflatten(-1, (2, 3)))  # (B, 2, 3)
+        return torch.tanh(heads.flatten(-2) + u)
+
+
+@pytest.mark.parametrize("make", [PairCell, HeadCell], ids=["block2", "heads"])
+@pytest.mark.parametrize("T", [1, 7, 300])
+def test_block_and_heads_structures(make, T):
+    torch.manual_seed(0)
+    cell = make(D, H)
+    h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
+    x = torch.randn(3, T, D)
+    lengths = torch.tensor([T, max(T // 2, 1), 0])
+    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
+    y_n, h_n, g_n = run(cell, Newton(), x, h0, lengths)
+    assert_close(y_n, y_s, what="outputs")
+    assert_close(h_n, h_s, what="final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"gradient #{i}")
+
+
+def test_probe_catches_a_too_narrow_heads_declaration():
+    class Liar(HeadCell):
+        structure = rnnlab.cells.Heads(3, 2)  # the true heads are 2 x 3
+    with pytest.raises(ValueError, match=r"declares structure Heads\(n=3, d=2\)"):
+        rnnlab.Recurrent(Liar(D), engine="newton")(torch.randn(2, 5, D))

@@ -57,9 +57,9 @@ def scaled_orthogonal(H: int, rho: float, seed: int, dtype=torch.float64) -> tor
     return rho * q  # (H, H), every singular value and |eigenvalue| equal to rho
 
 
-def dense_reference(cell: Cell, x: torch.Tensor, burn_in: int) -> float:
-    """Benettin with full Jacobians of the flattened state (jacrev), one sequence, fp64, started
-    from the all-ones direction: an independent oracle for the JVP/leaf bookkeeping."""
+def dense_reference(cell: Cell, x: torch.Tensor, burn_in: int, v0: torch.Tensor) -> float:
+    """Benettin with full Jacobians of the flattened state (jacrev), one sequence ``x: (1, T, D)``,
+    fp64, from the flat tangent ``v0``: an independent oracle for the JVP/leaf bookkeeping."""
     u = cell.project(x).detach()  # (1, T, P)
     leaves = as_tuple(cell.init_state(1, x.dtype))
     shapes, sizes = [h.shape for h in leaves], [h.numel() for h in leaves]
@@ -71,8 +71,7 @@ def dense_reference(cell: Cell, x: torch.Tensor, burn_in: int) -> float:
             cell.step(u_t, parts if is_tuple else parts[0]))])
 
     flat = torch.cat([h.reshape(-1) for h in leaves])
-    v = torch.ones_like(flat) / flat.numel() ** 0.5
-    total = 0.0
+    v, total = v0 / v0.norm(), 0.0
     for t in range(x.shape[1]):
         jac = jacrev(flat_step, argnums=1)(u[:, t], flat).detach()  # (N, N)
         flat, v = flat_step(u[:, t], flat).detach(), jac @ v
@@ -80,6 +79,15 @@ def dense_reference(cell: Cell, x: torch.Tensor, burn_in: int) -> float:
         total += math.log(n) if t >= burn_in else 0.0
         v = v / n
     return total / (x.shape[1] - burn_in)
+
+
+def same_draw(cell: Cell, batch: int, seed: int) -> list:
+    """The flat initial tangent of each sequence as largest_lyapunov_exponent draws it from
+    ``Generator().manual_seed(seed)``: one randn per state leaf ``(B, ...)``, in order."""
+    g = torch.Generator().manual_seed(seed)
+    vs = [torch.randn(h.shape, dtype=h.dtype, generator=g)
+          for h in as_tuple(cell.init_state(batch, torch.float64))]
+    return [torch.cat([v[b].reshape(-1) for v in vs]) for b in range(batch)]
 
 
 # ---- exact values on linear cells ----------------------------------------------------------
@@ -173,30 +181,31 @@ def test_matches_dense_jacobian_reference(name, kwargs):
     cell = get(name, 4, 6, dtype=torch.float64, **kwargs)
     with torch.no_grad():
         cell.weight_hh.mul_(3)
-    x = torch.randn(2, 120, 4, dtype=torch.float64)
-    est = largest_lyapunov_exponent(cell, x, burn_in=60)
-    for b in range(2):
-        ref = dense_reference(cell, x[b:b + 1], burn_in=60)
-        assert abs(float(est.per_sequence[b]) - ref) < 1e-6, (b, float(est.per_sequence[b]), ref)
+    x = torch.randn(2, 80, 4, dtype=torch.float64)
+    est = largest_lyapunov_exponent(cell, x, burn_in=30, renorm_every=4,
+                                    generator=torch.Generator().manual_seed(9))
+    for b, v0 in enumerate(same_draw(cell, 2, seed=9)):
+        ref = dense_reference(cell, x[b:b + 1], 30, v0)
+        assert abs(float(est.per_sequence[b]) - ref) < 1e-10, (b, float(est.per_sequence[b]), ref)
 
 
 # ---- errors ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,exc,word", [
-    (dict(x=torch.randn(20, 5)), ValueError, "x"),
-    (dict(x=torch.randn(2, 20, 4)), ValueError, "x"),
-    (dict(x=torch.randn(2, 0, 5)), ValueError, "x"),
-    (dict(x=torch.ones(2, 20, 5, dtype=torch.long)), TypeError, "x"),
-    (dict(x=[[0.0]]), TypeError, "x"),
-    (dict(burn_in=20), ValueError, "burn_in"),
-    (dict(burn_in=-1), ValueError, "burn_in"),
-    (dict(renorm_every=0), ValueError, "renorm_every"),
-    (dict(initial_state=torch.zeros(3, 5)), ValueError, "initial_state"),
-    (dict(initial_state=torch.zeros(2, 5, dtype=torch.long)), TypeError, "initial_state"),
-    (dict(cell=torch.nn.Linear(5, 5)), TypeError, "cell"),
+    ({"x": torch.randn(20, 5)}, ValueError, "x"),
+    ({"x": torch.randn(2, 20, 4)}, ValueError, "x"),
+    ({"x": torch.randn(2, 0, 5)}, ValueError, "x"),
+    ({"x": torch.ones(2, 20, 5, dtype=torch.long)}, TypeError, "x"),
+    ({"x": [[0.0]]}, TypeError, "x"),
+    ({"burn_in": 20}, ValueError, "burn_in"),
+    ({"burn_in": -1}, ValueError, "burn_in"),
+    ({"renorm_every": 0}, ValueError, "renorm_every"),
+    ({"initial_state": torch.zeros(3, 5)}, ValueError, "initial_state"),
+    ({"initial_state": torch.zeros(2, 5, dtype=torch.long)}, TypeError, "initial_state"),
+    ({"cell": torch.nn.Linear(5, 5)}, TypeError, "cell"),
 ])
 def test_errors_name_the_argument(kwargs, exc, word):
-    args = dict(cell=DiagonalLinear(torch.full((5,), 0.5)), x=torch.randn(2, 20, 5))
+    args = {"cell": DiagonalLinear(torch.full((5,), 0.5)), "x": torch.randn(2, 20, 5)}
     args.update(kwargs)
     with pytest.raises(exc, match=rf"\b{word}\b"):
         largest_lyapunov_exponent(**args)
@@ -211,12 +220,12 @@ def test_tangent_overflow_names_renorm_every():
 
 
 @pytest.mark.parametrize("kwargs,word", [
-    (dict(exponent=float("nan")), "exponent"), (dict(exponent=math.inf), "exponent"),
-    (dict(steps=0), "steps"), (dict(steps=2.0), "steps"),
-    (dict(tol=0.0), "tol"), (dict(tol=1.0), "tol"),
+    ({"exponent": float("nan")}, "exponent"), ({"exponent": math.inf}, "exponent"),
+    ({"steps": 0}, "steps"), ({"steps": 2.0}, "steps"),
+    ({"tol": 0.0}, "tol"), ({"tol": 1.0}, "tol"),
 ])
 def test_predictor_errors_name_the_argument(kwargs, word):
-    args = dict(exponent=0.1, steps=100, tol=1e-5)
+    args = {"exponent": 0.1, "steps": 100, "tol": 1e-5}
     args.update(kwargs)
     with pytest.raises(ValueError, match=rf"\b{word}\b"):
         predicted_newton_iterations(**args)

@@ -7,7 +7,7 @@ block-diagonal: G groups of M numbers, each group mixing only within itself.
 - ``Diagonal``: G = S, M = 1 (one JVP).
 - ``Block(k)``: k leaves of C channels; group c holds channel c of every leaf: G = C, M = k.
 - ``Heads(n, d)``: L leaves of n*d channels; group h holds head h's d channels of every leaf:
-  G = n, M = L*d.
+  G = n, M = L*d (leaf-major within the group).
 - ``Dense``: G = 1, M = S (DEER; O(S^2) memory per step).
 
 ``linearize`` returns ``f(h_prev, u)`` and the blocks ``A: (..., G, M, M)`` from M Jacobian-vector
@@ -27,13 +27,12 @@ from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
 
 @dataclass(frozen=True)
 class Layout:
-    """How a flat state of S numbers splits into G groups of M (``perm``: group-major order)."""
+    """How a flat state of S numbers splits into G groups of M."""
     shapes: Tuple[Tuple[int, ...], ...]  # per-sample shape of each state leaf
     is_tuple: bool
     groups: int  # G
     size: int  # M
-    perm: torch.Tensor  # (S,): flat index of (g, m) at position g * M + m
-    inverse: torch.Tensor  # (S,)
+    heads: Tuple[int, int] = (0, 0)  # (n, d) for Block/Heads: leaves interleave per head
 
 
 def layout(cell: Cell, template: State) -> Layout:
@@ -41,37 +40,39 @@ def layout(cell: Cell, template: State) -> Layout:
     leaves = as_tuple(template)
     shapes = tuple(tuple(t.shape[1:]) for t in leaves)
     sizes = [int(torch.Size(s).numel()) for s in shapes]
-    S, s = sum(sizes), cell.structure
-    i = torch.arange(S)
+    S, s, tup = sum(sizes), cell.structure, isinstance(template, tuple)
     if isinstance(s, Diagonal):
-        G, group, within = S, i, torch.zeros_like(i)
-    elif isinstance(s, Dense):
-        G, group, within = 1, torch.zeros_like(i), i
-    elif isinstance(s, (Block, Heads)):
+        return Layout(shapes, tup, S, 1)
+    if isinstance(s, Dense):
+        return Layout(shapes, tup, 1, S)
+    if isinstance(s, (Block, Heads)):
         n, d = (sizes[0], 1) if isinstance(s, Block) else (s.n, s.d)
-        if S % (n * d):
-            raise ValueError(f"{type(cell).__name__}: structure {s} does not tile a state of "
-                             f"{S} numbers (leaf sizes {sizes})")
-        G, group = n, (i % (n * d)) // d
-        within = (i // (n * d)) * d + i % d  # leaf-major, then offset within the head
-    else:
-        raise ValueError(f"Newton: cannot linearize structure {s} of {type(cell).__name__}")
-    M = S // G
-    perm = torch.argsort(group * M + within)
-    return Layout(shapes, isinstance(template, tuple), G, M, perm, torch.argsort(perm))
+        if any(size != n * d for size in sizes):
+            raise ValueError(f"{type(cell).__name__}: structure {s} needs every state leaf to "
+                             f"hold {n * d} numbers, got leaf sizes {sizes}")
+        return Layout(shapes, tup, n, len(sizes) * d, (n, d))
+    raise ValueError(f"Newton: cannot linearize structure {s} of {type(cell).__name__}")
 
 
 def flatten(h: State, lay: Layout) -> torch.Tensor:
-    """State leaves ``(N, ...)`` -> grouped flat ``(N, G, M)``."""
-    flat = torch.cat([t.reshape(t.shape[0], -1) for t in as_tuple(h)], dim=-1)  # (N, S)
-    return flat[:, lay.perm.to(flat.device)].unflatten(-1, (lay.groups, lay.size))
+    """State leaves ``(N, ...)`` -> grouped ``(N, G, M)``."""
+    leaves = [t.reshape(t.shape[0], -1) for t in as_tuple(h)]  # each (N, S_l)
+    if lay.heads == (0, 0):  # Diagonal (G = S) or Dense (G = 1)
+        return torch.cat(leaves, dim=-1).view(-1, lay.groups, lay.size)
+    n, d = lay.heads
+    stacked = torch.stack(leaves, dim=1).unflatten(-1, (n, d))  # (N, L, n, d)
+    return stacked.transpose(1, 2).reshape(-1, n, lay.size)  # (N, n, L * d)
 
 
 def unflatten(v: torch.Tensor, lay: Layout) -> State:
-    """Grouped flat ``(N, G, M)`` -> state leaves ``(N, ...)``."""
-    flat = v.flatten(-2)[:, lay.inverse.to(v.device)]  # (N, S) in leaf-major order
-    sizes = [int(torch.Size(s).numel()) for s in lay.shapes]
-    leaves = tuple(p.reshape(v.shape[0], *s) for p, s in zip(flat.split(sizes, -1), lay.shapes))
+    """Grouped ``(N, G, M)`` -> state leaves ``(N, ...)``."""
+    N = v.shape[0]
+    if lay.heads == (0, 0):
+        parts = v.reshape(N, -1).split([int(torch.Size(s).numel()) for s in lay.shapes], -1)
+    else:
+        n, d = lay.heads
+        parts = v.unflatten(-1, (-1, d)).transpose(1, 2).reshape(N, -1, n * d).unbind(1)
+    leaves = tuple(p.reshape(N, *s) for p, s in zip(parts, lay.shapes))
     return leaves if lay.is_tuple else leaves[0]
 
 

@@ -1,3 +1,3 @@
-"""Diagnostics on cells: the largest Lyapunov exponent and the Newton iteration count it predicts."""
+"""Diagnostics on cells: the largest Lyapunov exponent and the Newton iterations it predicts."""
 from .lyapunov import (LyapunovEstimate, largest_lyapunov_exponent,  # noqa: F401
                        predicted_newton_iterations)

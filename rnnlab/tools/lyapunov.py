@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple
 
 import torch
 from torch.func import jvp
 
 from ..cells.base import Cell, State, as_tuple
 
-Leaves = Tuple[torch.Tensor, ...]
+Leaves = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def _check_args(cell, x, burn_in, renorm_every) -> None:
         raise ValueError(f"renorm_every must be an int >= 1, got {renorm_every!r}")
 
 
-def _initial_leaves(cell: Cell, initial_state, batch: int, dtype, device) -> Tuple[Leaves, bool]:
+def _initial_leaves(cell: Cell, initial_state, batch: int, dtype, device) -> tuple[Leaves, bool]:
     """The initial state as a tuple of leaves ``(B, ...)`` and whether the cell's state is a
     tuple; the zero state (``cell.init_state``) when ``initial_state`` is None."""
     state = cell.init_state(batch, dtype, device) if initial_state is None else initial_state
@@ -91,7 +90,7 @@ def _sq_norm(vs: Leaves, acc: torch.dtype) -> torch.Tensor:
     return total
 
 
-def _renormalize(vs: Leaves, acc: torch.dtype) -> Tuple[torch.Tensor, Leaves]:
+def _renormalize(vs: Leaves, acc: torch.dtype) -> tuple[torch.Tensor, Leaves]:
     """Log norm of each sample's tangent ``(B,)``, and the tangent scaled to unit norm. A zero
     tangent gives ``-inf`` and stays zero (no NaN)."""
     norm = _sq_norm(vs, acc).sqrt()  # (B,)
@@ -109,7 +108,7 @@ def _random_unit_tangent(leaves: Leaves, acc: torch.dtype, generator) -> Leaves:
 
 
 def _tangent_step(cell: Cell, u_t: torch.Tensor, leaves: Leaves, vs: Leaves,
-                  is_tuple: bool) -> Tuple[Leaves, Leaves]:
+                  is_tuple: bool) -> tuple[Leaves, Leaves]:
     """One step of the state and of its tangent: ``h_t = step(u_t, h_{t-1})`` and
     ``v_t = J_t v_{t-1}`` by a forward-mode JVP; ``u_t: (B, P)``, leaves and tangents ``(B, ...)``.
     """
