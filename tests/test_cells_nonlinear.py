@@ -119,8 +119,10 @@ def test_paragru_init_and_heads():
 def test_paralstm_step_is_the_paper_equations(heads, a_max):
     cell = make("paralstm", heads=heads, a_max=a_max)
     W, b = dense_headwise(cell.proj, D, H), cell.proj.bias
-    clamp = (lambda t: t) if a_max is None else (lambda t: t.clamp(-a_max, a_max))
-    (a_f, a_c, a_o), (C_f, C_o) = clamp(cell.a), clamp(cell.peephole)
+    a, C = cell.a, cell.peephole
+    if a_max is not None:
+        a, C = a.clamp(-a_max, a_max), C.clamp(-a_max, a_max)
+    (a_f, a_c, a_o), (C_f, C_o) = a, C
 
     def reference(x, state):
         h, c = state

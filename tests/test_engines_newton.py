@@ -218,3 +218,12 @@ def test_probe_catches_a_too_narrow_heads_declaration():
         structure = rnnlab.cells.Heads(3, 2)  # the true heads are 2 x 3
     with pytest.raises(ValueError, match=r"declares structure Heads\(n=3, d=2\)"):
         rnnlab.Recurrent(Liar(D), engine="newton")(torch.randn(2, 5, D))
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+@pytest.mark.parametrize("T", [300, 2048])
+def test_paracells_at_init_converge_within_4_iterations(name, T):
+    torch.manual_seed(0)
+    engine = Newton(tol=1e-5)
+    rnnlab.Recurrent(cells.get(name, 16, 32), engine=engine)(torch.randn(4, T, 16))
+    assert engine.stats["converged"] and engine.stats["iterations"] <= 4, engine.stats

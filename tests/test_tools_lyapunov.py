@@ -249,8 +249,32 @@ def test_predictor_bounded_for_negative_lle(lle, T):
 
 
 def test_predictor_grows_with_T_when_chaotic():
-    small, large = (predicted_newton_iterations(0.5, T) for T in (100, 10_000))
-    assert large > 10 * small
+    assert [predicted_newton_iterations(0.01, T) for T in (10, 100, 1000)] == [5, 11, 1000]
     assert predicted_newton_iterations(0.5, 3) == 3  # never more than T
+    assert predicted_newton_iterations(50.0, 10 ** 9) == 10 ** 9  # no overflow
     est = LyapunovEstimate(exponent=-0.4, per_sequence=torch.tensor([-0.4]), steps=10)
-    assert predicted_newton_iterations(est, 4096) == predicted_newton_iterations(-0.4, 4096)
+    assert predicted_newton_iterations(est, 4096) == predicted_newton_iterations(-0.4, 4096) == 4
+
+
+def test_predictor_against_the_newton_engine():
+    """rnnlab's Newton engine: a predictable GRU needs no more than predicted at T = 64; a chaotic
+    rnn_tanh (weight_hh x5) needs more as T grows, at most the prediction and not 3x below it."""
+    from rnnlab.engines.newton import Newton
+    torch.manual_seed(0)
+    x = torch.randn(2, 200, 8)
+    gru, tanh = get("gru", 8, 32), get("rnn_tanh", 8, 32)
+    with torch.no_grad():
+        tanh.weight_hh.mul_(5)
+    measured = {}
+    for name, cell, T in (("gru", gru, 64), ("tanh", tanh, 16), ("tanh", tanh, 32)):
+        engine = Newton()
+        with torch.no_grad():
+            engine(cell, x[:, :T])
+        measured[name, T] = engine.stats["iterations"]
+    assert measured["gru", 64] <= predicted_newton_iterations(
+        largest_lyapunov_exponent(gru, x, burn_in=50), 64)
+    lle = largest_lyapunov_exponent(tanh, x, burn_in=50).exponent
+    assert lle > 0
+    assert measured["tanh", 16] < measured["tanh", 32]
+    for T in (16, 32):
+        assert measured["tanh", T] <= predicted_newton_iterations(lle, T) <= 3 * measured["tanh", T]

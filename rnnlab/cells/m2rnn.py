@@ -6,7 +6,7 @@ Per head, with state H in R^{K x V}:
     f_t = exp(-exp(A_log) * softplus(x_f + dt_bias))        (one scalar per head, Mamba-2 style)
     Z_t = tanh(H_{t-1} W + k_t v_t^T)
     H_t = f_t H_{t-1} + (1 - f_t) Z_t
-    y_t = H_t^T q_t + D * v_t                                (in R^V; heads concatenated: H = heads V)
+    y_t = H_t^T q_t + D * v_t                                (in R^V; H = heads V, concatenated)
 
 q, k (K each), v (V) and x_f come from one bias-free input projection; ``shared_qk=True`` uses
 one q/k head for all value heads (the paper's 400M config: one q/k head, 84 value heads). The
@@ -78,7 +78,7 @@ class M2RNN(Cell):
         return self.in_proj(x)  # (B, T, D) -> (B, T, 2 qk_heads K + H + heads)
 
     def split(self, u: torch.Tensor):
-        """``u: (B, P)`` -> q, k ``(B, qk_heads, K)``, v ``(B, heads, V)``, forget ``(B, heads)``."""
+        """``u: (B, P)`` -> q, k ``(B, qk_heads, K)``, v ``(B, heads, V)``, f ``(B, heads)``."""
         nk, H, n = self.qk_heads * self.key_dim, self.hidden_size, self.heads
         q, k, v, x_f = u.split([nk, nk, H, n], dim=-1)
         q = q.unflatten(-1, (self.qk_heads, self.key_dim))  # (B, nk) -> (B, qk_heads, K)
@@ -96,7 +96,7 @@ class M2RNN(Cell):
 
     def readout(self, h: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
         q, _, v, _ = self.split(u_t)
-        y = (h * q.unsqueeze(-1)).sum(-2)  # H^T q: (B, heads, K, V) * (B, qk, K, 1) -> (B, heads, V)
+        y = (h * q.unsqueeze(-1)).sum(-2)  # H^T q: (B, heads, K, V), (B, qk, K, 1) -> (B, heads, V)
         return y.flatten(-2) + self.D * v.flatten(-2)  # (B, heads, V) -> (B, H)
 
     def extra_repr(self) -> str:

@@ -78,7 +78,7 @@ class SLSTM(Cell):
         self.structure = Heads(heads, H // heads)
         self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size, **kw))  # W, rows i, f, z, o
         self.bias = nn.Parameter(torch.empty(4 * H, **kw))
-        # R[g, n] is head n's (d, d) recurrent block of gate g: pre[g, n, j] += R[g, n, j, k] h[n, k]
+        # R[g, n]: head n's (d, d) recurrent block of gate g; pre[g, n, j] += R[g, n, j, k] h[n, k]
         self.weight_hh = nn.Parameter(torch.empty(4, heads, self.head_dim, self.head_dim, **kw))
         self.reset_parameters()
 
