@@ -227,3 +227,13 @@ def test_paracells_at_init_converge_within_4_iterations(name, T):
     engine = Newton(tol=1e-5)
     rnnlab.Recurrent(cells.get(name, 16, 32), engine=engine)(torch.randn(4, T, 16))
     assert engine.stats["converged"] and engine.stats["iterations"] <= 4, engine.stats
+
+
+def test_compiled_linearization_matches():
+    torch.manual_seed(0)
+    cell = cells.get("paragru", D, H)
+    x = torch.randn(2, 33, D)
+    y, h = rnnlab.Recurrent(cell, engine=Newton(compile=True))(x)
+    y_ref, h_ref = rnnlab.Recurrent(cell, engine="sequential")(x)
+    assert_close(y, y_ref, what="compiled outputs")
+    assert_close(h, h_ref, what="compiled final state")

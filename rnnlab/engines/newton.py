@@ -74,6 +74,8 @@ class Newton(Engine):
         on_fail: ``"raise"`` (``ConvergenceError``) or ``"sequential"`` (recompute that batch
             with the sequential engine, warn once, count it in ``fallbacks``).
         dense_budget_bytes: warn when Dense Jacobians ``(B, T, S, S)`` would exceed this.
+        compile: fuse f and its Jacobian with ``torch.compile`` (one pass over memory instead of
+            one per op; several times faster on CPU, after a compile of ~20 s per shape).
 
     After each call ``stats`` holds ``iterations``, ``residual``, ``converged`` and ``history``.
     """
@@ -81,7 +83,8 @@ class Newton(Engine):
     name = "newton"
 
     def __init__(self, tol: Optional[float] = None, max_iters: int = 50, damping: float = 1.0,
-                 init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 30):
+                 init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 30,
+                 compile: bool = False):
         if tol is not None and not tol > 0:
             raise ValueError(f"Newton: tol must be > 0 or None, got {tol!r}")
         if not (isinstance(max_iters, int) and max_iters >= 1):
@@ -94,6 +97,7 @@ class Newton(Engine):
             raise ValueError(f"Newton: on_fail must be 'raise' or 'sequential', got {on_fail!r}")
         self.tol, self.max_iters, self.damping, self.init = tol, max_iters, damping, init
         self.on_fail, self.dense_budget_bytes = on_fail, dense_budget_bytes
+        self._linearize = torch.compile(linearize, dynamic=False) if compile else linearize
         self.stats: dict = {}
         self.fallbacks = 0
         self._probed: "weakref.WeakSet[Cell]" = weakref.WeakSet()
@@ -129,7 +133,7 @@ class Newton(Engine):
         """f and A at every step: u (B, T, P), h_prev (B, T, G, M) -> (B, T, G, M), (.., M, M);
         padded steps are the identity (f = h_prev, A = I)."""
         B, T = u.shape[:2]
-        f, A = linearize(cell, u.flatten(0, 1), h_prev.flatten(0, 1), lay)
+        f, A = self._linearize(cell, u.flatten(0, 1), h_prev.flatten(0, 1), lay)
         f, A = f.unflatten(0, (B, T)), A.unflatten(0, (B, T))  # (B*T, ..) -> (B, T, ..)
         if alive is not None:
             keep = alive.view(B, T, 1, 1)
