@@ -1,6 +1,7 @@
 """``rnnlab``: the command-line lab. ``rnnlab demo``, ``rnnlab cells``, ``rnnlab bench ...``."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -13,7 +14,8 @@ app = typer.Typer(help="rnnlab: recurrent sequence models, one cell definition, 
 bench_app = typer.Typer(help="Benchmarks: write JSON and print a table of ratios.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
-console = Console()
+# Wide tables stay readable when output goes to a file or a pipe (rich would assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 
 @app.command()
