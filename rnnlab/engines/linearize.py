@@ -82,15 +82,26 @@ def _step_flat(cell: Cell, u: torch.Tensor, lay: Layout):
 
 def linearize(cell: Cell, u: torch.Tensor, h_prev: torch.Tensor, lay: Layout):
     """``f = step(u, h_prev)`` and its Jacobian blocks: u ``(N, P)``, h_prev ``(N, G, M)`` ->
-    f ``(N, G, M)``, A ``(N, G, M, M)`` with ``A[n, g, r, c] = d f[g, r] / d h_prev[g, c]``."""
+    f ``(N, G, M)``, A ``(N, G, M, M)`` with ``A[n, g, r, c] = d f[g, r] / d h_prev[g, c]``.
+
+    Tangent m has ones at within-group index m. Few tangents run as separate JVPs (what
+    ``torch.compile`` fuses best); many (Dense, wide heads) as one vmapped JVP, so the step's
+    primal part runs once."""
     fn = _step_flat(cell, u, lay)
-    cols, f = [], None
-    for m in range(lay.size):
-        tangent = torch.zeros_like(h_prev)
-        tangent[..., m] = 1
-        f, col = torch.func.jvp(fn, (h_prev,), (tangent,))
-        cols.append(col)
-    return f, torch.stack(cols, dim=-1)  # (N, G, M, M): column m from tangent m
+    eye = torch.eye(lay.size, dtype=h_prev.dtype, device=h_prev.device)
+    if lay.size <= 4:
+        cols, f = [], None
+        for m in range(lay.size):
+            f, col = torch.func.jvp(fn, (h_prev,), (eye[m].expand_as(h_prev),))
+            cols.append(col)
+        return f, torch.stack(cols, dim=-1)  # (N, G, M, M): column m from tangent m
+    tangents = eye[:, None, None, :].expand(-1, *h_prev.shape)  # (M, N, G, M)
+
+    def column(t):
+        return torch.func.jvp(fn, (h_prev,), (t,))
+
+    f, cols = torch.func.vmap(column, out_dims=(None, 0))(tangents)
+    return f, cols.permute(1, 2, 3, 0)  # (M, N, G, M) -> (N, G, M, M)
 
 
 def block_matvec(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,8 @@ import torch
 
 from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State
 from ..errors import ConvergenceError
-from ..ops import linear_scan, matrix_scan
+from ..ops import linear_scan
+from ..ops.block import block_scan
 from .base import Engine
 from .linearize import Layout, block_matvec, flatten, layout, linearize, probe, unflatten
 from .sequential import Sequential
@@ -36,7 +37,7 @@ def solve_blocks(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Te
     """``h_t = A_t h_{t-1} + b_t``: A ``(B, T, G, M, M)``, b ``(B, T, G, M)``, h0 ``(B, G, M)``."""
     if A.shape[-1] == 1:
         return linear_scan(A[..., 0], b, initial_state=h0)[0]
-    return matrix_scan(A, b, initial_state=h0)[0]
+    return block_scan(A, b, h0)
 
 
 def _step_all(cell, u, h_prev, lay: Layout) -> torch.Tensor:
