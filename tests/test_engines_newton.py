@@ -59,7 +59,7 @@ def test_newton_equals_sequential(name, T):
 
 @pytest.mark.parametrize("name", NEWTON)
 def test_newton_equals_sequential_long(name):
-    check_agree(name, 2048, varlen=False)
+    check_agree(name, 2048)
 
 
 class DiagonalLiar(Elman):
