@@ -30,13 +30,13 @@ def run(cell, engine, x, h0, lengths):
     return y, h, grads
 
 
-def check_agree(name, T, varlen=True, **options):
+def check_agree(name, T, varlen=True, tol=None, **options):
     torch.manual_seed(0)
     cell = cells.get(name, D, H, **options)
     h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
     x = torch.randn(3, T, D)
     lengths = torch.tensor([T, max(T // 2, 1), 0]) if varlen else None
-    engine = Newton()
+    engine = Newton(tol=tol)
     y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
     y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
     assert engine.stats["converged"]
@@ -59,7 +59,9 @@ def test_newton_equals_sequential(name, T):
 
 @pytest.mark.parametrize("name", NEWTON)
 def test_newton_equals_sequential_long(name):
-    check_agree(name, 2048)
+    # The stopping residual bounds the solution's error; over 2048 steps fp32 rounding alone
+    # reaches ~1e-5, so solve a decade tighter than the default to compare at 1e-5.
+    check_agree(name, 2048, tol=1e-6)
 
 
 class DiagonalLiar(Elman):
