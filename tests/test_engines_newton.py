@@ -239,3 +239,24 @@ def test_compiled_linearization_matches():
     y_ref, h_ref = rnnlab.Recurrent(cell, engine="sequential")(x)
     assert_close(y, y_ref, what="compiled outputs")
     assert_close(h, h_ref, what="compiled final state")
+
+
+def test_warm_start_from_the_solution_needs_no_iteration():
+    torch.manual_seed(0)
+    cell = cells.get("paralstm", D, H)
+    x = torch.randn(2, 40, D)
+    seq = rnnlab.engines.Sequential()
+    states = []  # every step's state, from the sequential engine
+    h = cell.init_state(2)
+    for t in range(40):
+        _, h = seq(cell, x[:, t:t + 1], h)
+        states.append(h)
+    guess = tuple(torch.stack(leaf, dim=1) for leaf in zip(*states))  # each (B, T, H)
+    engine = Newton()
+    y, _ = engine.solve(cell, x, guess=guess)
+    assert engine.stats["iterations"] == 0
+    assert_close(y, seq(cell, x)[0], what="warm-started outputs")
+    with pytest.raises(ValueError, match=r"guess: expected every step's state"):
+        engine.solve(cell, x, guess=guess[0])
+    engine(cell, x)  # the guess is used once only
+    assert engine.stats["iterations"] > 0

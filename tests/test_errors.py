@@ -80,7 +80,8 @@ def test_bad_construction():
         cells.get("rnn_tanh", 3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match=r"proj_size must be smaller than hidden_size=4, got 4"):
         cells.get("lstm", 3, 4, proj_size=4)
-    with pytest.raises(ValueError, match=r"expected 'auto', one of \['newton', 'scan', 'sequential'\]"):
+    with pytest.raises(ValueError,
+                       match=r"expected 'auto', one of \['newton', 'scan', 'sequential'\]"):
         rnnlab.Recurrent("gru", engine="warp", input_size=3, hidden_size=4)
     with pytest.raises(ValueError, match=r"needs input_size and hidden_size"):
         rnnlab.Recurrent("gru")

@@ -22,7 +22,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State
+from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
 from ..errors import ConvergenceError
 from ..ops import linear_scan
 from ..ops.block import block_scan
@@ -41,7 +41,8 @@ def solve_blocks(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Te
 
 
 def _step_all(cell, u, h_prev, lay: Layout) -> torch.Tensor:
-    """``f(h_prev_t, u_t)`` for every t in one batched step: (B, T, P), (B, T, G, M) -> (B, T, G, M)."""
+    """``f(h_prev_t, u_t)`` for all t in one batched step:
+    u (B, T, P), h_prev (B, T, G, M) -> (B, T, G, M)."""
     B, T = u.shape[:2]
     h = cell.step(u.flatten(0, 1), unflatten(h_prev.flatten(0, 1), lay))
     return flatten(h, lay).unflatten(0, (B, T))
@@ -79,6 +80,7 @@ class Newton(Engine):
             one per op; several times faster on CPU, after a compile of ~20 s per shape).
 
     After each call ``stats`` holds ``iterations``, ``residual``, ``converged`` and ``history``.
+    ``solve(cell, x, ..., guess=states)`` runs one call from a warm start instead of ``init``.
     """
 
     name = "newton"
@@ -99,9 +101,20 @@ class Newton(Engine):
         self.tol, self.max_iters, self.damping, self.init = tol, max_iters, damping, init
         self.on_fail, self.dense_budget_bytes = on_fail, dense_budget_bytes
         self._linearize = torch.compile(linearize, dynamic=False) if compile else linearize
+        self._guess: Optional[State] = None
         self.stats: dict = {}
         self.fallbacks = 0
         self._probed: "weakref.WeakSet[Cell]" = weakref.WeakSet()
+
+    def solve(self, cell: Cell, x: torch.Tensor, initial_state: Optional[State] = None,
+              lengths=None, guess: Optional[State] = None):
+        """One call from a warm start: ``guess`` holds every step's state, each leaf
+        ``(B, T, ...)`` (e.g. the previous solution for the same batch); -> ``(y, h_T)``."""
+        self._guess = guess
+        try:
+            return self(cell, x, initial_state, lengths)
+        finally:
+            self._guess = None
 
     def supports(self, cell: Cell) -> bool:
         return isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
@@ -122,8 +135,9 @@ class Newton(Engine):
             self._probed.add(cell)
         alive = None if lengths is None else (torch.arange(T, device=x.device)[None, :]
                                               < lengths[:, None])  # (B, T)
+        guess = None if self._guess is None else self._guess_states(cell, h0, B, T, lay)
         with torch.no_grad():
-            h, A, ok, why = self._solve(cell, u.detach(), start.detach(), alive, lay)
+            h, A, ok, why = self._solve(cell, u.detach(), start.detach(), alive, lay, guess)
         if not ok:
             return self._fail(cell, x, h0, lengths, why)
         return self._attach(cell, u, start, h, A, alive, lay)
@@ -143,11 +157,24 @@ class Newton(Engine):
                                                              device=A.device))
         return f, A
 
-    def _solve(self, cell, u, start, alive, lay):
+    def _guess_states(self, cell, h0, B, T, lay) -> torch.Tensor:
+        """The warm start as grouped ``(B, T, G, M)``, checked against the state's layout."""
+        leaves, template = as_tuple(self._guess), as_tuple(h0)
+        want = [(B, T, *t.shape[1:]) for t in template]
+        if len(leaves) != len(want) or any(tuple(g.shape) != w for g, w in zip(leaves, want)):
+            raise ValueError(f"guess: expected every step's state, leaves shaped {want} for "
+                             f"{type(cell).__name__}, got {[tuple(g.shape) for g in leaves]}")
+        flat = tuple(g.detach().flatten(0, 1).to(t.dtype) for g, t in zip(leaves, template))
+        return flatten(flat if isinstance(h0, tuple) else flat[0], lay).unflatten(0, (B, T))
+
+    def _solve(self, cell, u, start, alive, lay, guess=None):
         """-> (h (B, T, G, M), A at h, converged, why-not)."""
         tol = self.tol or DEFAULT_TOL.get(start.dtype, 1e-5)
         zeros = torch.zeros_like(start).unsqueeze(1).expand(-1, u.shape[1], -1, -1)
-        h = zeros if self.init == "zeros" else _step_all(cell, u, zeros, lay)
+        if guess is not None:
+            h = guess
+        else:
+            h = zeros if self.init == "zeros" else _step_all(cell, u, zeros, lay)
         history = []
         for it in range(self.max_iters + 1):
             h_prev = torch.cat([start.unsqueeze(1), h[:, :-1]], dim=1)  # (B, T, G, M)
