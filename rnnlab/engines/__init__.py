@@ -1,6 +1,6 @@
-"""Engines run a cell over a sequence: ``Sequential`` (the reference, every cell) and ``Scan``
-(linear cells, in parallel over time); ``Newton`` joins for nonlinear cells. ``resolve`` turns a
-name into an engine; ``"auto"`` picks the fastest the cell's structure allows."""
+"""Engines run a cell over a sequence: ``Sequential`` (the reference, every cell), ``Scan``
+(linear cells, in parallel over time) and ``Newton`` (nonlinear cells, parallel Newton
+iterations). ``resolve`` turns a name into an engine; ``"auto"`` picks by the cell's structure."""
 from __future__ import annotations
 
 from typing import Dict, List, Type, Union
@@ -20,8 +20,9 @@ def available() -> List[str]:
 
 
 def auto(cell: Cell) -> Engine:
-    """The fastest engine the cell's structure allows: the scan engine for linear cells, else the
-    sequential one (the Newton engine takes over here for nonlinear cells when it lands)."""
+    """The scan engine for linear cells, else the sequential one. Newton is not picked yet: on
+    CPU it wins only for long sequences and some cells (see ``rnnlab bench newton``), and it has
+    not been measured on a GPU; pass ``engine="newton"`` to use it."""
     return Scan() if Scan().supports(cell) else Sequential()
 
 
