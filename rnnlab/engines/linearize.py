@@ -92,7 +92,8 @@ def linearize(cell: Cell, u: torch.Tensor, h_prev: torch.Tensor, lay: Layout):
     if lay.size <= 4:
         cols, f = [], None
         for m in range(lay.size):
-            f, col = torch.func.jvp(fn, (h_prev,), (eye[m].expand_as(h_prev),))
+            tangent = eye[m].expand_as(h_prev).contiguous()
+            f, col = torch.func.jvp(fn, (h_prev,), (tangent,))
             cols.append(col)
         return f, torch.stack(cols, dim=-1)  # (N, G, M, M): column m from tangent m
     tangents = eye[:, None, None, :].expand(-1, *h_prev.shape)  # (M, N, G, M)
