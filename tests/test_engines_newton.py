@@ -260,3 +260,9 @@ def test_warm_start_from_the_solution_needs_no_iteration():
         engine.solve(cell, x, guess=guess[0])
     engine(cell, x)  # the guess is used once only
     assert engine.stats["iterations"] > 0
+
+
+@pytest.mark.parametrize("name", ["paralstm", "gru"])
+def test_chunked_linearization_matches(monkeypatch, name):
+    monkeypatch.setattr(rnnlab.engines.newton, "CHUNK_ELEMS", 50)  # many uneven chunks
+    check_agree(name, 37)
