@@ -33,6 +33,89 @@ def demo(cell: str = typer.Option("gru", help="registered cell name"),
     run(DemoConfig(cell=cell, hidden_size=hidden_size, steps=steps, seed=seed), console)
 
 
+@app.command()
+def arena(preset: str = typer.Option("quick", help="embedded preset: quick, state_tracking, "
+                                                   "recall, selectivity, full"),
+          models: Optional[str] = typer.Option(
+              None, help="comma-separated model specs, e.g. 'lstm,mamba[-1,1],deltanet(heads=2)'"),
+          tasks: Optional[str] = typer.Option(
+              None, help="comma-separated task specs, e.g. 'parity,mod_arith(brackets=true)'"),
+          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. '0,1,2'"),
+          steps: Optional[int] = typer.Option(None, help="most training steps per run"),
+          out: Optional[Path] = typer.Option(
+              None, help="results directory [default: results/arena-PRESET]"),
+          device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
+          fresh: bool = typer.Option(False, help="delete previous results in --out first")) -> None:
+    """Train models × tasks × seeds on the diagnostic tasks; print tables, write a report.
+
+    Re-running the same command resumes: finished runs are skipped and an interrupted run goes
+    on from its last checkpoint.
+    """
+    from .arena import config as arena_config
+    from .arena import spec
+    from .arena.runner import remove_results, run_arena
+    try:
+        overrides = dict(models=spec.split_list(models) if models else None,
+                         tasks=spec.split_list(tasks) if tasks else None,
+                         seeds=[int(s) for s in seeds.split(",")] if seeds else None,
+                         steps=steps, device=device)
+        cfg = arena_config.preset(preset, **overrides)
+        if models or tasks:  # expectations belong to the preset's own grid
+            cfg.expected = {k: v for k, v in cfg.expected.items()
+                            if k[0] in cfg.models and k[1] in cfg.tasks}
+        out = out or Path("results") / f"arena-{preset}"
+        if fresh:
+            remove_results(out)
+        run_arena(cfg, out, console, preset=preset)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+
+
+tasks_app = typer.Typer(help="Diagnostic tasks: list them, show samples.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+@tasks_app.command("list")
+def tasks_list() -> None:
+    """List the registered tasks with their metric and lengths."""
+    from . import tasks as _tasks
+    table = Table(title="registered tasks")
+    for col in ("name", "parameters", "kind", "metric", "train lengths", "test lengths"):
+        table.add_column(col)
+    for name in _tasks.available():
+        task = _tasks.get(name)
+        params = ", ".join(f"{k}={v!r}" for k, v in task.params().items())
+        table.add_row(name, params, task.kind, task.metric, str(task.train_lengths),
+                      str(task.test_lengths))
+    console.print(table)
+
+
+@tasks_app.command("show")
+def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. 'mod_arith(brackets=true)'"),
+               samples: int = typer.Option(3, help="how many samples"),
+               length: Optional[int] = typer.Option(None, help="length [default: shortest "
+                                                              "train length that is >= 12]"),
+               seed: int = typer.Option(0, help="seed of the train stream shown")) -> None:
+    """Print a few decoded samples of a task, so you can see what it asks."""
+    from . import tasks as _tasks
+    from .arena import spec
+    try:
+        label, task = spec.task(name)
+        lo, hi = task.train_lengths
+        n = length if length is not None else min(max(lo, 12), hi)
+        x, y, mask = task.sample(samples, n, _tasks.generator(seed, "train"))
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+    console.print(f"[bold]{task.describe()}[/bold]: {type(task).__doc__.strip().splitlines()[0]}")
+    console.print(f"kind={task.kind}, metric={task.metric}, train lengths {task.train_lengths}, "
+                  f"test lengths {task.test_lengths}; showing length {n}")
+    for i in range(samples):
+        console.print(f"[dim]sample {i}[/dim]")
+        console.print(task.decode(x[i], y[i], mask[i]), markup=False, highlight=False)
+
+
 @app.command("cells")
 def list_cells() -> None:
     """List the registered cells with their declared Jacobian structure."""

@@ -1,29 +1,58 @@
-"""Running parity: read bits, predict after each one whether the count of ones so far is odd.
+"""Parity: read bits, predict whether the count of ones is odd (Grazzi et al., ICLR'25).
 
-The simplest state-tracking task: a 2-state automaton. Nonlinear RNNs (GRU, LSTM) learn it and
-keep it at lengths far beyond training; linear RNNs with non-negative eigenvalues cannot.
+The simplest state-tracking task: a 2-state automaton. Nonlinear RNNs (GRU, LSTM, sLSTM) learn it
+and keep it far beyond the training length; linear RNNs whose transition eigenvalues lie in
+[0, 1] cannot, and negative eigenvalues ([-1, 1]) unlock it.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import dataclasses
 
 import torch
 
-VOCAB = 2  # input tokens: bits 0 and 1
-CLASSES = 2  # targets: even, odd
+from .base import Sample, Task, check_choice, register
 
 
-def sample(batch: int, length: int, generator: torch.Generator
-           ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(inputs, targets, mask)``, each ``(B, T)``: bits, running parity, all positions scored."""
-    if batch < 1 or length < 1:
-        raise ValueError(f"parity.sample: batch and length must be >= 1, got {batch}, {length}")
-    bits = torch.randint(0, 2, (batch, length), generator=generator)
-    parity = bits.cumsum(dim=1) % 2
-    return bits, parity, torch.ones(batch, length, dtype=torch.bool)
+@register
+@dataclasses.dataclass(frozen=True)
+class Parity(Task):
+    """Tokens are bits; the target is the parity of the ones so far.
 
+    ``supervise="last"`` scores only the final position (Grazzi et al.); ``"all"`` scores every
+    prefix (running parity: denser signal, the same automaton).
+    """
 
-def accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
-    """Fraction of scored positions where ``argmax(logits)`` equals the target."""
-    hit = (logits.argmax(-1) == targets) & mask
-    return hit.sum().item() / mask.sum().item()
+    supervise: str = "last"  # "last" (answer position only) or "all" (every prefix)
+
+    name = "parity"
+    metric = "scaled_accuracy"
+    train_lengths = (3, 40)
+    test_lengths = (40, 64, 128, 256)
+
+    def __post_init__(self):
+        check_choice(self.name, "supervise", self.supervise, ("last", "all"))
+
+    @property
+    def vocab_size(self) -> int:
+        return 2
+
+    @property
+    def n_outputs(self) -> int:
+        return 2
+
+    @property
+    def chance(self) -> float:
+        return 0.5
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        bits = torch.randint(0, 2, (batch, length), generator=gen)  # (B, T)
+        parity = bits.cumsum(dim=1) % 2
+        mask = torch.ones(batch, length, dtype=torch.bool)
+        if self.supervise == "last":
+            mask[:, :-1] = False
+        return bits, parity, mask
+
+    def decode(self, inputs, targets, mask) -> str:
+        bits = "".join(str(b) for b in inputs.tolist())
+        answers = "".join(str(t) if m else "." for t, m in zip(targets.tolist(), mask.tolist()))
+        return f"bits  : {bits}\nparity: {answers}"

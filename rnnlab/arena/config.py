@@ -1,0 +1,124 @@
+"""Arena configuration: one flat dataclass, and the embedded presets.
+
+A preset fixes the grid (models × tasks × seeds), the model size and the training budget, and
+states what the literature expects, so the report can say where a run agrees and where it does
+not. ``rnnlab arena`` runs ``quick`` by default; options on the command line override fields.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+
+@dataclasses.dataclass
+class ArenaConfig:
+    models: List[str]  # model specs (rnnlab.arena.spec): cells, aliases, "transformer"
+    tasks: List[str]  # task specs: "parity", "mod_arith(brackets=true)", ...
+    seeds: List[int] = dataclasses.field(default_factory=lambda: [0])  # model + data seeds
+    d_model: int = 64  # width of every block
+    n_layers: int = 1  # residual blocks
+    mlp: bool = True  # an MLP after each mixer
+    steps: int = 1500  # most optimizer steps per run
+    batch: int = 64  # sequences per step
+    lr: float = 3e-3  # AdamW learning rate (cosine decay to 10% over `steps`)
+    weight_decay: float = 0.0  # AdamW weight decay
+    clip: float = 1.0  # gradient-norm clip
+    eval_every: int = 100  # steps between validation checks at the longest train length
+    early_stop: float = 0.99  # stop once validation reaches this twice in a row (None: never)
+    eval_examples: int = 1024  # sequences per test length
+    checkpoint_every: int = 200  # steps between resumable checkpoints
+    device: str = "cpu"  # torch device for models and data
+    # documented outcomes: (model label, task label) -> value expected beyond the train length
+    expected: Dict[Tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    source: str = ""  # where `expected` comes from
+
+    def training_fields(self) -> dict:
+        """The fields that change results; a results directory is tied to them."""
+        skip = {"device", "expected", "source", "checkpoint_every"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+
+GRAZZI = "Grazzi et al., ICLR'25, Table 3 (scaled accuracy, train <= 40, test 40-256)"
+
+PRESETS: Dict[str, dict] = {
+    # Parity separates the families in minutes: every nonlinear RNN and every linear RNN with
+    # negative eigenvalues solves it at any length; [0, 1] eigenvalues and attention stay at chance.
+    "quick": dict(
+        models=["lstm", "slstm", "mamba[0,1]", "mamba[-1,1]", "deltanet[0,1]", "deltanet[-1,1]",
+                "transformer"],
+        tasks=["parity"],
+        expected={("lstm", "parity"): 1.0, ("slstm", "parity"): 1.000,
+                  ("mamba[0,1]", "parity"): 0.000, ("mamba[-1,1]", "parity"): 1.000,
+                  ("deltanet[0,1]", "parity"): 0.017, ("deltanet[-1,1]", "parity"): 1.000,
+                  ("transformer", "parity"): 0.022},
+        source=GRAZZI),
+    "state_tracking": dict(
+        models=["lstm", "slstm", "mamba[0,1]", "mamba[-1,1]", "deltanet[0,1]", "deltanet[-1,1]",
+                "deltaproduct[-1,1]", "transformer"],
+        tasks=["parity", "mod_arith", "mod_arith(brackets=true)", "word_problem(group='S3')",
+               "word_problem(group='A5')", "tomita(grammar=5)", "dyck"],
+        steps=3000, d_model=64, n_layers=2,
+        expected={("transformer", "mod_arith"): 0.031, ("slstm", "mod_arith"): 0.787,
+                  ("mamba[0,1]", "mod_arith"): 0.095, ("mamba[-1,1]", "mod_arith"): 0.241,
+                  ("deltanet[0,1]", "mod_arith"): 0.314, ("deltanet[-1,1]", "mod_arith"): 0.971,
+                  ("transformer", "mod_arith(brackets=true)"): 0.067,
+                  ("slstm", "mod_arith(brackets=true)"): 0.178,
+                  ("mamba[0,1]", "mod_arith(brackets=true)"): 0.123,
+                  ("mamba[-1,1]", "mod_arith(brackets=true)"): 0.116,
+                  ("deltanet[0,1]", "mod_arith(brackets=true)"): 0.194,
+                  ("deltanet[-1,1]", "mod_arith(brackets=true)"): 0.260},
+        source=GRAZZI + "; word problems: Merrill et al. ICML'24, Siems et al. NeurIPS'25"),
+    "recall": dict(
+        models=["gru", "lstm", "mamba[0,1]", "gla", "deltanet[-1,1]", "mlstm", "transformer"],
+        tasks=["mqar", "selective_copy", "copy", "passkey", "set_disjointness"],
+        steps=2000, d_model=64, n_layers=2,
+        source="Zoology (Arora et al. 2023): attention solves MQAR at small width; recurrent "
+               "recall degrades as pairs outgrow the state"),
+    "selectivity": dict(
+        models=["gru", "mamba[0,1]", "mamba2[0,1]", "gla", "gated_deltanet[-1,1]", "transformer"],
+        tasks=["selectivbench", "dlr_shift", "dlr_context_shift", "latching"],
+        steps=2000, d_model=64, n_layers=2,
+        source="SelectivBench (Bouhadjar et al. 2026); DLR (Gupta et al. 2022): DLR solves Shift "
+               "but not ContextShift; MinMax RNC latching"),
+}
+PRESETS["full"] = dict(
+    models=sorted({m for p in PRESETS.values() for m in p["models"]}),
+    tasks=None,  # filled with every registered task at load time
+    steps=3000, d_model=64, n_layers=2,
+    expected={k: v for p in PRESETS.values() for k, v in p.get("expected", {}).items()},
+    source="all of the above")
+
+
+def preset(name: str, **overrides) -> ArenaConfig:
+    """The preset ``name`` with ``overrides`` (fields of ``ArenaConfig``; None means keep)."""
+    from .. import tasks
+    if name not in PRESETS:
+        raise ValueError(f"--preset: unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    fields = dict(PRESETS[name])
+    if fields.get("tasks") is None:
+        fields["tasks"] = tasks.available()
+    known = {f.name for f in dataclasses.fields(ArenaConfig)}
+    for key, value in overrides.items():
+        if key not in known:
+            raise ValueError(f"arena: unknown option {key!r}; known: {sorted(known)}")
+        if value is not None:
+            fields[key] = value
+    return ArenaConfig(**fields)
+
+
+def validate(cfg: ArenaConfig) -> None:
+    """Raise naming the field when a value is out of range (before anything is written)."""
+    for name in ("d_model", "n_layers", "steps", "batch", "eval_every", "eval_examples",
+                 "checkpoint_every"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"arena: {name} must be an int >= 1, got {value!r}")
+    if not cfg.models or not cfg.tasks or not cfg.seeds:
+        raise ValueError(f"arena: models, tasks and seeds must be non-empty, got "
+                         f"{cfg.models!r}, {cfg.tasks!r}, {cfg.seeds!r}")
+    if not (cfg.lr > 0):
+        raise ValueError(f"arena: lr must be > 0, got {cfg.lr!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in cfg.seeds):
+        raise ValueError(f"arena: seeds must be ints >= 0, got {cfg.seeds!r}")
+
+

@@ -1,0 +1,139 @@
+"""Tables, plots and the HTML report, all from the records (so a resumed grid reports the same).
+
+Per task: one row per model, the metric at each test length (the first is the longest train
+length), the mean beyond training, and where the preset documents an expected outcome, that
+value and whether the run agrees with it within ``TOLERANCE``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from rich.table import Table
+
+from .config import ArenaConfig
+from .store import summary, write_atomic
+
+TOLERANCE = 0.1  # |measured - expected| that counts as a reproduction
+
+
+def task_tables(cfg: ArenaConfig, records: List[dict]) -> List[Tuple[str, str, List[int],
+                                                                    List[list]]]:
+    """``[(task, metric, lengths, rows)]``; a row is ``[model, v@len..., beyond, expected, ok]``
+    with None where a value is missing (a run not finished yet)."""
+    means = summary(records)
+    out = []
+    for task in cfg.tasks:
+        keys = [k for k in means if k[1] == task]
+        if not keys:
+            continue
+        metric = keys[0][2]
+        lengths = sorted({n for k in keys for n in means[k]})
+        train_len = min(lengths)
+        rows = []
+        for model in cfg.models:
+            vals = means.get((model, task, metric))
+            if vals is None:
+                continue
+            beyond_lens = [n for n in lengths if n > train_len and n in vals]
+            beyond = (sum(vals[n] for n in beyond_lens) / len(beyond_lens)
+                      if beyond_lens else None)
+            expected = cfg.expected.get((model, task))
+            ok = None if expected is None or beyond is None else abs(beyond - expected) <= TOLERANCE
+            rows.append([model] + [vals.get(n) for n in lengths] + [beyond, expected, ok])
+        out.append((task, metric, lengths, rows))
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _header(lengths: List[int]) -> List[str]:
+    return (["model"] + [f"T={n}" + (" (train)" if i == 0 else "") for i, n in enumerate(lengths)]
+            + ["beyond train", "expected", "agrees"])
+
+
+def rich_tables(cfg: ArenaConfig, records: List[dict]) -> List[Table]:
+    tables = []
+    for task, metric, lengths, rows in task_tables(cfg, records):
+        table = Table(title=f"{task} — {metric}")
+        for i, name in enumerate(_header(lengths)):
+            table.add_column(name, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*(_fmt(v) for v in row))
+        tables.append(table)
+    return tables
+
+
+def markdown(cfg: ArenaConfig, records: List[dict]) -> str:
+    lines = []
+    for task, metric, lengths, rows in task_tables(cfg, records):
+        header = _header(lengths)
+        lines += [f"### {task} — {metric}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+        lines.append("")
+    if cfg.source and cfg.expected:
+        lines.append(f"Expected values: {cfg.source}. Agreement: within ±{TOLERANCE} of the "
+                     f"mean beyond the train length.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(task: str, metric: str, lengths: List[int], rows: List[list]) -> bytes:
+    """Metric vs test length, one line per model, as PNG bytes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    for row in rows:
+        pts = [(n, v) for n, v in zip(lengths, row[1:1 + len(lengths)]) if v is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=row[0])
+    ax.axvline(lengths[0], color="grey", linestyle=":", linewidth=1)  # longest train length
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set_xlabel("test length (dotted: longest train length)")
+    ax.set_ylabel(metric)
+    ax.set_title(task)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
+              meta: Optional[Dict[str, str]] = None) -> None:
+    """results.md, plots/<task>.png and report.html (each written atomically)."""
+    write_atomic(out / "results.md", markdown(cfg, records))
+    sections = []
+    for task, metric, lengths, rows in task_tables(cfg, records):
+        png = plot_png(task, metric, lengths, rows)
+        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in task)
+        write_atomic(out / "plots" / f"{name}.png", png)
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in _header(lengths))
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
+                       + "</tr>" for row in rows)
+        img = base64.b64encode(png).decode()
+        sections.append(f"<h2>{html.escape(task)} — {html.escape(metric)}</h2>"
+                        f"<table><tr>{cells}</tr>{body}</table>"
+                        f"<img alt='{html.escape(task)}' src='data:image/png;base64,{img}'>")
+    info = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
+                   for k, v in (meta or {}).items())
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>rnnlab arena</title>"
+            "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+            "padding:3px 8px;text-align:right}td:first-child{text-align:left}</style></head>"
+            f"<body><h1>rnnlab arena</h1><ul>{info}</ul>{''.join(sections)}"
+            f"<p>{html.escape(cfg.source)}</p></body></html>")
+    write_atomic(out / "report.html", page)

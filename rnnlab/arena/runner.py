@@ -1,0 +1,103 @@
+"""``rnnlab arena``: train every model on every task for every seed, then report.
+
+Readable top to bottom: resolve the specs (all errors before anything is written), tie the output
+directory to the configuration, skip the runs that already have records, train the rest with a
+progress bar per run and one for the grid, and rewrite the records and reports after each run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .. import __version__
+from . import report, spec, store
+from .config import ArenaConfig, validate
+from .train import run_ids, train_run
+
+
+def _records(model: str, task_label: str, task, seed: int, result: dict, cfg: ArenaConfig,
+             mixer: str, preset: str) -> List[dict]:
+    base = {"model": model, "task": task_label, "seed": seed, "metric": task.metric,
+            "train_length": task.train_lengths[1], "steps": result["steps"],
+            "stopped_early": result["stopped_early"], "train_seconds": result["train_seconds"],
+            "eval_seconds": result["eval_seconds"], "parameters": result["parameters"],
+            "engine": result["engine"], "mixer": mixer, "d_model": cfg.d_model,
+            "n_layers": cfg.n_layers, "preset": preset, "rnnlab_version": __version__,
+            "torch_version": torch.__version__,
+            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds")}
+    return [{**base, "length": n, "value": round(v, 6)} for n, v in result["scores"].items()]
+
+
+def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "custom") -> List[dict]:
+    """Run (or resume) the grid of ``cfg`` into ``out``; return all records."""
+    validate(cfg)
+    models = [spec.model(m) for m in cfg.models]
+    tasks = [spec.task(t) for t in cfg.tasks]
+    cfg = dataclasses.replace(cfg, models=[m.label for m in models],
+                              tasks=[label for label, _ in tasks])
+    store.check_config(out, cfg.training_fields())
+    records = store.load_records(out)
+    done = store.finished(records)
+    grid = [(m, label, task, seed) for label, task in tasks for m in models for seed in cfg.seeds]
+    todo = [g for g in grid if (g[0].label, g[1], g[3]) not in done]
+    console.print(f"arena: {len(grid)} runs ({len(models)} models × {len(tasks)} tasks × "
+                  f"{len(cfg.seeds)} seeds), {len(grid) - len(todo)} already finished; "
+                  f"results in {out}")
+    start = time.perf_counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        overall = progress.add_task("grid", total=len(grid), completed=len(grid) - len(todo))
+        for model, task_label, task, seed in todo:
+            title = f"{model.label} on {task_label} (seed {seed})"
+            job = progress.add_task(title, total=cfg.steps)
+
+            def on_step(step, loss, val, job=job, title=title):
+                extra = f" val {val:.3f}" if val is not None else ""
+                progress.update(job, completed=step,
+                                description=f"{title} loss {loss:.3f}{extra}")
+
+            run_dir = out / "runs" / run_ids([model.label, task_label, str(seed)])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            result = train_run(model, task, seed, cfg, run_dir, on_step)
+            records += _records(model.label, task_label, task, seed, result, cfg, model.mixer,
+                                preset)
+            store.save_records(out, records)
+            report.write_all(out, cfg, records, _meta(cfg, preset, start))
+            progress.remove_task(job)
+            progress.advance(overall)
+            console.print(f"  {title}: {result['steps']} steps in {result['train_seconds']:.0f}s"
+                          f"{' (early stop)' if result['stopped_early'] else ''}; "
+                          + ", ".join(f"T={n}: {v:.3f}" for n, v in result["scores"].items()))
+    if not todo:
+        report.write_all(out, cfg, records, _meta(cfg, preset, start))
+    for table in report.rich_tables(cfg, records):
+        console.print(table)
+    console.print(f"arena: {time.perf_counter() - start:.0f}s; wrote results.jsonl, results.csv, "
+                  f"results.md, plots/, report.html in {out}")
+    return records
+
+
+def _meta(cfg: ArenaConfig, preset: str, start: float) -> dict:
+    return {"preset": preset, "models": ", ".join(cfg.models), "tasks": ", ".join(cfg.tasks),
+            "seeds": cfg.seeds, "size": f"d_model={cfg.d_model}, n_layers={cfg.n_layers}",
+            "budget": f"≤{cfg.steps} steps × batch {cfg.batch}, lr {cfg.lr}",
+            "machine": f"{platform.machine()} {platform.processor() or ''} "
+                       f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+            "wall time so far": f"{time.perf_counter() - start:.0f}s"}
+
+
+def remove_results(out: Optional[Path]) -> None:
+    """``--fresh``: delete a previous results directory."""
+    if out is not None and out.exists():
+        shutil.rmtree(out)

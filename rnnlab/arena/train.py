@@ -1,0 +1,118 @@
+"""Train one model on one task with one seed, then test it at every test length.
+
+Readable top to bottom: build, (resume), train with AdamW + warm-up/cosine until ``steps`` or the
+validation metric reaches ``early_stop`` twice, checkpoint every ``checkpoint_every`` steps, then
+evaluate ``eval_examples`` fresh test sequences at each of the task's test lengths.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+
+from .. import tasks as _tasks
+from ..models.sequence import SequenceModel
+from . import checkpoint
+from .config import ArenaConfig
+from .spec import ModelSpec
+
+EVAL_CHUNK = 256  # test sequences per forward pass
+
+
+def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> SequenceModel:
+    return SequenceModel(task.vocab_size, task.n_outputs, d_model=cfg.d_model,
+                         n_layers=cfg.n_layers, mixer=spec.mixer, kind=task.kind, mlp=cfg.mlp,
+                         **spec.options)
+
+
+def learning_rate(cfg: ArenaConfig, step: int) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 10% of ``lr``."""
+    warmup = max(1, cfg.steps // 20)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.steps - warmup)
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,
+             gen: torch.Generator, device: str) -> float:
+    """The task's metric on ``examples`` sequences of ``length`` (averaged over chunks)."""
+    model.eval()
+    values, weights = [], []
+    with torch.no_grad():
+        for start in range(0, examples, EVAL_CHUNK):
+            n = min(EVAL_CHUNK, examples - start)
+            x, y, mask = (t.to(device) for t in task.sample(n, length, gen))
+            values.append(task.score(model(x), y, mask))
+            weights.append(n)
+    model.train()
+    return sum(v * w for v, w in zip(values, weights)) / sum(weights)
+
+
+def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, run_dir: Path,
+              on_step: Optional[Callable[[int, float, Optional[float]], None]] = None) -> dict:
+    """Train (resuming from ``run_dir/checkpoint.safetensors`` if present) and test one run.
+
+    Returns ``{"scores": {length: value}, "steps": n, "stopped_early": bool, "train_seconds": s,
+    "eval_seconds": s, "parameters": n, "engine": name, "resumed_from": step}``.
+    """
+    torch.manual_seed(seed)
+    model = build_model(spec, task, cfg).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gens = {"data": _tasks.generator(seed, "train"),
+            "length": torch.Generator().manual_seed(1_000_003 * (seed + 1)),
+            "val": torch.Generator().manual_seed(2_000_003 * (seed + 1))}
+    ckpt = run_dir / "checkpoint.safetensors"
+    meta = checkpoint.load(ckpt, model, opt, gens) or {"step": 0, "hits": 0, "seconds": 0.0}
+    resumed_from, step, hits = meta["step"], meta["step"], meta["hits"]
+    lo, hi = task.train_lengths
+    start = time.perf_counter() - meta["seconds"]
+    done = meta.get("done", False)
+    while not done and step < cfg.steps:
+        length = int(torch.randint(lo, hi + 1, (1,), generator=gens["length"]))
+        x, y, mask = (t.to(cfg.device) for t in task.sample(cfg.batch, length, gens["data"]))
+        loss = task.loss(model(x), y, mask)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"arena: {spec.label} on {task.name} (seed {seed}) hit a "
+                                     f"non-finite loss at step {step}")
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        step += 1
+        val = None
+        if step % cfg.eval_every == 0 and cfg.early_stop is not None:
+            val = evaluate(model, task, hi, EVAL_CHUNK, gens["val"], cfg.device)
+            hits = hits + 1 if val >= cfg.early_stop else 0
+            done = hits >= 2
+        if on_step is not None:
+            on_step(step, loss.item(), val)
+        if step % cfg.checkpoint_every == 0 or done or step == cfg.steps:
+            checkpoint.save(ckpt, model, opt, gens, {"step": step, "hits": hits, "done": done,
+                                                     "seconds": time.perf_counter() - start})
+    train_seconds = time.perf_counter() - start
+    t0 = time.perf_counter()
+    test_gen = _tasks.generator(seed, "test")
+    scores = {n: evaluate(model, task, n, cfg.eval_examples, test_gen, cfg.device)
+              for n in task.test_lengths}
+    engine = getattr(model.blocks[0].mixer, "rnn", None)
+    return {"scores": scores, "steps": step, "stopped_early": done and step < cfg.steps,
+            "train_seconds": round(train_seconds, 2),
+            "eval_seconds": round(time.perf_counter() - t0, 2),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "engine": engine.engine_name if engine is not None else "attention",
+            "resumed_from": resumed_from}
+
+
+def run_ids(labels: List[str]) -> str:
+    """A file-name-safe id for a (model, task, seed) run."""
+    import hashlib
+    import re
+    text = "__".join(labels)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80]
+    return f"{slug}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"

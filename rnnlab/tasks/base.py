@@ -1,0 +1,158 @@
+"""The task contract: a seeded generator of ``(inputs, targets, mask)`` with a loss and a metric.
+
+A task is a small frozen dataclass whose fields are its parameters (``mod_arith(brackets=True)``).
+Subclasses set the class attributes below and implement ``_sample``; everything else (argument
+checks, seeds, loss, metric, decoding for ``rnnlab tasks show``) lives here once.
+
+Shapes (alphabet of DESIGN.md): token tasks give ``inputs (B, T)`` long in ``[0, vocab_size)``,
+``targets (B, T)`` long in ``[0, n_outputs)``; real-valued tasks give ``inputs (B, T, vocab_size)``
+float and ``targets (B, T, n_outputs)`` float. ``mask (B, T)`` bool marks the scored positions;
+a model's output is ``(B, T, n_outputs)`` (logits, or predictions for real-valued tasks).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Dict, List, Sequence, Tuple, Type
+
+import torch
+
+from . import metrics
+
+Sample = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+SPLITS = ("train", "test")
+
+
+def generator(seed: int, split: str) -> torch.Generator:
+    """The data generator for ``seed`` and ``split``. Train seeds are even, test seeds odd, so
+    no train stream equals any test stream (SelectivBench's reference reuses its train seed)."""
+    if split not in SPLITS:
+        raise ValueError(f"tasks.generator: split must be one of {SPLITS}, got {split!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"tasks.generator: seed must be an int >= 0, got {seed!r}")
+    return torch.Generator().manual_seed(2 * seed + SPLITS.index(split))
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Base of every task. Class attributes a subclass sets:
+
+    - ``name``: registry name; ``kind``: ``"tokens"`` or ``"real"``;
+    - ``metric``: a name in ``rnnlab.tasks.metrics.METRICS``;
+    - ``train_lengths``: ``(min, max)`` inclusive, the lengths a training batch is drawn from;
+    - ``test_lengths``: lengths evaluated after training (the first is the train length);
+    - ``min_length``: the shortest ``length`` ``sample`` accepts.
+
+    Properties a subclass defines (they may depend on its fields): ``vocab_size`` (input tokens, or
+    input channels for real tasks), ``n_outputs`` (classes, or output channels), ``chance`` (the
+    metric's value for a constant/random guess, used by ``scaled_accuracy``).
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "tokens"
+    metric: ClassVar[str] = "accuracy"
+    train_lengths: ClassVar[Tuple[int, int]] = (16, 64)
+    test_lengths: ClassVar[Tuple[int, ...]] = (64, 128, 256)
+    min_length: ClassVar[int] = 1
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def n_outputs(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def chance(self) -> float:
+        return 0.0
+
+    # --- what a subclass implements -------------------------------------------------------
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        raise NotImplementedError
+
+    def decode(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> str:
+        """One example (``inputs (T,)``, ``targets (T,)``, ``mask (T,)``) as readable text."""
+        rows = [f"input : {inputs.tolist()}",
+                f"target: {[int(t) if m else '_' for t, m in zip(targets.tolist(), mask.tolist())]}"]
+        return "\n".join(rows)
+
+    # --- shared ---------------------------------------------------------------------------
+    def sample(self, batch: int, length: int, generator: torch.Generator) -> Sample:
+        """``(inputs, targets, mask)`` for ``batch`` sequences of exactly ``length`` steps."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"{self.name}.sample: batch must be an int >= 1, got {batch!r}")
+        if isinstance(length, bool) or not isinstance(length, int) or length < self.min_length:
+            raise ValueError(f"{self.name}.sample: length must be an int >= {self.min_length}, "
+                             f"got {length!r}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"{self.name}.sample: generator must be a torch.Generator, "
+                            f"got {type(generator).__name__}")
+        x, y, mask = self._sample(batch, length, generator)
+        return x, y, mask.bool()
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor,
+             mask: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (token tasks) or mean squared error (real tasks) on scored positions."""
+        if self.kind == "real":
+            return torch.nn.functional.mse_loss(outputs[mask], targets[mask].to(outputs.dtype))
+        return torch.nn.functional.cross_entropy(outputs[mask].float(), targets[mask])
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+        """The task's metric on a batch of model outputs ``(B, T, n_outputs)``."""
+        return metrics.compute(self.metric, outputs, targets, mask, chance=self.chance)
+
+    def params(self) -> Dict[str, object]:
+        """The task's parameters (its dataclass fields), for records and tables."""
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{self.name}({args})"
+
+
+# --- registry -------------------------------------------------------------------------------
+_REGISTRY: Dict[str, Type[Task]] = {}
+
+
+def register(cls: Type[Task]) -> Type[Task]:
+    """Class decorator: register a task under its ``name``."""
+    if not cls.name:
+        raise ValueError(f"task class {cls.__qualname__} has no name")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"task name {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str, **params) -> Task:
+    """Build the task registered as ``name``: ``get("mod_arith", brackets=True)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"task: unknown name {name!r}; available: {', '.join(available())}")
+    cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ValueError(f"task {name!r}: unknown parameter(s) {unknown}; it takes "
+                         f"{sorted(fields) or 'none'}")
+    return cls(**params)
+
+
+def available() -> List[str]:
+    """Names of all registered tasks, sorted."""
+    return sorted(_REGISTRY)
+
+
+def check_choice(task: str, arg: str, value, allowed: Sequence) -> None:
+    """Raise a ValueError naming ``arg`` when ``value`` is not one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{task}: {arg} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_int(task: str, arg: str, value, low: int, high: int | None = None) -> None:
+    """Raise a ValueError naming ``arg`` unless ``low <= value (<= high)`` is an int."""
+    ok = not isinstance(value, bool) and isinstance(value, int) and value >= low
+    ok = ok and (high is None or value <= high)
+    if not ok:
+        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{task}: {arg} must be an int {rng}, got {value!r}")

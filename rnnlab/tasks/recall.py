@@ -1,0 +1,298 @@
+"""Associative recall and retrieval: MQAR, passkey, set disjointness, selective copying.
+
+Each task hides a few tokens in a sequence and asks for them later, so a recurrent model must
+decide what to write into a fixed-size state. Targets are token ids in the input vocabulary
+(``n_outputs == vocab_size``); only the answer positions are scored.
+
+Where the shortest valid length depends on a field (``pairs``, ``digits``, ``tokens``), the class
+``min_length`` is the one of the default fields and each instance overrides it with its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .base import Sample, Task, check_int, register
+
+
+def _distinct(batch: int, low: int, high: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``(batch, n)`` long: per row ``n`` distinct values from ``[low, high)``, in random order."""
+    return torch.rand(batch, high - low, generator=gen).argsort(dim=1)[:, :n] + low
+
+
+def _set_min_length(task: Task, value: int) -> None:
+    object.__setattr__(task, "min_length", value)  # frozen dataclass: an instance override
+
+
+def _show(tokens, names: dict) -> str:
+    return " ".join(names.get(t, str(t)) for t in tokens)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class MQAR(Task):
+    """Multi-query associative recall (Zoology, Arora et al. 2023, ``multiquery_ar.py``).
+
+    Keys come from ``[1, V/2)`` and values from ``[V/2, V)``, ``pairs`` distinct of each per
+    example. The prefix is ``k1 v1 ... kN vN``; the query region after it (length ``L - 2N``)
+    holds each key once, at even offsets ``2g`` whose ``N`` slots ``g`` are distinct and drawn
+    with ``p(g) ∝ (g + 1)^(a - 1)``, ``a = 0.01`` (most queries sit near the start of the region).
+    Other positions are 0, or uniform random tokens with ``random_filler``. The target at a query
+    is the value paired with its key; nothing else is scored.
+
+    ``pairs`` is fixed (not scaled with the length): a length below ``4 * pairs`` (the region
+    needs ``pairs`` even slots) is refused, so ``min_length == 4 * pairs``.
+    """
+
+    vocab: int = 256  # V: keys from [1, V/2), values from [V/2, V)
+    pairs: int = 8  # N key-value pairs per example (all queried)
+    alpha: float = 0.01  # power-law exponent a of the query offsets, p ∝ i^(a-1)
+    random_filler: bool = False  # non-query positions: 0 (False) or uniform random tokens (True)
+
+    name = "mqar"
+    train_lengths = (64, 64)
+    test_lengths = (64, 128, 256)
+    min_length = 32  # 4 * pairs for the default pairs
+
+    def __post_init__(self):
+        check_int(self.name, "vocab", self.vocab, 4)
+        check_int(self.name, "pairs", self.pairs, 1, self.vocab // 2 - 1)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
+                or not 0 < self.alpha <= 1:
+            raise ValueError(f"{self.name}: alpha must be a number in (0, 1], got {self.alpha!r}")
+        if not isinstance(self.random_filler, bool):
+            raise TypeError(f"{self.name}: random_filler must be a bool, "
+                             f"got {self.random_filler!r}")
+        _set_min_length(self, 4 * self.pairs)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    @property
+    def n_outputs(self) -> int:
+        return self.vocab
+
+    @property
+    def chance(self) -> float:
+        return 1 / (self.vocab - self.vocab // 2)
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        n, half = self.pairs, self.vocab // 2
+        keys = _distinct(batch, 1, half, n, gen)  # (B, N)
+        values = _distinct(batch, half, self.vocab, n, gen)  # (B, N)
+        slots = (length - 2 * n) // 2
+        weight = torch.arange(1, slots + 1, dtype=torch.float64) ** (self.alpha - 1)
+        g = torch.multinomial(weight.expand(batch, slots), n, replacement=False,
+                              generator=gen)  # (B, N)
+        where = 2 * n + 2 * g  # (B, N) query positions
+        if self.random_filler:
+            inputs = torch.randint(0, self.vocab, (batch, length), generator=gen)
+        else:
+            inputs = torch.zeros(batch, length, dtype=torch.long)
+        inputs[:, 0:2 * n:2] = keys
+        inputs[:, 1:2 * n:2] = values
+        inputs.scatter_(1, where, keys)
+        targets = torch.zeros(batch, length, dtype=torch.long).scatter_(1, where, values)
+        mask = torch.zeros(batch, length, dtype=torch.bool).scatter_(1, where, True)
+        return inputs, targets, mask
+
+    def decode(self, inputs, targets, mask) -> str:
+        x, n = inputs.tolist(), self.pairs
+        pairs = " ".join(f"{x[2 * i]}:{x[2 * i + 1]}" for i in range(n))
+        queries = " ".join(f"@{t}:{x[t]}->{int(targets[t])}"
+                           for t in range(len(x)) if bool(mask[t]))
+        return f"pairs  : {pairs}\nqueries: {queries}\ninput  : {x}"
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Passkey(Task):
+    """Passkey retrieval on a random-token haystack (after Stuffed Mamba, Chen et al. 2024).
+
+    The text haystack of the reference becomes uniform random filler tokens (no digits). A marker
+    token followed by a ``digits``-digit passkey sits at a uniformly random depth; the sequence
+    ends with a query marker and the passkey fed back one digit at a time (teacher forcing):
+    ``... QUERY d1 ... d(k-1)``, whose ``k`` last positions must predict ``d1 ... dk``. Only
+    those are scored, by ``sequence_accuracy``: with teacher forcing, all ``k`` right is exactly
+    the reference's greedy exact match. ``min_length == 2 * digits + 1``.
+
+    Tokens: digits ``0..9``, ``10`` = passkey marker, ``11`` = query, ``12..`` = filler.
+    """
+
+    digits: int = 5  # k: passkey length in digits
+    filler: int = 16  # number of distinct filler tokens in the haystack
+
+    name = "passkey"
+    metric = "sequence_accuracy"
+    train_lengths = (32, 64)
+    test_lengths = (64, 128, 256)
+    min_length = 11  # 2 * digits + 1 for the default digits
+
+    MARK, QUERY, FILL = 10, 11, 12
+
+    def __post_init__(self):
+        check_int(self.name, "digits", self.digits, 1)
+        check_int(self.name, "filler", self.filler, 1)
+        _set_min_length(self, 2 * self.digits + 1)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.FILL + self.filler
+
+    @property
+    def n_outputs(self) -> int:
+        return self.vocab_size
+
+    @property
+    def chance(self) -> float:
+        return 0.1 ** self.digits
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        k = self.digits
+        key = torch.randint(0, 10, (batch, k), generator=gen)  # (B, k)
+        inputs = torch.randint(self.FILL, self.vocab_size, (batch, length), generator=gen)
+        start = torch.randint(0, length - 2 * k, (batch, 1), generator=gen)  # marker position
+        needle = torch.cat([torch.full((batch, 1), self.MARK), key], dim=1)  # (B, k+1)
+        inputs.scatter_(1, start + torch.arange(k + 1), needle)
+        inputs[:, length - k] = self.QUERY
+        inputs[:, length - k + 1:] = key[:, :-1]
+        targets = torch.zeros(batch, length, dtype=torch.long)
+        targets[:, length - k:] = key
+        mask = torch.zeros(batch, length, dtype=torch.bool)
+        mask[:, length - k:] = True
+        return inputs, targets, mask
+
+    def decode(self, inputs, targets, mask) -> str:
+        names = {self.MARK: "KEY", self.QUERY: "QUERY"}
+        names.update({t: "." for t in range(self.FILL, self.vocab_size)})
+        answer = "".join(str(int(t)) for t, m in zip(targets, mask) if bool(m))
+        return f"input  : {_show(inputs.tolist(), names)}\npasskey: {answer}"
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class SetDisjointness(Task):
+    """Set disjointness (JRT, Arora et al. 2024, ``non_autoreg.py``).
+
+    The data vocabulary (ids ``3..V-1``) is split into halves; set A is drawn from the first,
+    set B from the second (distinct elements each), then one random element of B is overwritten
+    by a random element of A. The input is ``1 A 2 B 3`` with three separator tokens (ids 0, 1, 2)
+    and the target at the last position is the one shared token.
+
+    Set sizes derive from ``length`` (``|A| + |B| = length - 3``): ``|A| = round(ratio *
+    (length - 3))`` clamped to ``[1, length - 4]``. ``ratio < 0.5`` puts the smaller set first.
+    A length whose sets do not fit the vocabulary halves is refused.
+    """
+
+    vocab: int = 512  # V: ids 0-2 are separators, the rest is split into two halves
+    ratio: float = 0.25  # |A| / (|A| + |B|): the share of the first set
+
+    name = "set_disjointness"
+    train_lengths = (16, 64)
+    test_lengths = (64, 128, 256)
+    min_length = 5
+
+    def __post_init__(self):
+        check_int(self.name, "vocab", self.vocab, 7)
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
+                or not 0 < self.ratio < 1:
+            raise ValueError(f"{self.name}: ratio must be a number in (0, 1), got {self.ratio!r}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vocab
+
+    @property
+    def n_outputs(self) -> int:
+        return self.vocab
+
+    def sizes(self, length: int):
+        """``(|A|, |B|)`` for a sequence of ``length`` tokens."""
+        total = length - 3
+        a = min(max(int(self.ratio * total + 0.5), 1), total - 1)
+        return a, total - a
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        a, b = self.sizes(length)
+        split = 3 + (self.vocab - 3) // 2
+        if a > split - 3 or b > self.vocab - split:
+            raise ValueError(f"{self.name}: length {length} needs sets of {a} and {b} tokens, "
+                             f"more than the vocabulary halves ({split - 3}, "
+                             f"{self.vocab - split}); raise vocab")
+        first = _distinct(batch, 3, split, a, gen)  # (B, a)
+        second = _distinct(batch, split, self.vocab, b, gen)  # (B, b)
+        shared = first.gather(1, torch.randint(0, a, (batch, 1), generator=gen))  # (B, 1)
+        second.scatter_(1, torch.randint(0, b, (batch, 1), generator=gen), shared)
+        sep = torch.arange(3).expand(batch, 3)
+        inputs = torch.cat([sep[:, :1], first, sep[:, 1:2], second, sep[:, 2:]], dim=1)
+        targets = torch.zeros(batch, length, dtype=torch.long)
+        targets[:, -1] = shared[:, 0]
+        mask = torch.zeros(batch, length, dtype=torch.bool)
+        mask[:, -1] = True
+        return inputs, targets, mask
+
+    def decode(self, inputs, targets, mask) -> str:
+        a, _ = self.sizes(len(inputs))
+        x = inputs.tolist()
+        return (f"A     : {x[1:a + 1]}\nB     : {x[a + 2:-1]}\n"
+                f"shared: {int(targets[-1])}")
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class SelectiveCopy(Task):
+    """Selective copying (Mamba, Gu & Dao 2023, Fig. 2).
+
+    ``tokens`` data tokens (uniform over ``symbols`` data symbols, repeats allowed) sit at random
+    distinct positions, in order, among blanks in the first ``length - tokens`` positions; the
+    last ``tokens`` positions are marker tokens, where the model must output the data tokens in
+    order. Only those are scored. ``min_length == 2 * tokens``.
+
+    Tokens: ``0`` = blank, ``1`` = marker, ``2..`` = data symbols.
+    """
+
+    tokens: int = 8  # data tokens to copy
+    symbols: int = 8  # distinct data symbols
+
+    name = "selective_copy"
+    train_lengths = (32, 64)
+    test_lengths = (64, 128, 256)
+    min_length = 16  # 2 * tokens for the default tokens
+
+    BLANK, MARK = 0, 1
+
+    def __post_init__(self):
+        check_int(self.name, "tokens", self.tokens, 1)
+        check_int(self.name, "symbols", self.symbols, 1)
+        _set_min_length(self, 2 * self.tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.symbols + 2
+
+    @property
+    def n_outputs(self) -> int:
+        return self.vocab_size
+
+    @property
+    def chance(self) -> float:
+        return 1 / self.symbols
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        k = self.tokens
+        data = torch.randint(2, self.vocab_size, (batch, k), generator=gen)  # (B, k)
+        where = _distinct(batch, 0, length - k, k, gen).sort(dim=1).values  # (B, k)
+        inputs = torch.zeros(batch, length, dtype=torch.long).scatter_(1, where, data)
+        inputs[:, length - k:] = self.MARK
+        targets = torch.zeros(batch, length, dtype=torch.long)
+        targets[:, length - k:] = data
+        mask = torch.zeros(batch, length, dtype=torch.bool)
+        mask[:, length - k:] = True
+        return inputs, targets, mask
+
+    def decode(self, inputs, targets, mask) -> str:
+        names = {self.BLANK: ".", self.MARK: ">"}
+        answer = " ".join(str(int(t)) for t, m in zip(targets, mask) if bool(m))
+        return f"input : {_show(inputs.tolist(), names)}\noutput: {answer}"
