@@ -83,7 +83,7 @@ PRESETS: Dict[str, dict] = {
 }
 PRESETS["full"] = dict(
     models=sorted({m for p in PRESETS.values() for m in p["models"]}),
-    tasks=None,  # filled with every registered task at load time
+    tasks=None,  # every preset's tasks, then every other registered task (at load time)
     steps=3000, d_model=64, n_layers=2,
     expected={k: v for p in PRESETS.values() for k, v in p.get("expected", {}).items()},
     source="all of the above")
@@ -96,7 +96,8 @@ def preset(name: str, **overrides) -> ArenaConfig:
         raise ValueError(f"--preset: unknown preset {name!r}; available: {', '.join(PRESETS)}")
     fields = dict(PRESETS[name])
     if fields.get("tasks") is None:
-        fields["tasks"] = tasks.available()
+        listed = [t for p in PRESETS.values() for t in (p["tasks"] or [])]
+        fields["tasks"] = list(dict.fromkeys(listed + tasks.available()))
     known = {f.name for f in dataclasses.fields(ArenaConfig)}
     for key, value in overrides.items():
         if key not in known:

@@ -68,7 +68,6 @@ def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "cust
                                 description=f"{title} loss {loss:.3f}{extra}")
 
             run_dir = out / "runs" / run_ids([model.label, task_label, str(seed)])
-            run_dir.mkdir(parents=True, exist_ok=True)
             result = train_run(model, task, seed, cfg, run_dir, on_step)
             records += _records(model.label, task_label, task, seed, result, cfg, model.mixer,
                                 preset)

@@ -65,6 +65,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     gens = {"data": _tasks.generator(seed, "train"),
             "length": torch.Generator().manual_seed(1_000_003 * (seed + 1)),
             "val": torch.Generator().manual_seed(2_000_003 * (seed + 1))}
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.safetensors"
     meta = checkpoint.load(ckpt, model, opt, gens) or {"step": 0, "hits": 0, "seconds": 0.0}
     resumed_from, step, hits = meta["step"], meta["step"], meta["hits"]

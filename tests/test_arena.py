@@ -1,0 +1,129 @@
+"""The arena end to end on a tiny grid: files, records, resume, exact continuation, errors."""
+import json
+
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from rnnlab.arena import ArenaConfig, preset, run_arena, spec
+from rnnlab.arena.train import run_ids, train_run
+from rnnlab.cli import app
+
+
+def tiny(**kw):
+    base = dict(models=["gru", "mamba[-1,1]", "transformer"], tasks=["parity", "mqar"],
+                seeds=[0], d_model=8, steps=6, batch=4, eval_every=3, eval_examples=6,
+                checkpoint_every=2, expected={("gru", "parity"): 1.0})
+    return ArenaConfig(**{**base, **kw})
+
+
+def quiet():
+    return Console(file=open("/dev/null", "w"), width=140)
+
+
+def test_tiny_grid_end_to_end(tmp_path):
+    records = run_arena(tiny(), tmp_path, quiet())
+    for name in ("config.json", "results.jsonl", "results.csv", "results.md", "report.html",
+                 "plots/parity.png", "plots/mqar.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len(records) == 3 * (4 + 3)  # models × (parity + mqar test lengths)
+    for rec in map(json.loads, lines):
+        assert {"model", "task", "seed", "length", "metric", "value"} <= set(rec)
+    assert {(r["model"], r["task"]) for r in records} == {
+        (m, t) for m in ("gru", "mamba[-1,1]", "transformer") for t in ("parity", "mqar")}
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "mamba[-1,1]" in html
+    assert "| gru |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.csv").read_text().startswith("model,task,seed,length,metric")
+
+
+def test_rerun_skips_finished_runs(tmp_path, monkeypatch):
+    first = run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
+    import rnnlab.arena.runner as runner
+    monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("retrained"))
+    again = run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
+    assert again == first
+
+
+def test_other_config_in_the_same_directory_is_refused(tmp_path):
+    run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
+    with pytest.raises(ValueError, match="different configuration.*steps"):
+        run_arena(tiny(models=["gru"], tasks=["parity"], steps=7), tmp_path, quiet())
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    """A run stopped after step 5 (checkpoint at 4) and restarted ends where one straight run
+    ends: weights, optimizer moments and data streams are all restored."""
+    cfg = tiny(steps=8, early_stop=None)
+    model, (_, task) = spec.model("gru"), spec.task("parity")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_5(step, loss, val):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_run(model, task, 0, cfg, tmp_path / "a", kill_at_5)
+    resumed = train_run(model, task, 0, cfg, tmp_path / "a")
+    straight = train_run(model, task, 0, cfg, tmp_path / "b")
+    assert resumed["resumed_from"] == 4 and straight["resumed_from"] == 0
+    assert resumed["scores"] == straight["scores"]
+    a = load_file(str(tmp_path / "a" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+
+
+def test_specs():
+    assert spec.split_list("lstm, mamba[-1,1],mod_arith(brackets=true, x=1)") == \
+        ["lstm", "mamba[-1,1]", "mod_arith(brackets=true, x=1)"]
+    m = spec.model("deltanet[-1,1](heads=2)")
+    assert (m.mixer, m.options) == ("deltanet", {"allow_neg_eigval": True, "heads": 2})
+    assert spec.task("mod_arith(brackets=true)")[1].brackets is True
+    with pytest.raises(ValueError, match="--models: unknown model 'lsmt'"):
+        spec.model("lsmt")
+    with pytest.raises(ValueError, match="--tasks: unknown task"):
+        spec.task("parrity")
+    with pytest.raises(ValueError, match="key=value"):
+        spec.task("parity(all)")
+    assert run_ids(["mamba[-1,1]", "parity", "0"]).startswith("mamba_-1_1_")
+
+
+def test_presets_resolve():
+    from rnnlab.arena.config import PRESETS
+    for name in PRESETS:
+        cfg = preset(name)
+        for m in cfg.models:
+            spec.model(m)
+        for t in cfg.tasks:
+            spec.task(t)
+        for (m, t) in cfg.expected:
+            assert m in cfg.models and t in cfg.tasks, (name, m, t)
+    with pytest.raises(ValueError, match="--preset: unknown preset"):
+        preset("fast")
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        run_arena(tiny(steps=0), None, quiet())
+
+
+def test_cli_arena_and_tasks_show(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["arena", "--models", "lstm,mamba[-1,1]", "--tasks", "parity",
+                                 "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "parity" in result.output and (out / "report.html").exists()
+    bad = runner.invoke(app, ["arena", "--models", "nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "unknown model 'nope'" in bad.output
+    assert not (tmp_path / "x").exists(), "nothing is written on bad input"
+    shown = runner.invoke(app, ["tasks", "show", "parity", "--samples", "2"])
+    assert shown.exit_code == 0 and "sample 1" in shown.output
+    listed = runner.invoke(app, ["tasks", "list"])
+    assert listed.exit_code == 0 and "mqar" in listed.output

@@ -1,0 +1,48 @@
+"""SequenceModel: shapes, causality for every mixer, argument errors."""
+import pytest
+import torch
+
+from rnnlab import cells
+from rnnlab.models import SequenceModel
+from rnnlab.models.attention import rotary
+
+MIXERS = ["attention"] + cells.available()
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_every_mixer_is_causal(mixer):
+    """Outputs up to t do not depend on inputs after t (a model that peeks would ace every task)."""
+    torch.manual_seed(0)
+    model = SequenceModel(7, 3, d_model=16, n_layers=2, mixer=mixer).double()
+    x = torch.randint(0, 7, (2, 11))
+    y = x.clone()
+    y[:, 6:] = (y[:, 6:] + 1) % 7
+    a, b = model(x), model(y)
+    assert a.shape == (2, 11, 3)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_real_valued_inputs():
+    model = SequenceModel(3, 4, d_model=8, n_layers=1, mixer="lru", kind="real", mlp=False)
+    assert model(torch.randn(2, 5, 3)).shape == (2, 5, 4)
+
+
+def test_rotary_keeps_norms_and_is_relative():
+    q = torch.randn(1, 2, 6, 8, dtype=torch.float64)
+    torch.testing.assert_close(rotary(q).norm(dim=-1), q.norm(dim=-1))
+    # the score between positions i and j depends on i - j only
+    v = torch.randn(8, dtype=torch.float64).expand(1, 1, 6, 8)
+    s = rotary(v)[0, 0] @ rotary(v)[0, 0].T  # (6, 6)
+    torch.testing.assert_close(s[1, 3], s[2, 4])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mixer"):
+        SequenceModel(4, 2, mixer="nope")
+    with pytest.raises(ValueError, match="d_model"):
+        SequenceModel(4, 2, d_model=0)
+    with pytest.raises(ValueError, match="kind"):
+        SequenceModel(4, 2, kind="image")
+    with pytest.raises(ValueError, match="divisible by heads"):
+        SequenceModel(4, 2, d_model=10, mixer="attention", heads=4)
