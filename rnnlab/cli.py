@@ -1,4 +1,5 @@
-"""``rnnlab``: the command-line lab. ``rnnlab demo``, ``rnnlab cells``, ``rnnlab bench ...``."""
+"""``rnnlab``: the command-line lab. ``rnnlab arena``, ``rnnlab tasks``, ``rnnlab cells``,
+``rnnlab bench ...``."""
 from __future__ import annotations
 
 import sys
@@ -16,21 +17,6 @@ bench_app = typer.Typer(help="Benchmarks: write JSON and print a table of ratios
 app.add_typer(bench_app, name="bench")
 # Wide tables stay readable when output goes to a file or a pipe (rich would assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 140)
-
-
-@app.command()
-def demo(cell: str = typer.Option("gru", help="registered cell name"),
-         hidden_size: int = typer.Option(32, help="hidden size H"),
-         steps: int = typer.Option(400, help="training steps"),
-         seed: int = typer.Option(0, help="seed for model and data")) -> None:
-    """Train a small recurrent model on running parity; print accuracy at T=20, 100, 500."""
-    from . import cells
-    from .demo import DemoConfig, run
-    if cell not in cells.available():
-        raise typer.BadParameter(f"unknown cell {cell!r}; available: "
-                                 f"{', '.join(cells.available())}",
-                                 param_hint="--cell")
-    run(DemoConfig(cell=cell, hidden_size=hidden_size, steps=steps, seed=seed), console)
 
 
 @app.command()

@@ -127,3 +127,15 @@ def test_cli_arena_and_tasks_show(tmp_path):
     assert shown.exit_code == 0 and "sample 1" in shown.output
     listed = runner.invoke(app, ["tasks", "list"])
     assert listed.exit_code == 0 and "mqar" in listed.output
+
+
+def test_seed_aggregation():
+    from rnnlab.arena.store import summary
+    recs = [dict(model="m", task="t", metric="acc", seed=s, length=n, value=v)
+            for s, vals in ((0, (1.0, 0.2)), (1, (0.9, 0.9)), (2, (0.5, 0.1)))
+            for n, v in zip((10, 20), vals)]
+    assert summary(recs, "best")[("m", "t", "acc")] == {10: 0.9, 20: 0.9}
+    mean = summary(recs, "mean")[("m", "t", "acc")]
+    assert mean == pytest.approx({10: 0.8, 20: 0.4})
+    with pytest.raises(ValueError, match="aggregate"):
+        summary(recs, "median")

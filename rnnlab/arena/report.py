@@ -24,7 +24,7 @@ def task_tables(cfg: ArenaConfig, records: List[dict]) -> List[Tuple[str, str, L
                                                                     List[list]]]:
     """``[(task, metric, lengths, rows)]``; a row is ``[model, v@len..., beyond, expected, ok]``
     with None where a value is missing (a run not finished yet)."""
-    means = summary(records)
+    means = summary(records, cfg.aggregate)
     out = []
     for task in cfg.tasks:
         keys = [k for k in means if k[1] == task]
@@ -56,6 +56,12 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def _title(cfg: ArenaConfig, task: str, metric: str) -> str:
+    seeds = len(cfg.seeds)
+    how = "" if seeds == 1 else f", {'best' if cfg.aggregate == 'best' else 'mean'} of {seeds} seeds"
+    return f"{task} — {metric}{how}"
+
+
 def _header(lengths: List[int]) -> List[str]:
     return (["model"] + [f"T={n}" + (" (train)" if i == 0 else "") for i, n in enumerate(lengths)]
             + ["beyond train", "expected", "agrees"])
@@ -64,7 +70,7 @@ def _header(lengths: List[int]) -> List[str]:
 def rich_tables(cfg: ArenaConfig, records: List[dict]) -> List[Table]:
     tables = []
     for task, metric, lengths, rows in task_tables(cfg, records):
-        table = Table(title=f"{task} — {metric}")
+        table = Table(title=_title(cfg, task, metric))
         for i, name in enumerate(_header(lengths)):
             table.add_column(name, justify="left" if i == 0 else "right")
         for row in rows:
@@ -77,7 +83,7 @@ def markdown(cfg: ArenaConfig, records: List[dict]) -> str:
     lines = []
     for task, metric, lengths, rows in task_tables(cfg, records):
         header = _header(lengths)
-        lines += [f"### {task} — {metric}", "", "| " + " | ".join(header) + " |",
+        lines += [f"### {_title(cfg, task, metric)}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
         lines.append("")
@@ -125,7 +131,7 @@ def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
                        + "</tr>" for row in rows)
         img = base64.b64encode(png).decode()
-        sections.append(f"<h2>{html.escape(task)} — {html.escape(metric)}</h2>"
+        sections.append(f"<h2>{html.escape(_title(cfg, task, metric))}</h2>"
                         f"<table><tr>{cells}</tr>{body}</table>"
                         f"<img alt='{html.escape(task)}' src='data:image/png;base64,{img}'>")
     info = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"

@@ -48,7 +48,7 @@ def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "cust
     store.check_config(out, cfg.training_fields())
     records = store.load_records(out)
     done = store.finished(records)
-    grid = [(m, label, task, seed) for label, task in tasks for m in models for seed in cfg.seeds]
+    grid = [(m, label, task, seed) for label, task in tasks for seed in cfg.seeds for m in models]
     todo = [g for g in grid if (g[0].label, g[1], g[3]) not in done]
     console.print(f"arena: {len(grid)} runs ({len(models)} models × {len(tasks)} tasks × "
                   f"{len(cfg.seeds)} seeds), {len(grid) - len(todo)} already finished; "

@@ -74,10 +74,24 @@ def save_records(out: Path, records: List[dict]) -> None:
     write_atomic(out / "results.csv", buf.getvalue())
 
 
-def summary(records: List[dict]) -> Dict[tuple, Dict[int, float]]:
-    """``(model, task, metric) -> {length: value averaged over seeds}``, in record order."""
-    sums: Dict[tuple, Dict[int, List[float]]] = {}
+def summary(records: List[dict], aggregate: str = "mean") -> Dict[tuple, Dict[int, float]]:
+    """``(model, task, metric) -> {length: value}`` over seeds, in record order.
+
+    ``aggregate="mean"`` averages the seeds; ``"best"`` keeps the seed whose mean over the test
+    lengths is highest (Grazzi et al. report the best of 3 seeds).
+    """
+    runs: Dict[tuple, Dict[int, Dict[int, float]]] = {}
     for r in records:
-        sums.setdefault((r["model"], r["task"], r["metric"]), {}).setdefault(
-            r["length"], []).append(r["value"])
-    return {key: {n: sum(v) / len(v) for n, v in by_len.items()} for key, by_len in sums.items()}
+        key = (r["model"], r["task"], r["metric"])
+        runs.setdefault(key, {}).setdefault(r["seed"], {})[r["length"]] = r["value"]
+    out = {}
+    for key, by_seed in runs.items():
+        if aggregate == "best":
+            out[key] = max(by_seed.values(), key=lambda v: sum(v.values()) / len(v))
+        elif aggregate == "mean":
+            lengths = list(dict.fromkeys(n for v in by_seed.values() for n in v))
+            out[key] = {n: sum(v[n] for v in by_seed.values() if n in v)
+                        / sum(n in v for v in by_seed.values()) for n in lengths}
+        else:
+            raise ValueError(f"aggregate must be 'mean' or 'best', got {aggregate!r}")
+    return out
