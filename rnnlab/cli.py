@@ -31,6 +31,7 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
           out: Optional[Path] = typer.Option(
               None, help="results directory [default: results/arena-PRESET]"),
           device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
+          threads: int = typer.Option(1, help="torch CPU threads per run"),
           fresh: bool = typer.Option(False, help="delete previous results in --out first")) -> None:
     """Train models × tasks × seeds on the diagnostic tasks; print tables, write a report.
 
@@ -44,7 +45,7 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
         overrides = dict(models=spec.split_list(models) if models else None,
                          tasks=spec.split_list(tasks) if tasks else None,
                          seeds=[int(s) for s in seeds.split(",")] if seeds else None,
-                         steps=steps, device=device)
+                         steps=steps, device=device, threads=threads)
         cfg = arena_config.preset(preset, **overrides)
         if models or tasks:  # expectations belong to the preset's own grid
             cfg.expected = {k: v for k, v in cfg.expected.items()

@@ -46,6 +46,15 @@ def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "cust
     cfg = dataclasses.replace(cfg, models=[m.label for m in models],
                               tasks=[label for label, _ in tasks])
     store.check_config(out, cfg.training_fields())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run_grid(cfg, models, tasks, out, console, preset)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_grid(cfg, models, tasks, out, console, preset) -> List[dict]:
     records = store.load_records(out)
     done = store.finished(records)
     grid = [(m, label, task, seed) for label, task in tasks for seed in cfg.seeds for m in models]
@@ -91,7 +100,7 @@ def _meta(cfg: ArenaConfig, preset: str, start: float) -> dict:
     return {"preset": preset, "models": ", ".join(cfg.models), "tasks": ", ".join(cfg.tasks),
             "seeds": cfg.seeds, "size": f"d_model={cfg.d_model}, n_layers={cfg.n_layers}",
             "budget": f"≤{cfg.steps} steps × batch {cfg.batch}, lr {cfg.lr}",
-            "machine": f"{platform.machine()} {platform.processor() or ''} "
+            "machine": f"{platform.machine()} {platform.processor() or ''}, "
                        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
             "wall time so far": f"{time.perf_counter() - start:.0f}s"}
 

@@ -1,20 +1,32 @@
-"""Causal multi-head self-attention with rotary positions: the Transformer baseline's mixer.
+"""Causal multi-head self-attention with rotary positions: the Transformer baseline's mixer and
+the attention layers of hybrid stacks.
 
 Rotary embeddings (RoPE) encode relative position, so the model runs at any length without a
 learned position table; torch's ``scaled_dot_product_attention`` does the attention itself.
+``window`` limits each query to the last ``window`` positions (sliding-window attention).
+Streaming: ``forward(x, state) -> (y, state)`` where the state is the KV cache
+``(k (B, heads, S, d), v (B, heads, S, d), position ())``; with a window the cache keeps only the
+last ``window - 1`` keys, so its memory is constant.
 """
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+KVCache = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
-def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate channel pairs of ``x (B, heads, T, d)`` by position-dependent angles (RoPE)."""
+
+def rotary(x: torch.Tensor, positions: Optional[torch.Tensor] = None,
+           base: float = 10000.0) -> torch.Tensor:
+    """Rotate channel pairs of ``x (B, heads, T, d)`` by angles of ``positions (T,)`` (RoPE)."""
     T, d = x.shape[-2], x.shape[-1]
     half = d // 2
+    if positions is None:
+        positions = torch.arange(T, device=x.device)
     freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (d/2,)
-    angles = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * freqs  # (T, d/2)
+    angles = positions.to(torch.float32)[:, None] * freqs  # (T, d/2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:2 * half]
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -22,20 +34,47 @@ def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """``y = attention(x)`` for ``x (B, T, D)``; each position sees itself and the past."""
+    """``y, cache = attention(x, cache=None)`` for ``x (B, T, D)``; each position sees itself and
+    the past (the last ``window`` positions when ``window`` is set)."""
 
-    def __init__(self, d_model: int, heads: int = 4):
+    def __init__(self, d_model: int, heads: int = 4, window: Optional[int] = None):
         super().__init__()
-        if d_model % heads:
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or d_model % heads:
             raise ValueError(f"CausalSelfAttention: d_model must be divisible by heads, got "
-                             f"d_model={d_model}, heads={heads}")
-        self.heads = heads
+                             f"d_model={d_model}, heads={heads!r}")
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or window < 1):
+            raise ValueError(f"CausalSelfAttention: window must be None or an int >= 1, "
+                             f"got {window!r}")
+        self.heads, self.window = heads, window
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def initial_state(self, batch: int, device=None, dtype=torch.float32) -> KVCache:
+        d = self.out.in_features // self.heads
+        empty = torch.zeros(batch, self.heads, 0, d, device=device, dtype=dtype)
+        return empty, empty.clone(), torch.zeros((), dtype=torch.long, device=device)
+
+    def forward(self, x: torch.Tensor, state: Optional[KVCache] = None):
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        start = 0 if state is None else int(state[2])
+        pos = torch.arange(start, start + T, device=x.device)  # (T,)
+        q, k = rotary(q, pos), rotary(k, pos)  # each (B, heads, T, D/heads)
+        if state is not None:
+            k = torch.cat([state[0].to(k.dtype), k], dim=2)  # (B, heads, S, D/heads)
+            v = torch.cat([state[1].to(v.dtype), v], dim=2)
+        if self.window is None and k.shape[2] == T:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            key_pos = torch.arange(start + T - k.shape[2], start + T, device=x.device)  # (S,)
+            allowed = key_pos[None, :] <= pos[:, None]  # (T, S)
+            if self.window is not None:
+                allowed = allowed & (key_pos[None, :] > pos[:, None] - self.window)
+            y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        if self.window is not None:
+            keep = self.window - 1
+            k, v = k[:, :, k.shape[2] - min(keep, k.shape[2]):], v[:, :, v.shape[2] - min(
+                keep, v.shape[2]):]
+        cache = (k, v, torch.tensor(start + T, device=x.device))
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), cache  # (B, T, D)

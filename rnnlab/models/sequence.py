@@ -27,9 +27,12 @@ class RecurrentMixer(nn.Module):
         out = self.rnn.output_size
         self.proj = nn.Identity() if out == d_model else nn.Linear(out, d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y, _ = self.rnn(x)  # (B, T, H_out)
-        return self.proj(y)  # (B, T, D)
+    def initial_state(self, batch: int, device=None, dtype=None):
+        return self.rnn.initial_state(batch, device)
+
+    def forward(self, x: torch.Tensor, state=None):
+        y, state = self.rnn(x, initial_state=state)  # (B, T, H_out)
+        return self.proj(y), state  # (B, T, D)
 
 
 class Block(nn.Module):
@@ -46,7 +49,7 @@ class Block(nn.Module):
                                      nn.Linear(mlp_ratio * d_model, d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm(x))
+        x = x + self.mixer(self.norm(x))[0]
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x

@@ -1,0 +1,273 @@
+"""Universal Transformer (Dehghani et al., ICLR 2019): one shared block applied recurrently in
+depth, with per-position Adaptive Computation Time (Graves 2016) deciding how many times.
+
+Each depth step t = 1, 2, ... runs the *same* block on the state ``H (B, T, D)``::
+
+    P^t = sinusoid(position) + sinusoid(t)                 # coordinate embedding, (T, D)
+    A^t = LN(H^{t-1} + P^t + Mixer(H^{t-1} + P^t))
+    H^t = LN(A^t + Transition(A^t))                        # Transition: D -> 4D -> D, ReLU
+
+The mixer is self-attention (causal by default; rotary positions inside as well) or any registered
+recurrent cell, so the same depth recurrence runs over a Transformer or an RNN.
+
+ACT, per position (UT's formulation of Graves's rule, threshold ``θ = 1 - eps``). Before step t
+the halting probability ``p^t = σ(w·(H^{t-1} + P^t) + b)`` is read (``b`` starts at
+``halting_bias``). A position halts at the first step ``N`` where ``Σ_{n≤N} p^n ≥ θ`` or where
+``N = max_steps``; its remainder is ``R = 1 - Σ_{n<N} p^n`` and its update weights are
+``w^n = p^n`` for ``n < N``, ``w^N = R`` and 0 after, so ``Σ_n w^n = 1`` for every position.
+The next step's input is the *unweighted* ``H^t`` (halted positions keep being transformed, so
+others can still attend to them); the model's output state ``Y`` combines the steps:
+
+- ``act_combine="interpolate"`` (UT, the default): ``Y ← w^t·H^t + (1 - w^t)·Y`` from ``Y = 0``;
+- ``act_combine="sum"`` (Graves): ``Y = Σ_n w^n H^n``, a convex combination.
+
+The loop stops when every position has halted (at most ``max_steps`` steps).
+
+Two bugs of the tensor2tensor reference are *not* reproduced: it writes
+``previous_state * 1 - update_weights`` (precedence: ``prev - w`` instead of ``prev·(1 - w)``),
+and positions stopped by the step limit there get no remainder, so their weights sum to less than
+1 and their ponder cost misses R; here the step limit halts them like the threshold does.
+
+Ponder cost (the quantity added to the loss): ``ponder_weight · mean_{B,T}(N + R)``, the
+per-position mean of Graves's ``N(t) + R(t)`` over the batch and every position (t2t's
+normalisation; a per-position mean keeps ``ponder_weight`` independent of batch size and
+length, like a per-position cross-entropy). ``N`` is piecewise constant, so its gradient flows
+only through ``R``: ``∂(N + R)/∂p^n = -1`` for ``n < N`` and 0 otherwise.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import cells as _cells
+from .attention import CausalSelfAttention, rotary
+from .sequence import ATTENTION, RecurrentMixer
+
+COMBINES = ("interpolate", "sum")
+
+
+def sinusoid(index: torch.Tensor, d_model: int) -> torch.Tensor:
+    """Sinusoidal embedding of ``index (T,)``: ``(T, D)``, sines then cosines over geometric
+    timescales from 1 to 10^4 (Vaswani et al.; t2t's ``get_timing_signal_1d``)."""
+    half = d_model // 2
+    scale = math.log(1e4) / max(half - 1, 1)
+    freqs = torch.exp(-scale * torch.arange(half, dtype=torch.float32, device=index.device))
+    angles = index.float()[:, None] * freqs  # (T, D/2)
+    signal = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (T, 2*(D/2))
+    return nn.functional.pad(signal, (0, d_model - 2 * half))  # (T, D), odd D pads one zero
+
+
+def _mix(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A mixer's output ``(B, T, D)``; mixers that also return a streaming state give
+    ``(y, state)``, whose state a depth step does not need."""
+    y = mixer(x)
+    return y[0] if isinstance(y, tuple) else y
+
+
+class SelfAttention(CausalSelfAttention):
+    """``CausalSelfAttention`` that can also attend both ways (``causal=False``)."""
+
+    def __init__(self, d_model: int, heads: int = 4, causal: bool = True):
+        super().__init__(d_model, heads)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+class BidirectionalMixer(nn.Module):
+    """Sum of a forward and a time-reversed ``RecurrentMixer``: ``(B, T, D) -> (B, T, D)``."""
+
+    def __init__(self, cell: str, d_model: int, engine="auto", **cell_kwargs):
+        super().__init__()
+        self.fwd = RecurrentMixer(cell, d_model, engine, **cell_kwargs)
+        self.bwd = RecurrentMixer(cell, d_model, engine, **cell_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _mix(self.fwd, x) + _mix(self.bwd, x.flip(1)).flip(1)  # (B, T, D)
+
+
+class SharedBlock(nn.Module):
+    """One depth step: ``H^t = LN(A + Transition(A))``, ``A = LN(x + Mixer(x))``,
+    ``x = H^{t-1} + P^t``; all ``(B, T, D)``."""
+
+    def __init__(self, mixer: nn.Module, d_model: int):
+        super().__init__()
+        self.mixer = mixer
+        self.norm1 = nn.LayerNorm(d_model)
+        self.transition = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU(),
+                                        nn.Linear(4 * d_model, d_model))
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.norm1(x + _mix(self.mixer, x))  # (B, T, D)
+        return self.norm2(a + self.transition(a))  # (B, T, D)
+
+
+def _check_int(arg: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"UniversalTransformer: {arg} must be an int >= {low}, got {value!r}")
+
+
+class UniversalTransformer(nn.Module):
+    """``logits = model(inputs)``: ``(B, T)`` tokens or ``(B, T, vocab_size)`` reals ->
+    ``(B, T, n_outputs)``; one shared block applied up to ``max_steps`` times (see module doc).
+
+    Args:
+        vocab_size: input tokens (``kind="tokens"``) or input channels (``kind="real"``).
+        n_outputs: classes, or output channels.
+        d_model: width D.
+        max_steps: most depth steps (exactly this many when ``act=False``).
+        mixer: ``"attention"`` or a registered cell name (``rnnlab.cells.available()``).
+        causal: position t sees only positions <= t; ``False`` attends both ways (attention)
+            or adds a time-reversed copy of the recurrent mixer.
+        heads: attention heads (None: 4); for a cell mixer, the cell's ``heads`` option.
+        act: adaptive computation time; ``False`` runs exactly ``max_steps`` steps.
+        eps: ACT threshold is ``1 - eps``, ``0 < eps < 1``.
+        ponder_weight: τ, the factor of the ponder cost, >= 0.
+        halting_bias: initial bias of the halting unit (σ(1) ≈ 0.73: most positions halt
+            after 2 steps at init).
+        act_combine: ``"interpolate"`` (UT) or ``"sum"`` (Graves): how steps form the output.
+        cell_kwargs: options of the cell (recurrent mixers only).
+
+    After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
+    ``n_updates (B, T)`` steps each position took (N), ``remainders (B, T)`` (R, 0 without
+    ACT) and ``update_weights (B, T, S)`` the per-step weights w (S steps were run).
+    """
+
+    def __init__(self, vocab_size: int, n_outputs: int, d_model: int = 64, max_steps: int = 6,
+                 mixer: str = ATTENTION, causal: bool = True, heads: Optional[int] = None,
+                 act: bool = True, eps: float = 0.01, ponder_weight: float = 0.01,
+                 halting_bias: float = 1.0, act_combine: str = "interpolate",
+                 kind: str = "tokens", engine="auto", **cell_kwargs):
+        super().__init__()
+        self._check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
+                    ponder_weight, halting_bias, act_combine, kind, cell_kwargs)
+        self.d_model, self.max_steps, self.act, self.eps = d_model, max_steps, act, float(eps)
+        self.ponder_weight, self.act_combine = float(ponder_weight), act_combine
+        self.embed = (nn.Embedding(vocab_size, d_model) if kind == "tokens"
+                      else nn.Linear(vocab_size, d_model))
+        self.block = SharedBlock(self._mixer(mixer, d_model, causal, heads, engine, cell_kwargs),
+                                 d_model)
+        self.halting = nn.Linear(d_model, 1)
+        nn.init.constant_(self.halting.bias, float(halting_bias))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, n_outputs)
+        self.ponder_cost: Optional[torch.Tensor] = None
+        self.n_updates: Optional[torch.Tensor] = None
+        self.remainders: Optional[torch.Tensor] = None
+        self.update_weights: Optional[torch.Tensor] = None
+
+    @staticmethod
+    def _check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
+               ponder_weight, halting_bias, act_combine, kind, cell_kwargs) -> None:
+        for arg, value in (("vocab_size", vocab_size), ("n_outputs", n_outputs),
+                           ("d_model", d_model), ("max_steps", max_steps)):
+            _check_int(arg, value, 1)
+        if mixer != ATTENTION and mixer not in _cells.available():
+            raise ValueError(f"UniversalTransformer: mixer must be {ATTENTION!r} or a registered "
+                             f"cell ({', '.join(_cells.available())}), got {mixer!r}")
+        if mixer == ATTENTION and cell_kwargs:
+            raise ValueError(f"UniversalTransformer: cell options {sorted(cell_kwargs)} need a "
+                             f"cell mixer, got mixer={mixer!r}")
+        for arg, value in (("causal", causal), ("act", act)):
+            if not isinstance(value, bool):
+                raise TypeError(f"UniversalTransformer: {arg} must be a bool, got {value!r}")
+        if not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"UniversalTransformer: eps must be in (0, 1), got {eps!r}")
+        if not isinstance(ponder_weight, (int, float)) or not ponder_weight >= 0:
+            raise ValueError(f"UniversalTransformer: ponder_weight must be >= 0, "
+                             f"got {ponder_weight!r}")
+        if not isinstance(halting_bias, (int, float)) or not math.isfinite(halting_bias):
+            raise ValueError(f"UniversalTransformer: halting_bias must be a finite number, "
+                             f"got {halting_bias!r}")
+        if act_combine not in COMBINES:
+            raise ValueError(f"UniversalTransformer: act_combine must be one of {COMBINES}, "
+                             f"got {act_combine!r}")
+        if kind not in ("tokens", "real"):
+            raise ValueError(f"UniversalTransformer: kind must be 'tokens' or 'real', "
+                             f"got {kind!r}")
+
+    @staticmethod
+    def _mixer(mixer, d_model, causal, heads, engine, cell_kwargs) -> nn.Module:
+        if mixer == ATTENTION:
+            heads = 4 if heads is None else heads
+            _check_int("heads", heads, 1)
+            return CausalSelfAttention(d_model, heads) if causal else \
+                SelfAttention(d_model, heads, causal=False)
+        if heads is not None:
+            cell_kwargs = dict(cell_kwargs, heads=heads)
+        build = RecurrentMixer if causal else BidirectionalMixer
+        return build(mixer, d_model, engine, **cell_kwargs)
+
+    def coordinates(self, length: int, step: int, device=None) -> torch.Tensor:
+        """``P^step (T, D)``: sinusoidal position plus sinusoidal depth-step embedding."""
+        pos = sinusoid(torch.arange(length, device=device), self.d_model)  # (T, D)
+        return pos + sinusoid(torch.tensor([step], device=device), self.d_model)  # (T, D)
+
+    def halting_probability(self, state: torch.Tensor) -> torch.Tensor:
+        """``p = σ(w·state + b)``: ``(B, T, D) -> (B, T)``."""
+        return torch.sigmoid(self.halting(state)).squeeze(-1)
+
+    def forward(self, inputs: torch.Tensor, return_ponder: bool = False):
+        """``(B, T)`` or ``(B, T, vocab_size)`` -> logits ``(B, T, n_outputs)``; with
+        ``return_ponder`` also the ponder cost (scalar)."""
+        h = self.embed(inputs)  # (B, T, D)
+        out = self._act(h) if self.act else self._fixed(h)  # (B, T, D)
+        logits = self.head(self.norm(out))  # (B, T, n_outputs)
+        return (logits, self.ponder_cost) if return_ponder else logits
+
+    def _fixed(self, h: torch.Tensor) -> torch.Tensor:
+        """Exactly ``max_steps`` steps; the last state is the output."""
+        B, T, _ = h.shape
+        for step in range(1, self.max_steps + 1):
+            h = self.block(h + self.coordinates(T, step, h.device).to(h.dtype))  # (B, T, D)
+        self.ponder_cost = h.new_zeros(())
+        self.n_updates = torch.full((B, T), self.max_steps, dtype=torch.long, device=h.device)
+        self.remainders = h.new_zeros(B, T)
+        self.update_weights = h.new_zeros(B, T, self.max_steps)
+        self.update_weights[..., -1] = 1.0
+        return h
+
+    def _act(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-position ACT loop (module doc); sets ``ponder_cost`` and the inspection
+        tensors."""
+        B, T, _ = h.shape
+        theta = 1.0 - self.eps
+        halted = torch.zeros(B, T, dtype=torch.bool, device=h.device)
+        hp = h.new_zeros(B, T)  # Σ p of the steps taken before halting
+        rem = h.new_zeros(B, T)  # R
+        n = torch.zeros(B, T, dtype=torch.long, device=h.device)  # N
+        out = torch.zeros_like(h)  # (B, T, D)
+        weights = []
+        for step in range(1, self.max_steps + 1):
+            x = h + self.coordinates(T, step, h.device).to(h.dtype)  # (B, T, D)
+            p = self.halting_probability(x)  # (B, T)
+            running = ~halted
+            halt = running & ((hp + p >= theta) | (step == self.max_steps))
+            going = (running & ~halt).to(p.dtype)
+            hp = hp + p * going
+            r_new = halt.to(p.dtype) * (1.0 - hp)  # the remainder, on the halting step only
+            rem = rem + r_new
+            n = n + running.long()
+            w = p * going + r_new  # (B, T)
+            h = self.block(x)  # (B, T, D): the next step's input is the unweighted state
+            if self.act_combine == "sum":
+                out = out + w[..., None] * h
+            else:
+                out = w[..., None] * h + (1.0 - w[..., None]) * out
+            weights.append(w)
+            halted = halted | halt
+            if bool(halted.all()):
+                break
+        self.ponder_cost = self.ponder_weight * (n.to(rem.dtype) + rem).mean()
+        self.n_updates, self.remainders = n, rem.detach()
+        self.update_weights = torch.stack(weights, dim=-1).detach()  # (B, T, S)
+        return out
