@@ -103,6 +103,40 @@ def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. 'mod_arith(
         console.print(task.decode(x[i], y[i], mask[i]), markup=False, highlight=False)
 
 
+train_app = typer.Typer(help="Train models on real data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("lm")
+def train_lm(data: Optional[Path] = typer.Option(
+                 None, help="text file or folder [default: the Python standard library's "
+                            "sources]"),
+             cell: str = typer.Option("gru", help="registered cell or 'attention'"),
+             cell_options: Optional[str] = typer.Option(
+                 None, help="cell options, e.g. 'allow_neg_eigval=true,heads=2'"),
+             d_model: int = 256, layers: int = 2,
+             conv: int = typer.Option(0, help="short conv width before each mixer (0: none)"),
+             length: int = 128, batch: int = 32, lr: float = 2e-3,
+             steps: int = typer.Option(100_000, help="step budget"),
+             minutes: float = typer.Option(10.0, help="time budget for training"),
+             seed: int = 0,
+             out: Path = typer.Option(Path("results/lm"), help="output folder (resumes)"),
+             device: str = "cpu") -> None:
+    """Train a character-level LM; report validation bits/char, plot, checkpoint, sample."""
+    from .arena.spec import parse
+    from .train.lm import LMConfig, run
+    try:
+        options = parse(f"x({cell_options})", "--cell-options")[1] if cell_options else {}
+        cfg = LMConfig(data=str(data) if data else None, cell=cell, cell_options=options,
+                       d_model=d_model, n_layers=layers, conv=conv, length=length,
+                       batch=batch, lr=lr, steps=steps, minutes=minutes, seed=seed,
+                       out=str(out), device=device)
+        run(cfg, console)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+
+
 @app.command("cells")
 def list_cells() -> None:
     """List the registered cells with their declared Jacobian structure."""

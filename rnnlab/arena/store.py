@@ -17,25 +17,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Dict, Iterable, List
+
+from ..tools.files import write_atomic  # noqa: F401  (re-exported for the arena)
 
 FIELDS = ["model", "task", "seed", "length", "metric", "value", "train_length", "steps",
           "stopped_early", "train_seconds", "eval_seconds", "parameters", "engine", "mixer",
           "d_model", "n_layers", "preset", "rnnlab_version", "torch_version", "finished_at"]
-
-
-def write_atomic(path: Path, data) -> Path:
-    """Write ``data`` (str or bytes) to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def check_config(out: Path, training_fields: dict) -> None:

@@ -6,7 +6,6 @@ evaluate ``eval_examples`` fresh test sequences at each of the task's test lengt
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -15,7 +14,8 @@ import torch
 
 from .. import tasks as _tasks
 from ..models.sequence import SequenceModel
-from . import checkpoint
+from ..tools import checkpoint
+from ..tools.schedule import warmup_cosine
 from .config import ArenaConfig
 from .spec import ModelSpec
 
@@ -30,11 +30,7 @@ def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> Sequenc
 
 def learning_rate(cfg: ArenaConfig, step: int) -> float:
     """Linear warm-up over the first 5% of steps, then cosine decay to 10% of ``lr``."""
-    warmup = max(1, cfg.steps // 20)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
-    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(cfg.lr, step / cfg.steps)
 
 
 def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,

@@ -50,6 +50,7 @@ class LM(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["rnnlab"]
             raise ValueError(f"LM: attention_every must be an int >= 0, got {attention_every!r}")
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=d_model ** -0.5)  # unit-scale tied logits
         self.blocks = nn.ModuleList()
         for i in range(n_layers):
             attn = attention_every and (i + 1) % attention_every == 0

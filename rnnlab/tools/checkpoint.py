@@ -17,7 +17,14 @@ from safetensors.torch import load_file, safe_open, save_file
 
 def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
          generators: Dict[str, torch.Generator], meta: dict) -> None:
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors, aliases, seen = {}, {}, {}
+    for k, v in model.state_dict().items():  # tied weights are stored once
+        key = (v.data_ptr(), v.dtype, tuple(v.shape))
+        if v.numel() and key in seen:
+            aliases[f"model.{k}"] = seen[key]
+            continue
+        seen[key] = f"model.{k}"
+        tensors[f"model.{k}"] = v.detach().contiguous()
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             value = value if torch.is_tensor(value) else torch.tensor(value)
@@ -25,7 +32,8 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     for name, gen in generators.items():
         tensors[f"rng.{name}"] = gen.get_state()
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta),
+                                           "aliases": json.dumps(aliases)})
     os.replace(tmp, path)
 
 
@@ -37,6 +45,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["meta"])
+        aliases = json.loads(f.metadata().get("aliases", "{}"))
+    for alias, target in aliases.items():
+        tensors[alias] = tensors[target]
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
                            if k.startswith("model.")})
     state: Dict[int, dict] = {}

@@ -1,0 +1,14 @@
+"""Learning-rate schedule shared by the arena and the trainers."""
+from __future__ import annotations
+
+import math
+
+
+def warmup_cosine(lr: float, progress: float, warmup: float = 0.05, floor: float = 0.1) -> float:
+    """``lr`` at ``progress`` in [0, 1]: linear warm-up over the first ``warmup`` fraction, then
+    cosine decay to ``floor * lr``."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return lr * (progress + 1e-3) / warmup
+    rest = (progress - warmup) / max(1e-9, 1 - warmup)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * rest)))

