@@ -203,5 +203,16 @@ def bench_newton(cells: str = typer.Option("paragru,paralstm", help="comma-separ
            lengths=tuple(int(t) for t in lengths.split(",")), repeats=repeats)
 
 
+@bench_app.command("generate")
+def bench_generate(lengths: str = typer.Option("1000,10000", help="comma-separated token counts"),
+                   d_model: int = 128, layers: int = 2,
+                   out: Optional[Path] = typer.Option(Path("bench/out/generate.json"),
+                                                      help="JSON output file")) -> None:
+    """Cache bytes, memory growth and ms per generated token: recurrent LMs vs attention."""
+    from .benchmarks import generate
+    _bench(generate, out, lengths=tuple(int(n) for n in lengths.split(",")), d_model=d_model,
+           n_layers=layers)
+
+
 if __name__ == "__main__":
     app()
