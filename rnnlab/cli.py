@@ -2,6 +2,7 @@
 ``rnnlab bench ...``."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -32,6 +33,8 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
               None, help="results directory [default: results/arena-PRESET]"),
           device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
           threads: int = typer.Option(1, help="torch CPU threads per run"),
+          jobs: int = typer.Option(0, help="runs at a time, each in its own process "
+                                            "[default: the number of CPU cores, at most 4]"),
           fresh: bool = typer.Option(False, help="delete previous results in --out first")) -> None:
     """Train models × tasks × seeds on the diagnostic tasks; print tables, write a report.
 
@@ -45,7 +48,8 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
         overrides = dict(models=spec.split_list(models) if models else None,
                          tasks=spec.split_list(tasks) if tasks else None,
                          seeds=[int(s) for s in seeds.split(",")] if seeds else None,
-                         steps=steps, device=device, threads=threads)
+                         steps=steps, device=device, threads=threads,
+                         jobs=jobs or min(4, os.cpu_count() or 1))
         cfg = arena_config.preset(preset, **overrides)
         if models or tasks:  # expectations belong to the preset's own grid
             cfg.expected = {k: v for k, v in cfg.expected.items()

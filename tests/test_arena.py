@@ -139,3 +139,12 @@ def test_seed_aggregation():
     assert mean == pytest.approx({10: 0.8, 20: 0.4})
     with pytest.raises(ValueError, match="aggregate"):
         summary(recs, "median")
+
+
+def test_parallel_jobs_give_the_serial_results(tmp_path):
+    cfg = dict(models=["gru", "mamba[-1,1]"], tasks=["parity"], seeds=[0, 1])
+    serial = run_arena(tiny(**cfg), tmp_path / "serial", quiet())
+    parallel = run_arena(tiny(jobs=2, **cfg), tmp_path / "parallel", quiet())
+    key = lambda r: (r["model"], r["task"], r["seed"], r["length"])  # noqa: E731
+    assert sorted((key(r), r["value"]) for r in serial) == \
+        sorted((key(r), r["value"]) for r in parallel)

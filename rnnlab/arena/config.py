@@ -29,6 +29,7 @@ class ArenaConfig:
     checkpoint_every: int = 200  # steps between resumable checkpoints
     device: str = "cpu"  # torch device for models and data
     threads: int = 1  # torch CPU threads; small models lose more to thread sync than they gain
+    jobs: int = 1  # runs at a time, each in its own process (results do not depend on it)
     aggregate: str = "mean"  # over seeds in tables: "mean", or "best" (the best seed's values)
     # documented outcomes: (model label, task label) -> value expected beyond the train length
     expected: Dict[Tuple[str, str], float] = dataclasses.field(default_factory=dict)
@@ -36,7 +37,8 @@ class ArenaConfig:
 
     def training_fields(self) -> dict:
         """The fields that change results; a results directory is tied to them."""
-        skip = {"device", "expected", "source", "checkpoint_every", "aggregate", "threads"}
+        skip = {"device", "expected", "source", "checkpoint_every", "aggregate", "threads",
+                "jobs"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -116,7 +118,7 @@ def preset(name: str, **overrides) -> ArenaConfig:
 def validate(cfg: ArenaConfig) -> None:
     """Raise naming the field when a value is out of range (before anything is written)."""
     for name in ("d_model", "n_layers", "steps", "batch", "eval_every", "eval_examples",
-                 "checkpoint_every", "threads"):
+                 "checkpoint_every", "threads", "jobs"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"arena: {name} must be an int >= 1, got {value!r}")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import multiprocessing
 import platform
 import shutil
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import List, Optional
 
@@ -67,24 +69,15 @@ def _run_grid(cfg, models, tasks, out, console, preset) -> List[dict]:
                TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         overall = progress.add_task("grid", total=len(grid), completed=len(grid) - len(todo))
-        for model, task_label, task, seed in todo:
-            title = f"{model.label} on {task_label} (seed {seed})"
-            job = progress.add_task(title, total=cfg.steps)
-
-            def on_step(step, loss, val, job=job, title=title):
-                extra = f" val {val:.3f}" if val is not None else ""
-                progress.update(job, completed=step,
-                                description=f"{title} loss {loss:.3f}{extra}")
-
-            run_dir = out / "runs" / run_ids([model.label, task_label, str(seed)])
-            result = train_run(model, task, seed, cfg, run_dir, on_step)
+        execute = _parallel if cfg.jobs > 1 and len(todo) > 1 else _serial
+        for (model, task_label, task, seed), result in execute(todo, cfg, out, progress):
             records += _records(model.label, task_label, task, seed, result, cfg, model.mixer,
                                 preset)
             store.save_records(out, records)
             report.write_all(out, cfg, records, _meta(cfg, preset, start))
-            progress.remove_task(job)
             progress.advance(overall)
-            console.print(f"  {title}: {result['steps']} steps in {result['train_seconds']:.0f}s"
+            console.print(f"  {model.label} on {task_label} (seed {seed}): {result['steps']} "
+                          f"steps in {result['train_seconds']:.0f}s"
                           f"{' (early stop)' if result['stopped_early'] else ''}; "
                           + ", ".join(f"T={n}: {v:.3f}" for n, v in result["scores"].items()))
     if not todo:
@@ -94,6 +87,62 @@ def _run_grid(cfg, models, tasks, out, console, preset) -> List[dict]:
     console.print(f"arena: {time.perf_counter() - start:.0f}s; wrote results.jsonl, results.csv, "
                   f"results.md, plots/, report.html in {out}")
     return records
+
+
+def _run_dir(out: Path, model, task_label: str, seed: int) -> Path:
+    return out / "runs" / run_ids([model.label, task_label, str(seed)])
+
+
+def _serial(todo, cfg, out, progress):
+    """Runs one after another in this process, a progress bar each."""
+    for item in todo:
+        model, task_label, task, seed = item
+        title = f"{model.label} on {task_label} (seed {seed})"
+        job = progress.add_task(title, total=cfg.steps)
+
+        def on_step(step, loss, val, job=job, title=title):
+            extra = f" val {val:.3f}" if val is not None else ""
+            progress.update(job, completed=step, description=f"{title} loss {loss:.3f}{extra}")
+
+        result = train_run(model, task, seed, cfg, _run_dir(out, model, task_label, seed),
+                           on_step)
+        progress.remove_task(job)
+        yield item, result
+
+
+def _worker(model, task_label: str, seed: int, cfg: ArenaConfig, run_dir: Path, queue):
+    """One run in a worker process; progress goes back through ``queue``."""
+    torch.set_num_threads(cfg.threads)
+    _, task = spec.task(task_label)
+    key = (model.label, task_label, seed)
+    return train_run(model, task, seed, cfg, run_dir,
+                     lambda step, loss, val: queue.put((key, step, loss)))
+
+
+def _parallel(todo, cfg, out, progress):
+    """``cfg.jobs`` runs at a time in worker processes (same results as serial: every run is
+    seeded on its own); results come back as runs finish."""
+    ctx = multiprocessing.get_context("spawn")  # fork would copy torch/numba thread pools
+    with ctx.Manager() as manager, ProcessPoolExecutor(cfg.jobs, mp_context=ctx) as pool:
+        queue = manager.Queue()
+        jobs, bars = {}, {}
+        for item in todo:
+            model, task_label, _, seed = item
+            key = (model.label, task_label, seed)
+            bars[key] = progress.add_task(f"{model.label} on {task_label} (seed {seed})",
+                                          total=cfg.steps)
+            jobs[pool.submit(_worker, model, task_label, seed, cfg,
+                             _run_dir(out, model, task_label, seed), queue)] = item
+        pending = set(jobs)
+        while pending:
+            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not queue.empty():
+                key, step, loss = queue.get()
+                progress.update(bars[key], completed=step)
+            for future in finished:
+                model, task_label, _, seed = jobs[future]
+                progress.remove_task(bars[(model.label, task_label, seed)])
+                yield jobs[future], future.result()
 
 
 def _meta(cfg: ArenaConfig, preset: str, start: float) -> dict:
