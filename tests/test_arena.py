@@ -148,3 +148,9 @@ def test_parallel_jobs_give_the_serial_results(tmp_path):
     key = lambda r: (r["model"], r["task"], r["seed"], r["length"])  # noqa: E731
     assert sorted((key(r), r["value"]) for r in serial) == \
         sorted((key(r), r["value"]) for r in parallel)
+
+
+def test_pointer_tasks_are_refused_with_a_reason():
+    with pytest.raises(ValueError, match="pointer task.*PointerNet"):
+        spec.task("sort")
+    assert "sort" not in preset("full").tasks

@@ -105,7 +105,8 @@ def preset(name: str, **overrides) -> ArenaConfig:
     fields = dict(PRESETS[name])
     if fields.get("tasks") is None:
         listed = [t for p in PRESETS.values() for t in (p["tasks"] or [])]
-        fields["tasks"] = list(dict.fromkeys(listed + tasks.available()))
+        every = [n for n in tasks.available() if tasks.get(n).kind in ("tokens", "real")]
+        fields["tasks"] = list(dict.fromkeys(listed + every))
     known = {f.name for f in dataclasses.fields(ArenaConfig)}
     for key, value in overrides.items():
         if key not in known:

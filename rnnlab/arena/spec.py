@@ -29,6 +29,8 @@ ALIASES: Dict[str, Tuple[str, dict]] = {
     "deltaproduct[-1,1]": ("deltaproduct", {"allow_neg_eigval": True}),
 }
 
+ARENA_KINDS = ("tokens", "real")  # what SequenceModel reads and writes
+
 _SPEC = re.compile(r"^\s*([A-Za-z0-9_\[\],.\-]+?)\s*(?:\((.*)\))?\s*$")
 
 
@@ -97,4 +99,9 @@ def task(spec: str) -> Tuple[str, tasks.Task]:
     if name not in tasks.available():
         raise ValueError(f"--tasks: unknown task {name!r}; available: "
                          f"{', '.join(tasks.available())}")
-    return spec.strip(), tasks.get(name, **options)
+    task = tasks.get(name, **options)
+    if task.kind not in ARENA_KINDS:
+        raise ValueError(f"--tasks: {name!r} is a {task.kind} task; the arena trains sequence "
+                         f"models on {' and '.join(ARENA_KINDS)} tasks (pointer tasks need "
+                         f"rnnlab.models.PointerNet)")
+    return spec.strip(), task

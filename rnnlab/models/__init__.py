@@ -1,5 +1,8 @@
-"""Models built from rnnlab layers: ``SequenceModel`` (any cell, or the attention baseline) and
-``LM`` (causal LM, streaming, generation, save/load)."""
+"""Models built from rnnlab layers: ``SequenceModel`` (the arena's, any cell or attention),
+``LM`` (causal LM: streaming, generation, save/load), ``UniversalTransformer`` (ACT) and
+``PointerNet``."""
 from .attention import CausalSelfAttention  # noqa: F401
 from .lm import LM  # noqa: F401
+from .pointer import PointerNet  # noqa: F401
 from .sequence import SequenceModel  # noqa: F401
+from .universal import UniversalTransformer  # noqa: F401

@@ -10,3 +10,4 @@ from .base import Task, available, generator, get, register  # noqa: F401
 from . import parity  # noqa: F401,E402
 from . import state_tracking, languages, algorithmic  # noqa: F401,E402
 from . import recall, copying, selectivbench, dlr  # noqa: F401,E402
+from . import pointer  # noqa: F401,E402

@@ -8,6 +8,12 @@ Shapes (alphabet of DESIGN.md): token tasks give ``inputs (B, T)`` long in ``[0,
 ``targets (B, T)`` long in ``[0, n_outputs)``; real-valued tasks give ``inputs (B, T, vocab_size)``
 float and ``targets (B, T, n_outputs)`` float. ``mask (B, T)`` bool marks the scored positions;
 a model's output is ``(B, T, n_outputs)`` (logits, or predictions for real-valued tasks).
+
+Pointer tasks (``kind="pointer"``, ``tasks/pointer.py``) answer with positions of their input:
+``length`` is the number n of input elements, ``inputs (B, n, vocab_size)`` float,
+``targets (B, L_out)`` long in ``[0, n + n_outputs)`` where ``0..n-1`` point at inputs and the
+``n_outputs`` extra choices follow them (index ``n`` is the end marker), ``mask (B, L_out)``;
+a model's output is pointer logits ``(B, L_out, n + n_outputs)``, scored like token logits.
 """
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ def generator(seed: int, split: str) -> torch.Generator:
 class Task:
     """Base of every task. Class attributes a subclass sets:
 
-    - ``name``: registry name; ``kind``: ``"tokens"`` or ``"real"``;
+    - ``name``: registry name; ``kind``: ``"tokens"``, ``"real"`` or ``"pointer"``;
     - ``metric``: a name in ``rnnlab.tasks.metrics.METRICS``;
     - ``train_lengths``: ``(min, max)`` inclusive, the lengths a training batch is drawn from;
     - ``test_lengths``: lengths evaluated after training (the first is the train length);
@@ -93,7 +99,8 @@ class Task:
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor,
              mask: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (token tasks) or mean squared error (real tasks) on scored positions."""
+        """Cross-entropy (token and pointer tasks) or mean squared error (real tasks) on scored
+        positions."""
         if self.kind == "real":
             return torch.nn.functional.mse_loss(outputs[mask], targets[mask].to(outputs.dtype))
         return torch.nn.functional.cross_entropy(outputs[mask].float(), targets[mask])

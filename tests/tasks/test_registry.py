@@ -15,23 +15,29 @@ def _length(task):
 def test_registry_lists_the_issue_tasks():
     wanted = {"parity", "mod_arith", "word_problem", "tomita", "dyck", "selective_copy", "mqar",
               "selectivbench", "passkey", "set_disjointness", "copy", "reverse", "listops",
-              "dlr_shift", "dlr_context_shift", "latching", "iterated_matrix_sign"}
+              "dlr_shift", "dlr_context_shift", "latching", "iterated_matrix_sign", "sort",
+              "convex_hull"}
     assert wanted <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes_dtypes_and_ranges(name):
     task = tasks.get(name)
-    assert task.kind in ("tokens", "real") and task.metric in metrics.METRICS
+    assert task.kind in ("tokens", "real", "pointer") and task.metric in metrics.METRICS
     lo, hi = task.train_lengths
     assert task.min_length <= lo <= hi and task.test_lengths[0] == hi
     assert list(task.test_lengths) == sorted(task.test_lengths)
     gen = tasks.generator(0, "train")
     for length in sorted({lo, hi, task.test_lengths[-1]}):
         x, y, mask = task.sample(5, length, gen)
-        assert mask.shape == (5, length) and mask.dtype == torch.bool
+        out_length = y.shape[1] if task.kind == "pointer" else length  # pointer: L_out answers
+        assert mask.shape == (5, out_length) and mask.dtype == torch.bool
         assert mask.any(dim=1).all(), "every example scores at least one position"
-        if task.kind == "tokens":
+        if task.kind == "pointer":  # indices into the n = length inputs, then extra choices
+            assert x.shape == (5, length, task.vocab_size) and x.is_floating_point()
+            assert y.dtype == torch.long and torch.isfinite(x).all()
+            assert 0 <= y.min() and y.max() < length + task.n_outputs
+        elif task.kind == "tokens":
             assert x.shape == (5, length) and x.dtype == torch.long
             assert y.shape == (5, length) and y.dtype == torch.long
             assert 0 <= x.min() and x.max() < task.vocab_size
@@ -66,8 +72,9 @@ def test_train_and_test_seeds_never_coincide():
 def test_perfect_outputs_score_one_and_loss_is_finite(name):
     task = tasks.get(name)
     x, y, mask = task.sample(6, _length(task), tasks.generator(1, "train"))
-    if task.kind == "tokens":
-        perfect = torch.nn.functional.one_hot(y, task.n_outputs).float() * 10  # (B, T, C)
+    if task.kind != "real":
+        classes = task.n_outputs + (x.shape[1] if task.kind == "pointer" else 0)
+        perfect = torch.nn.functional.one_hot(y, classes).float() * 10  # (B, T, C)
     else:
         perfect = y.clone()
     assert task.score(perfect, y, mask) == pytest.approx(1.0)

@@ -1,0 +1,163 @@
+"""Universal Transformer: ACT by hand, weights, ponder gradient, act=False, causality, errors."""
+import pytest
+import torch
+
+from rnnlab.models.universal import UniversalTransformer, sinusoid
+
+TAU = 0.01
+# Forced halting probabilities, (step, position), for B=1, T=3, max_steps=3, θ = 0.99:
+# position 0 halts at step 1 (0.995 >= θ): N=1, R=1, w=(1, 0, 0)
+# position 1 halts at step 2 (0.4 + 0.7 >= θ): N=2, R=0.6, w=(0.4, 0.6, 0)
+# position 2 never reaches θ and is stopped by the step limit: N=3, R=1-0.1-0.2=0.7,
+# w=(0.1, 0.2, 0.7) (the t2t reference would give it R=0 and weights summing to 0.3)
+FORCED = [[0.995, 0.4, 0.1], [0.5, 0.7, 0.2], [0.5, 0.5, 0.3]]
+N_HAND = [1, 2, 3]
+R_HAND = [1.0, 0.6, 0.7]
+W_HAND = [[1.0, 0.0, 0.0], [0.4, 0.6, 0.0], [0.1, 0.2, 0.7]]  # (position, step)
+
+
+def _forced_model(monkeypatch, combine="interpolate", leaves=None):
+    torch.manual_seed(0)
+    model = UniversalTransformer(5, 4, d_model=8, max_steps=3, heads=2, ponder_weight=TAU,
+                                 act_combine=combine).double()
+    probs = leaves or [torch.tensor([row], dtype=torch.float64) for row in FORCED]
+    calls = iter(probs)
+    monkeypatch.setattr(model, "halting_probability", lambda state: next(calls))
+    states = []  # H^t of every step, recorded from the shared block
+    model.block.register_forward_hook(lambda mod, args, out: states.append(out.detach()))
+    return model, states
+
+
+@pytest.mark.parametrize("combine", ["interpolate", "sum"])
+def test_act_by_hand_with_forced_halting(monkeypatch, combine):
+    model, states = _forced_model(monkeypatch, combine)
+    logits, ponder = model(torch.tensor([[1, 2, 3]]), return_ponder=True)
+    assert logits.shape == (1, 3, 4) and len(states) == 3
+    assert model.n_updates.tolist() == [N_HAND]
+    torch.testing.assert_close(model.remainders, torch.tensor([R_HAND], dtype=torch.float64))
+    w_hand = torch.tensor(W_HAND, dtype=torch.float64)
+    torch.testing.assert_close(model.update_weights[0], w_hand)
+    expected = TAU * (sum(N_HAND) + sum(R_HAND)) / 3  # τ · mean over (B, T) of N + R
+    assert ponder.item() == pytest.approx(expected)
+    assert model.ponder_cost is ponder
+    # the output state from the recorded H^t and the hand weights
+    out = torch.zeros_like(states[0])
+    for t, h in enumerate(states):
+        w = w_hand[:, t][None, :, None]  # (1, T, 1)
+        out = out + w * h if combine == "sum" else w * h + (1 - w) * out
+    torch.testing.assert_close(logits, model.head(model.norm(out)))
+
+
+def test_all_positions_halting_early_stops_the_loop(monkeypatch):
+    model, states = _forced_model(monkeypatch, leaves=[torch.full((1, 3), 0.999,
+                                                                  dtype=torch.float64)])
+    model(torch.tensor([[1, 2, 3]]))
+    assert len(states) == 1 and model.n_updates.tolist() == [[1, 1, 1]]
+    assert model.update_weights.shape == (1, 3, 1)
+    torch.testing.assert_close(model.update_weights, torch.ones(1, 3, 1, dtype=torch.float64))
+
+
+def test_ponder_gradient_flows_only_through_the_remainder(monkeypatch):
+    """∂P/∂p^n = -τ/(B·T) for n < N of that position, 0 for n >= N (N is piecewise constant)."""
+    leaves = [torch.tensor([row], dtype=torch.float64, requires_grad=True) for row in FORCED]
+    model, _ = _forced_model(monkeypatch, leaves=leaves)
+    model(torch.tensor([[1, 2, 3]]))
+    model.ponder_cost.backward()
+    for n, leaf in enumerate(leaves, start=1):
+        want = [-TAU / 3 if n < N else 0.0 for N in N_HAND]
+        torch.testing.assert_close(leaf.grad[0], torch.tensor(want, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bias", [-4.0, 0.0, 1.0, 4.0])
+def test_update_weights_sum_to_one_per_position(bias):
+    """Also when the step limit stops positions (bias -4: σ = 0.018, never reaching θ)."""
+    torch.manual_seed(1)
+    model = UniversalTransformer(6, 2, d_model=12, max_steps=4, halting_bias=bias).double()
+    model(torch.randint(0, 6, (3, 10)))
+    sums = model.update_weights.sum(-1)  # (B, T)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    assert ((model.n_updates >= 1) & (model.n_updates <= 4)).all()
+    assert ((model.remainders > 0) & (model.remainders <= 1)).all()
+    if bias == -4.0:
+        assert (model.n_updates == 4).all()
+
+
+def test_ponder_cost_trains_the_halting_unit():
+    torch.manual_seed(2)
+    model = UniversalTransformer(6, 2, d_model=12, max_steps=4, halting_bias=0.0)
+    model(torch.randint(0, 6, (2, 7))).sum().mul(0).add(model.ponder_cost).backward()
+    assert model.halting.weight.grad.abs().sum() > 0 and model.halting.bias.grad < 0
+
+
+@pytest.mark.parametrize("mixer", ["attention", "gru"])
+def test_act_false_is_a_plain_loop_of_the_shared_block(mixer):
+    torch.manual_seed(3)
+    model = UniversalTransformer(7, 3, d_model=16, max_steps=5, mixer=mixer, act=False).double()
+    x = torch.randint(0, 7, (2, 9))
+    h = model.embed(x)
+    for step in range(1, 6):
+        h = model.block(h + model.coordinates(9, step).double())
+    logits, ponder = model(x, return_ponder=True)
+    torch.testing.assert_close(logits, model.head(model.norm(h)))
+    assert ponder.item() == 0.0 and (model.n_updates == 5).all()
+    torch.testing.assert_close(model.update_weights.sum(-1), torch.ones(2, 9, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mixer", ["attention", "lstm"])
+@pytest.mark.parametrize("act", [True, False])
+def test_causal(mixer, act):
+    torch.manual_seed(4)
+    model = UniversalTransformer(7, 3, d_model=16, max_steps=4, mixer=mixer, act=act,
+                                 halting_bias=0.0).double()
+    x = torch.randint(0, 7, (2, 11))
+    y = x.clone()
+    y[:, 6:] = (y[:, 6:] + 1) % 7
+    a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+@pytest.mark.parametrize("mixer", ["attention", "gru"])
+def test_non_causal_sees_the_future(mixer):
+    torch.manual_seed(5)
+    model = UniversalTransformer(7, 3, d_model=16, max_steps=3, mixer=mixer, causal=False)
+    x = torch.randint(0, 7, (1, 8))
+    y = x.clone()
+    y[:, -1] = (y[:, -1] + 1) % 7
+    assert not torch.allclose(model(x)[:, 0], model(y)[:, 0])
+
+
+def test_real_inputs_and_cell_options():
+    model = UniversalTransformer(3, 2, d_model=8, max_steps=2, mixer="mlstm", heads=2,
+                                 kind="real")
+    assert model(torch.randn(2, 5, 3)).shape == (2, 5, 2)
+
+
+def test_sinusoid():
+    s = sinusoid(torch.arange(4), 7)
+    assert s.shape == (4, 7) and (s[:, -1] == 0).all()
+    torch.testing.assert_close(s[0, :3], torch.zeros(3))  # sin(0)
+    torch.testing.assert_close(s[0, 3:6], torch.ones(3))  # cos(0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mixer="nope"), "mixer"),
+    (dict(d_model=0), "d_model"),
+    (dict(max_steps=0), "max_steps"),
+    (dict(eps=1.0), "eps"),
+    (dict(eps=0), "eps"),
+    (dict(ponder_weight=-0.1), "ponder_weight"),
+    (dict(halting_bias=float("nan")), "halting_bias"),
+    (dict(act_combine="mean"), "act_combine"),
+    (dict(kind="image"), "kind"),
+    (dict(heads=3), "heads"),
+    (dict(state_size=4), "cell options"),
+    (dict(vocab_size=0), "vocab_size"),
+])
+def test_bad_arguments_name_themselves(kwargs, match):
+    args = dict(vocab_size=4, n_outputs=2, d_model=8)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        UniversalTransformer(**args)
+    with pytest.raises(TypeError, match="act"):
+        UniversalTransformer(4, 2, act=1)
