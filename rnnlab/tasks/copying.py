@@ -47,10 +47,6 @@ class Copy(Task):
         return self.symbols + 2
 
     @property
-    def n_outputs(self) -> int:
-        return self.vocab_size
-
-    @property
     def chance(self) -> float:
         return 1 / self.symbols
 
@@ -96,10 +92,6 @@ class Reverse(Task):
     @property
     def vocab_size(self) -> int:
         return self.symbols + 2
-
-    @property
-    def n_outputs(self) -> int:
-        return self.vocab_size
 
     @property
     def chance(self) -> float:

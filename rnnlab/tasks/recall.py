@@ -142,10 +142,6 @@ class Passkey(Task):
         return self.FILL + self.filler
 
     @property
-    def n_outputs(self) -> int:
-        return self.vocab_size
-
-    @property
     def chance(self) -> float:
         return 0.1 ** self.digits
 
@@ -271,10 +267,6 @@ class SelectiveCopy(Task):
     @property
     def vocab_size(self) -> int:
         return self.symbols + 2
-
-    @property
-    def n_outputs(self) -> int:
-        return self.vocab_size
 
     @property
     def chance(self) -> float:

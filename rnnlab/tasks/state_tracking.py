@@ -218,10 +218,6 @@ class WordProblem(Task):
         return len(group_elements(self.group))
 
     @property
-    def n_outputs(self) -> int:
-        return self.vocab_size
-
-    @property
     def chance(self) -> float:
         return 1.0 / self.vocab_size
 
