@@ -46,3 +46,15 @@ def test_bad_arguments():
         SequenceModel(4, 2, kind="image")
     with pytest.raises(ValueError, match="divisible by heads"):
         SequenceModel(4, 2, d_model=10, mixer="attention", heads=4)
+
+
+@pytest.mark.parametrize("mixer", ["attention", "gru", "mamba", "slstm"])
+def test_sequence_model_streams(mixer):
+    torch.manual_seed(0)
+    model = SequenceModel(7, 3, d_model=16, n_layers=2, mixer=mixer).double()
+    x = torch.randint(0, 7, (2, 13))
+    state, outs = model.initial_state(2), []
+    for chunk in x.split([4, 1, 8], dim=1):
+        out, state = model(chunk, state)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), model(x))

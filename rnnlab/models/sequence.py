@@ -48,16 +48,18 @@ class Block(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
                                      nn.Linear(mlp_ratio * d_model, d_model))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm(x))[0]
+    def forward(self, x: torch.Tensor, state=None):
+        """``(x, state)`` -> ``(y, state)``: the mixer's state (recurrent state or KV cache)."""
+        h, state = self.mixer(self.norm(x), state)
+        x = x + h
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
-        return x
+        return x, state
 
 
 class SequenceModel(nn.Module):
     """``outputs = model(inputs)``: ``(B, T)`` tokens or ``(B, T, vocab_size)`` reals →
-    ``(B, T, n_outputs)``.
+    ``(B, T, n_outputs)``; ``model(inputs, state) -> (outputs, state)`` streams chunks.
 
     Args:
         vocab_size: input tokens (``kind="tokens"``) or input channels (``kind="real"``).
@@ -94,8 +96,17 @@ class SequenceModel(nn.Module):
             return CausalSelfAttention(d_model, **cell_kwargs)
         return RecurrentMixer(mixer, d_model, engine, **cell_kwargs)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def initial_state(self, batch: int, device=None) -> list:
+        """Every block's zero state, for ``forward(inputs, state)`` on chunks."""
+        device = device if device is not None else self.head.weight.device
+        return [block.mixer.initial_state(batch, device) for block in self.blocks]
+
+    def forward(self, inputs: torch.Tensor, state=None):
+        """``inputs -> outputs``; with ``state`` (streaming), ``(outputs, state)``."""
         x = self.embed(inputs)  # (B, T, D)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.norm(x))  # (B, T, n_outputs)
+        new = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, None if state is None else state[i])
+            new.append(s)
+        out = self.head(self.norm(x))  # (B, T, n_outputs)
+        return out if state is None else (out, new)
