@@ -63,7 +63,7 @@ PRESETS: Dict[str, dict] = {
     "state_tracking": dict(
         models=["lstm", "slstm", "mamba[0,1]", "mamba[-1,1]", "deltanet[0,1]", "deltanet[-1,1]",
                 "deltaproduct[-1,1]", "transformer"],
-        tasks=["parity", "mod_arith", "mod_arith(brackets=true)", "word_problem(group='S3')",
+        tasks=[QUICK_PARITY, "mod_arith", "mod_arith(brackets=true)", "word_problem(group='S3')",
                "word_problem(group='A5')", "tomita(grammar=5)", "dyck"],
         steps=3000, d_model=64, n_layers=2,
         expected={("transformer", "mod_arith"): 0.031, ("slstm", "mod_arith"): 0.787,
