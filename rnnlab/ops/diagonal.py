@@ -12,6 +12,8 @@ Shapes: ``a, b`` are ``(B, T, ...)``; ``a`` may hold size-1 trailing dims that b
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 
 import numpy as np
@@ -262,11 +264,24 @@ def _blocks(nseg: int, groups: int, threads: int) -> int:
     return max(1, min(threads, groups // 64))
 
 
+@contextlib.contextmanager
+def _torch_threads_kept():
+    """Numba's OpenMP layer shares the OpenMP runtime with torch: launching its pool resets the
+    thread count torch sees (1 became 2). Put torch's back after every kernel."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def _plan(a, b, cu):
     """Kernel arguments shared by forward and backward: starts (N + 1,), feature blocks per
     row, and the kernel shapes of a-like (BT, G), b-like (BT, G, R) and state-like (N, G, R)
     arrays, without the R axis when a is not broadcast."""
-    _numba.set_num_threads(min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS))
+    with _torch_threads_kept():  # the first call starts numba's pool
+        _numba.set_num_threads(min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS))
     batch, steps = b.shape[:2]
     groups = a[:1, :1].numel()
     rep = b[:1, :1].numel() // groups
@@ -291,7 +306,8 @@ def _numba_forward(a, b, h0, cu):
     starts, nblk, a_shape, b_shape, s_shape = _plan(a, b, cu)
     h, hT = _empty(b), _empty(h0)  # (B, T, ...), (N, ...)
     kernel = _fwd_full if len(b_shape) == 2 else _fwd_bcast
-    with _numba.parallel_chunksize(1):  # dynamic scheduling: varlen segments differ in length
+    # dynamic scheduling: varlen segments differ in length
+    with _numba.parallel_chunksize(1), _torch_threads_kept():
         kernel(_np(a, a_shape), _np(b, b_shape), _np(h0, s_shape), starts, nblk,
                _np(h, b_shape), _np(hT, s_shape))
     return h, hT
@@ -301,7 +317,7 @@ def _numba_backward(a, h, h0, dh, dhT, cu):
     starts, nblk, a_shape, b_shape, s_shape = _plan(a, h, cu)
     da, db, dh0 = _empty(a), _empty(h), _empty(h0)
     kernel = _bwd_full if len(b_shape) == 2 else _bwd_bcast
-    with _numba.parallel_chunksize(1):
+    with _numba.parallel_chunksize(1), _torch_threads_kept():
         kernel(_np(a, a_shape), _np(h, b_shape), _np(h0, s_shape), _np(dh, b_shape),
                _np(dhT, s_shape), starts, nblk,
                _np(da, a_shape), _np(db, b_shape), _np(dh0, s_shape))

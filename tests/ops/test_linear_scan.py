@@ -220,3 +220,15 @@ X = torch.zeros(2, 5, 3)
 def test_errors_name_the_argument(fn, args, kwargs, err, pattern):
     with pytest.raises(err, match=pattern):
         fn(*args, **kwargs)
+
+
+def test_the_numba_kernel_leaves_torch_thread_count_alone():
+    """numba's OpenMP pool shares the runtime with torch; starting it must not change the
+    thread count torch uses (the arena runs single-threaded workers)."""
+    import subprocess
+    import sys
+    code = ("import torch; torch.set_num_threads(1); from rnnlab.ops import linear_scan; "
+            "a = torch.rand(2, 50, 8, requires_grad=True); b = torch.randn(2, 50, 8); "
+            "linear_scan(a, b)[0].sum().backward(); print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
