@@ -154,3 +154,40 @@ def test_pointer_tasks_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="pointer task.*PointerNet"):
         spec.task("sort")
     assert "sort" not in preset("full").tasks
+
+
+def test_killing_the_arena_ends_its_workers(tmp_path):
+    """A parallel arena killed with SIGKILL leaves no worker training on (and writing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    code = ("from rich.console import Console; from rnnlab.arena import ArenaConfig, run_arena; "
+            f"run_arena(ArenaConfig(models=['gru', 'lstm'], tasks=['parity'], d_model=8, "
+            f"steps=100000, batch=4, jobs=2, checkpoint_every=1), __import__('pathlib').Path({str(tmp_path)!r}), "
+            "Console())")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    children = set()
+    for _ in range(300):  # wait until both workers run (spawn start-up takes a few seconds)
+        time.sleep(0.2)
+        path = f"/proc/{proc.pid}/task/{proc.pid}/children"
+        children = {int(c) for c in open(path).read().split()} if os.path.exists(path) else set()
+        if len(children) >= 3 and any((tmp_path / "runs").glob("*/checkpoint.safetensors")):
+            break
+    assert children, "the arena never started its workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def running(pid):  # exists and is not a zombie
+        try:
+            return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(running, children)):
+        time.sleep(0.2)
+    alive = [c for c in children if running(c)]
+    assert not alive, f"workers {alive} outlived the arena"

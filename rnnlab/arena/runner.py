@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import multiprocessing
+import os
 import platform
 import shutil
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -110,21 +112,39 @@ def _serial(todo, cfg, out, progress):
         yield item, result
 
 
-def _worker(model, task_label: str, seed: int, cfg: ArenaConfig, run_dir: Path, queue):
-    """One run in a worker process; progress goes back through ``queue``."""
+_PROGRESS = None  # in a worker process: the queue its progress goes back through
+
+
+def _init_worker(parent: int, queue) -> None:
+    """Worker initializer: keep the progress queue, and end this process when the arena's
+    process is gone (killed), so no orphan keeps training and writing checkpoints."""
+    global _PROGRESS
+    _PROGRESS = queue
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker(model, task_label: str, seed: int, cfg: ArenaConfig, run_dir: Path):
+    """One run in a worker process."""
     torch.set_num_threads(cfg.threads)
     _, task = spec.task(task_label)
     key = (model.label, task_label, seed)
     return train_run(model, task, seed, cfg, run_dir,
-                     lambda step, loss, val: queue.put((key, step, loss)))
+                     lambda step, loss, val: _PROGRESS.put((key, step)))
 
 
 def _parallel(todo, cfg, out, progress):
     """``cfg.jobs`` runs at a time in worker processes (same results as serial: every run is
     seeded on its own); results come back as runs finish."""
     ctx = multiprocessing.get_context("spawn")  # fork would copy torch/numba thread pools
-    with ctx.Manager() as manager, ProcessPoolExecutor(cfg.jobs, mp_context=ctx) as pool:
-        queue = manager.Queue()
+    queue = ctx.Queue()
+    pool = ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_init_worker,
+                               initargs=(os.getpid(), queue))
+    with pool:
         jobs, bars = {}, {}
         for item in todo:
             model, task_label, _, seed = item
@@ -132,12 +152,12 @@ def _parallel(todo, cfg, out, progress):
             bars[key] = progress.add_task(f"{model.label} on {task_label} (seed {seed})",
                                           total=cfg.steps)
             jobs[pool.submit(_worker, model, task_label, seed, cfg,
-                             _run_dir(out, model, task_label, seed), queue)] = item
+                             _run_dir(out, model, task_label, seed))] = item
         pending = set(jobs)
         while pending:
             finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             while not queue.empty():
-                key, step, loss = queue.get()
+                key, step = queue.get()
                 progress.update(bars[key], completed=step)
             for future in finished:
                 model, task_label, _, seed = jobs[future]
