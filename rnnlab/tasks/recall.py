@@ -175,7 +175,10 @@ class SetDisjointness(Task):
     The data vocabulary (ids ``3..V-1``) is split into halves; set A is drawn from the first,
     set B from the second (distinct elements each), then one random element of B is overwritten
     by a random element of A. The input is ``1 A 2 B 3`` with three separator tokens (ids 0, 1, 2)
-    and the target at the last position is the one shared token.
+    and the target at the last position is the one shared token. Each example then relabels the
+    data ids by its own random permutation, so which ids form a "half" changes every time (as the
+    reference draws its halves per example): with fixed halves the answer is simply B's one
+    token from A's half, found without remembering A.
 
     Set sizes derive from ``length`` (``|A| + |B| = length - 3``): ``|A| = round(ratio *
     (length - 3))`` clamped to ``[1, length - 4]``. ``ratio < 0.5`` puts the smaller set first.
@@ -223,8 +226,11 @@ class SetDisjointness(Task):
         second.scatter_(1, torch.randint(0, b, (batch, 1), generator=gen), shared)
         sep = torch.arange(3).expand(batch, 3)
         inputs = torch.cat([sep[:, :1], first, sep[:, 1:2], second, sep[:, 2:]], dim=1)
+        perm = torch.rand(batch, self.vocab - 3, generator=gen).argsort(dim=1) + 3  # (B, V-3)
+        relabel = torch.cat([sep, perm], dim=1)  # (B, V): separators keep their ids
+        inputs = relabel.gather(1, inputs)
         targets = torch.zeros(batch, length, dtype=torch.long)
-        targets[:, -1] = shared[:, 0]
+        targets[:, -1] = relabel.gather(1, shared)[:, 0]
         mask = torch.zeros(batch, length, dtype=torch.bool)
         mask[:, -1] = True
         return inputs, targets, mask

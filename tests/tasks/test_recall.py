@@ -100,16 +100,23 @@ def test_set_disjointness_labels(length, ratio):
     task, x, y, mask = draw("set_disjointness", 32, length, ratio=ratio)
     a, b = task.sizes(length)
     assert a + b == length - 3 and a == max(1, min(round(ratio * (length - 3)), length - 4))
-    split = 3 + (task.vocab - 3) // 2
     assert mask[:, -1].all() and not mask[:, :-1].any()
     for xs, ys in zip(x.tolist(), y.tolist()):
         assert xs[0] == 0 and xs[a + 1] == 1 and xs[-1] == 2
         first, second = xs[1:a + 1], xs[a + 2:-1]
         assert len(first) == len(set(first)) == a and len(second) == len(set(second)) == b
-        assert all(3 <= t < split for t in first)
+        assert all(3 <= t < task.vocab for t in first + second)
         shared = set(first) & set(second)
         assert shared == {ys[-1]}
-        assert all(split <= t < task.vocab for t in second if t != ys[-1])
+
+
+def test_set_disjointness_halves_change_per_example():
+    """No fixed id range marks set A: the shortcut 'B's token from A's half' is gone."""
+    task, x, y, _ = draw("set_disjointness", 256, 20, ratio=0.5)
+    a, _ = task.sizes(20)
+    split = 3 + (task.vocab - 3) // 2
+    low_in_a = [sum(t < split for t in xs[1:a + 1]) / a for xs in x.tolist()]
+    assert 0.3 < sum(low_in_a) / len(low_in_a) < 0.7  # about half, not all
 
 
 def test_set_disjointness_errors_name_the_argument():
