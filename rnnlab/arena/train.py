@@ -15,7 +15,7 @@ import torch
 from .. import tasks as _tasks
 from ..models.sequence import SequenceModel
 from ..tools import checkpoint
-from ..tools.schedule import warmup_cosine
+from ..tools.schedule import optimizer_step, warmup_cosine
 from .config import ArenaConfig
 from .spec import ModelSpec
 
@@ -75,12 +75,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
         if not torch.isfinite(loss):
             raise FloatingPointError(f"arena: {spec.label} on {task.name} (seed {seed}) hit a "
                                      f"non-finite loss at step {step}")
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
+        optimizer_step(model, opt, loss, learning_rate(cfg, step), cfg.clip)
         step += 1
         val = None
         if step % cfg.eval_every == 0 and cfg.early_stop is not None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from ..tools.files import write_atomic
 
 
 def best_ms(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -32,15 +33,5 @@ def machine() -> dict:
 
 
 def write_json(data: dict, path: str | os.PathLike) -> Path:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    """Write ``data`` to ``path`` as JSON, atomically (temp file, then rename)."""
+    return write_atomic(Path(path), json.dumps(data, indent=1))

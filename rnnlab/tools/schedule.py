@@ -1,7 +1,9 @@
-"""Learning-rate schedule shared by the arena and the trainers."""
+"""Learning-rate schedule and the optimizer step shared by the arena and the trainers."""
 from __future__ import annotations
 
 import math
+
+import torch
 
 
 def warmup_cosine(lr: float, progress: float, warmup: float = 0.05, floor: float = 0.1) -> float:
@@ -12,3 +14,14 @@ def warmup_cosine(lr: float, progress: float, warmup: float = 0.05, floor: float
         return lr * (progress + 1e-3) / warmup
     rest = (progress - warmup) / max(1e-9, 1 - warmup)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * rest)))
+
+
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,
+                   lr: float, clip: float = 1.0) -> None:
+    """Set ``lr``, backpropagate ``loss``, clip the gradient norm to ``clip``, step."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()

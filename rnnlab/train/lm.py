@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from ..models.lm import LM
 from ..tools import checkpoint
 from ..tools.files import write_atomic
-from ..tools.schedule import warmup_cosine
+from ..tools.schedule import optimizer_step, warmup_cosine
 from .text import Vocab, load_text, windows
 
 
@@ -130,12 +130,7 @@ def run(cfg: LMConfig, console: Console) -> dict:
             logits = lm(x.to(cfg.device))
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1),
                                                      y.to(cfg.device).flatten())
-            for group in opt.param_groups:
-                group["lr"] = warmup_cosine(cfg.lr, done)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            opt.step()
+            optimizer_step(lm, opt, loss, warmup_cosine(cfg.lr, done), 1.0)
             step += 1
             bpc = loss.item() / math.log(2)
             running = bpc if running is None else 0.98 * running + 0.02 * bpc
