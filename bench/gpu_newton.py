@@ -1,6 +1,8 @@
 """GPU benchmark, ready to run where CUDA is present: the Newton engine on ParaGRU (B=16, T=4096,
-H=256, fp32) beside a naive GRUCell loop and torch.nn.GRU (cuDNN), in the same run, timed with
-CUDA events as ParaRNN's App. B (warm-up runs, then the minimum of timed runs).
+H=256, fp32), eager (``compile=False``) and compiled (``compile=True``: the fused linearization
+and VJP through Inductor/Triton), beside a naive GRUCell loop and torch.nn.GRU (cuDNN), in the
+same run, timed with CUDA events as ParaRNN's App. B (warm-up runs, then the minimum of timed
+runs). On a GPU the Newton sweeps run ``linear_scan``'s torch path over the whole sequence.
 
 Usage: python bench/gpu_newton.py [OUT.json]
 Anchors (shared/anchors/h200-2026-11-26.jsonl, one H200): naive loop ~1280 ms and cuDNN GRU
@@ -50,8 +52,9 @@ def main(out: str) -> None:
     torch.manual_seed(0)
     dev = "cuda"
     x = torch.randn(B, T, H, device=dev)
-    engine = Newton()
-    layer = rnnlab.Recurrent(rnnlab.cells.get("paragru", H, H), engine=engine).to(dev)
+    para = rnnlab.cells.get("paragru", H, H)
+    engines = {"eager": Newton(compile=False), "compiled": Newton(compile=True)}
+    layers = {k: rnnlab.Recurrent(para, engine=e).to(dev) for k, e in engines.items()}
     gru = torch.nn.GRU(H, H, batch_first=True).to(dev)
     cell = torch.nn.GRUCell(H, H).to(dev)
 
@@ -62,14 +65,16 @@ def main(out: str) -> None:
             ys.append(h)
         return torch.stack(ys, 1)
 
-    runs = {"newton_paragru": lambda x: layer(x)[0], "cudnn_gru": lambda x: gru(x)[0],
-            "naive_grucell_loop": loop}
+    runs = {"newton_paragru_eager": lambda x: layers["eager"](x)[0],
+            "newton_paragru_compiled": lambda x: layers["compiled"](x)[0],
+            "cudnn_gru": lambda x: gru(x)[0], "naive_grucell_loop": loop}
     result = {"benchmark": "gpu_newton", "B": B, "T": T, "H": H, "dtype": "float32",
               "device": torch.cuda.get_device_name(), "torch": torch.__version__, "ms": {}}
     for name, fn in runs.items():
         f, fb = fwd_and_fwdbwd(fn, x)
         result["ms"][f"{name}_fwd"], result["ms"][f"{name}_fwdbwd"] = f, fb
-    result["newton_iterations"] = engine.stats.get("iterations")
+    result["newton_iterations"] = {k: e.stats.get("iterations") for k, e in engines.items()}
+    result["newton_compiled"] = engines["compiled"].stats.get("compiled")
     print(json.dumps(result, indent=1))
     write_json(result, out)
 

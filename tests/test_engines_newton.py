@@ -134,6 +134,9 @@ def test_drop_in_gru_on_newton_matches_torch():
     (dict(tol=0), r"tol must be > 0"), (dict(max_iters=0), r"max_iters must be an int >= 1"),
     (dict(damping=1.5), r"damping must be in \(0, 1\]"), (dict(init="ones"), r"init must be"),
     (dict(on_fail="ignore"), r"on_fail must be 'raise' or 'sequential'"),
+    (dict(damping="lm"), r"damping must be in \(0, 1\], 'elk' or 'quasi-elk'"),
+    (dict(elk_sigma2=0), r"elk_sigma2 must be a number > 0"),
+    (dict(compile="yes"), r"compile must be True, False or 'auto'"),
 ])
 def test_bad_options(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -231,14 +234,22 @@ def test_paracells_at_init_converge_within_4_iterations(name, T):
     assert engine.stats["converged"] and engine.stats["iterations"] <= 4, engine.stats
 
 
-def test_compiled_linearization_matches():
+def test_compiled_engine_matches_sequential():
+    """compile=True: the fused linearization, the chunked sweeps and the compiled VJP give the
+    sequential engine's outputs and gradients (varlen, non-zero h0)."""
     torch.manual_seed(0)
     cell = cells.get("paragru", D, H)
-    x = torch.randn(2, 33, D)
-    y, h = rnnlab.Recurrent(cell, engine=Newton(compile=True))(x)
-    y_ref, h_ref = rnnlab.Recurrent(cell, engine="sequential")(x)
-    assert_close(y, y_ref, what="compiled outputs")
-    assert_close(h, h_ref, what="compiled final state")
+    h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
+    x = torch.randn(3, 33, D)
+    lengths = torch.tensor([33, 16, 0])
+    engine = Newton(compile=True)
+    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
+    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert engine.stats["compiled"] and engine.stats["converged"]
+    assert_close(y_n, y_s, what="compiled outputs")
+    assert_close(h_n, h_s, what="compiled final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"compiled gradient #{i}")
 
 
 def test_warm_start_from_the_solution_needs_no_iteration():
@@ -264,5 +275,148 @@ def test_warm_start_from_the_solution_needs_no_iteration():
 
 @pytest.mark.parametrize("name", ["paralstm", "gru"])
 def test_chunked_linearization_matches(monkeypatch, name):
-    monkeypatch.setattr(rnnlab.engines.newton, "CHUNK_ELEMS", 50)  # many uneven chunks
+    monkeypatch.setattr(rnnlab.engines.newton, "EAGER_CHUNK_ELEMS", 150)  # 4-8 steps, one short
     check_agree(name, 37)
+
+
+# ---- compile, ELK ------------------------------------------------------------------------------
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("no compiler here")
+        return call
+    monkeypatch.setattr(torch, "compile", broken)
+    torch.manual_seed(0)
+    cell = cells.get("paralstm", D, H)
+    x = torch.randn(2, 20, D)
+    engine = Newton(compile=True)
+    with pytest.warns(RuntimeWarning, match=r"torch.compile failed \(RuntimeError: no compiler"):
+        y, _ = rnnlab.Recurrent(cell, engine=engine)(x)
+    assert not engine.stats["compiled"]
+    assert_close(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0], what="eager fallback")
+
+
+def dense_lm_step(A, r, src, sigma2):
+    """The Levenberg-Marquardt step by brute force: argmin ||D delta - r||^2 + ||delta||^2 /
+    sigma2 with D the unit lower block-bidiagonal operator of the linearization."""
+    T, B, M, S = A.shape
+    out = torch.empty_like(r)
+    for b in range(B):
+        D = torch.eye(T * S, dtype=A.dtype)
+        for t in range(1, T):
+            J = torch.zeros(S, S, dtype=A.dtype)
+            for m in range(M):
+                J[torch.arange(S), src[m]] += A[t, b, m]
+            D[t * S:(t + 1) * S, (t - 1) * S:t * S] = -J
+        lhs = D.T @ D + torch.eye(T * S, dtype=A.dtype) / sigma2
+        out[:, b] = torch.linalg.solve(lhs, D.T @ r[:, b].reshape(-1)).view(T, S)
+    return out
+
+
+@pytest.mark.parametrize("use_numba", [True, False])
+@pytest.mark.parametrize("make", [Diagonal, rnnlab.cells.Dense, lambda: rnnlab.cells.Block(2),
+                                  lambda: rnnlab.cells.Heads(2, 3)],
+                         ids=["diagonal", "dense", "block2", "heads"])
+def test_elk_step_is_the_exact_levenberg_marquardt_step(monkeypatch, use_numba, make):
+    from rnnlab.engines import elk, linearize
+    if use_numba and elk._numba is None:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(elk, "USE_NUMBA", use_numba)
+
+    class Probe(rnnlab.cells.Cell):
+        structure = make()
+
+        def state_shapes(self):
+            return ((6,), (6,)) if isinstance(self.structure, (rnnlab.cells.Block,
+                                                               rnnlab.cells.Heads)) else ((6,),)
+
+    torch.manual_seed(0)
+    cell = Probe(2, 6)
+    lay = linearize.layout(cell, cell.init_state(2))
+    A = 0.8 * torch.randn(9, 2, lay.width, lay.size, dtype=torch.float64)
+    r = torch.randn(9, 2, lay.size, dtype=torch.float64)
+    for sigma2 in (0.1, 3.0, 1e4):
+        step = elk.elk_step(A, r, lay.members(), lay.within(), sigma2)
+        assert_close(step, dense_lm_step(A, r, lay.src(), sigma2), torch.float64, "ELK step")
+
+
+@pytest.mark.parametrize("damping", ["elk", "quasi-elk"])
+@pytest.mark.parametrize("make", [lambda: cells.get("paragru", D, H),
+                                  lambda: cells.get("paralstm", D, H),
+                                  lambda: cells.get("gru", D, H), lambda: HeadCell(D)],
+                         ids=["paragru", "paralstm", "gru", "heads"])
+def test_elk_equals_sequential(make, damping):
+    torch.manual_seed(0)
+    cell = make()
+    h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
+    x = torch.randn(3, 63, D)
+    lengths = torch.tensor([63, 31, 0])
+    engine = Newton(damping=damping, max_iters=200)
+    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
+    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert engine.stats["converged"]
+    assert_close(y_n, y_s, what=f"{damping} outputs")
+    assert_close(h_n, h_s, what=f"{damping} final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"{damping} gradient #{i}")
+
+
+def test_elk_converges_where_newton_blows_up():
+    """A tanh RNN with recurrent weights x3 from a zero guess: the linearization at 0 is
+    unstable along time, so Newton's first linear solve overflows; ELK's bounded steps reach
+    the sequential solution (outputs and gradients)."""
+    torch.manual_seed(0)
+    cell = cells.get("rnn_tanh", D, H)
+    with torch.no_grad():
+        cell.weight_hh.mul_(3)
+    x = torch.randn(2, 300, D)
+    with pytest.raises(rnnlab.ConvergenceError, match="NaN or inf"):
+        rnnlab.Recurrent(cell, engine=Newton(init="zeros"))(x)
+    engine = Newton(init="zeros", damping="elk", max_iters=100)
+    h0 = cell.init_state(2)
+    y_s, h_s, g_s = run(cell, "sequential", x, h0, None)
+    y_n, h_n, g_n = run(cell, engine, x, h0, None)
+    assert engine.stats["converged"] and engine.stats["iterations"] > 4
+    assert_close(y_n, y_s, what="ELK outputs")
+    assert_close(h_n, h_s, what="ELK final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"ELK gradient #{i}")
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm", "slstm"])
+def test_torch_sweeps_without_numba(monkeypatch, name):
+    """The sweeps' torch path (GPUs, or no numba): linear_scan / matrix_scan on gathered
+    blocks, and the flipped adjoint."""
+    from rnnlab.ops import block
+    monkeypatch.setattr(block, "USE_NUMBA", False)
+    check_agree(name, 37)
+
+
+def test_retain_graph_backward_twice_and_reused_buffers():
+    """A second backward through a retained graph gives the same gradients, also after the
+    engine ran (and reused its buffers for) another batch in between."""
+    torch.manual_seed(0)
+    cell = cells.get("paralstm", D, H)
+    engine = Newton()
+    x = torch.randn(2, 30, D, requires_grad=True)
+    y, _ = rnnlab.Recurrent(cell, engine=engine)(x)
+    (g1,) = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    y2, _ = rnnlab.Recurrent(cell, engine=engine)(torch.randn(2, 30, D))
+    y2.sum().backward()
+    (g2,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g1, g2)
+
+
+def test_headwise_projection_gradcheck():
+    """ParaGRU/ParaLSTM's input projection (a custom autograd function) against finite
+    differences, and equal to its einsum definition."""
+    from rnnlab.cells.paragru import HeadwiseLinear, _HeadwiseProjection
+    torch.manual_seed(0)
+    proj = HeadwiseLinear(4, 6, 3, 2, dtype=torch.float64)
+    x = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = proj.weight.detach().requires_grad_()
+    b = torch.randn_like(proj.bias).requires_grad_()
+    assert torch.autograd.gradcheck(_HeadwiseProjection.apply, (x, w, b))
+    ref = torch.einsum("...nd,ngkd->...gnk", x.unflatten(-1, (2, 2)), w).flatten(-3) + b
+    assert torch.allclose(_HeadwiseProjection.apply(x, w, b), ref)

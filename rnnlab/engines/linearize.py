@@ -1,24 +1,31 @@
 """Structured linearization of a cell's step for the Newton engine.
 
-The state of one sample is handled as a flat vector of S numbers (the state's leaves flattened and
-concatenated, leaf-major). A declared structure says the Jacobian ``dh_t/dh_{t-1}`` is
-block-diagonal: G groups of M numbers, each group mixing only within itself.
+The state of one sample is handled as a flat vector of S numbers: the state's leaves flattened
+and concatenated, leaf-major (the natural memory order; no interleaving). A declared structure
+says the Jacobian ``dh_t/dh_{t-1}`` is block-diagonal: G groups of M numbers, each group mixing
+only within itself.
 
 - ``Diagonal``: G = S, M = 1 (one JVP).
 - ``Block(k)``: k leaves of C channels; group c holds channel c of every leaf: G = C, M = k.
 - ``Heads(n, d)``: L leaves of n*d channels; group h holds head h's d channels of every leaf:
-  G = n, M = L*d (leaf-major within the group).
+  G = n, M = L*d (within-group index ``l*d + j``).
 - ``Dense``: G = 1, M = S (DEER; O(S^2) memory per step).
 
-``linearize`` returns ``f(h_prev, u)`` and the blocks ``A: (..., G, M, M)`` from M Jacobian-vector
-products (tangent m has ones at within-group index m of every group). ``probe`` checks, with a
-random tangent, that the full JVP equals the block-structured product, so a wrong declaration is a
-loud error instead of a silently wrong Newton step or gradient.
+The Jacobian is kept as M *columns* ``A: (..., M, S)``: tangent m has ones at within-group index
+m of every group, and its JVP ``A[..., m, s] = d f_s / d h_{src[m, s]}`` where ``src[m, s]`` is
+the position of the member m of s's group (``Layout.src``). So ``(A v)_s = sum_m A[m, s]
+v[src[m, s]]``: every column is a contiguous state-shaped vector, which the fused (compiled)
+linearization writes in one pass and the scans in ``ops/block.py`` read without gathers for
+Diagonal and Block. ``probe`` checks, with a random tangent, that the full JVP equals the
+structured product, so a wrong declaration is a loud error instead of a silently wrong Newton
+step or gradient.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Tuple
+from functools import lru_cache
+from typing import Optional, Tuple
 
 import torch
 
@@ -27,100 +34,240 @@ from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
 
 @dataclass(frozen=True)
 class Layout:
-    """How a flat state of S numbers splits into G groups of M."""
+    """How a flat state of S numbers splits into G groups of M (hashable: compiled code keys on
+    it). Position ``s = l*n*d + h*d + j`` (leaf l, group h, channel j) is member ``l*d + j`` of
+    group h; Diagonal is n = S, d = 1, one leaf; Dense is n = 1, d = S."""
     shapes: Tuple[Tuple[int, ...], ...]  # per-sample shape of each state leaf
     is_tuple: bool
-    groups: int  # G
-    size: int  # M
-    heads: Tuple[int, int] = (0, 0)  # (n, d) for Block/Heads: leaves interleave per head
+    size: int  # S
+    width: int  # M
+    heads: Tuple[int, int]  # (n, d)
+
+    @property
+    def groups(self) -> int:  # G
+        return self.size // self.width
+
+    @property
+    def kind(self) -> str:
+        """``"diagonal"`` (M = 1), ``"block"`` (d = 1: member m of s is ``m*G + s % G``) or
+        ``"general"`` (a gather through ``src``): which scan kernel applies."""
+        return "diagonal" if self.width == 1 else "block" if self.heads[1] == 1 else "general"
+
+    def within(self, device=None) -> torch.Tensor:
+        """``(S,)`` long: the within-group index of each position."""
+        return _tables(self, torch.device(device or "cpu"))[0]
+
+    def src(self, device=None) -> torch.Tensor:
+        """``(M, S)`` long: ``src[m, s]`` = position of member m of s's group."""
+        return _tables(self, torch.device(device or "cpu"))[1]
+
+    def members(self, device=None) -> torch.Tensor:
+        """``(G, M)`` long: the positions of group g's members, in within-group order."""
+        return _tables(self, torch.device(device or "cpu"))[2]
+
+
+def _within(s: torch.Tensor, lay: Layout) -> torch.Tensor:
+    n, d = lay.heads
+    return (s // (n * d)) * d + s % d
+
+
+@lru_cache(maxsize=64)
+def _tables(lay: Layout, device: torch.device):
+    n, d = lay.heads
+    s = torch.arange(lay.size, device=device)
+    m = torch.arange(lay.width, device=device)
+    base = (s % (n * d)) // d * d  # h*d: the group's offset inside a leaf
+    src = (m[:, None] // d) * (n * d) + base[None, :] + m[:, None] % d  # (M, S)
+    g = torch.arange(lay.groups, device=device)
+    members = (m[None, :] // d) * (n * d) + g[:, None] * d + m[None, :] % d  # (G, M)
+    return _within(s, lay), src, members
 
 
 def layout(cell: Cell, template: State) -> Layout:
     """The grouping that ``cell.structure`` declares for states shaped like ``template``."""
     leaves = as_tuple(template)
     shapes = tuple(tuple(t.shape[1:]) for t in leaves)
-    sizes = [int(torch.Size(s).numel()) for s in shapes]
-    S, s, tup = sum(sizes), cell.structure, isinstance(template, tuple)
+    numels = [int(torch.Size(s).numel()) for s in shapes]
+    S, s, tup = sum(numels), cell.structure, isinstance(template, tuple)
     if isinstance(s, Diagonal):
-        return Layout(shapes, tup, S, 1)
+        return Layout(shapes, tup, S, 1, (S, 1))
     if isinstance(s, Dense):
-        return Layout(shapes, tup, 1, S)
+        return Layout(shapes, tup, S, S, (1, S))
     if isinstance(s, (Block, Heads)):
-        n, d = (sizes[0], 1) if isinstance(s, Block) else (s.n, s.d)
-        if any(size != n * d for size in sizes):
+        n, d = (numels[0], 1) if isinstance(s, Block) else (s.n, s.d)
+        if any(k != n * d for k in numels):
             raise ValueError(f"{type(cell).__name__}: structure {s} needs every state leaf to "
-                             f"hold {n * d} numbers, got leaf sizes {sizes}")
-        return Layout(shapes, tup, n, len(sizes) * d, (n, d))
+                             f"hold {n * d} numbers, got leaf sizes {numels}")
+        return Layout(shapes, tup, S, len(numels) * d, (n, d))
     raise ValueError(f"Newton: cannot linearize structure {s} of {type(cell).__name__}")
 
 
+def sizes(lay: Layout) -> Tuple[int, ...]:
+    """Numbers per sample in each state leaf."""
+    return tuple(int(torch.Size(s).numel()) for s in lay.shapes)
+
+
 def flatten(h: State, lay: Layout) -> torch.Tensor:
-    """State leaves ``(N, ...)`` -> grouped ``(N, G, M)``."""
+    """State leaves ``(N, ...)`` -> flat ``(N, S)`` (leaf-major)."""
     leaves = [t.reshape(t.shape[0], -1) for t in as_tuple(h)]  # each (N, S_l)
-    if lay.heads == (0, 0):  # Diagonal (G = S) or Dense (G = 1)
-        return torch.cat(leaves, dim=-1).view(-1, lay.groups, lay.size)
-    n, d = lay.heads
-    stacked = torch.stack(leaves, dim=1).unflatten(-1, (n, d))  # (N, L, n, d)
-    return stacked.transpose(1, 2).reshape(-1, n, lay.size)  # (N, n, L * d)
+    return leaves[0] if len(leaves) == 1 else torch.cat(leaves, dim=-1)
 
 
 def unflatten(v: torch.Tensor, lay: Layout) -> State:
-    """Grouped ``(N, G, M)`` -> state leaves ``(N, ...)``."""
-    N = v.shape[0]
-    if lay.heads == (0, 0):
-        parts = v.reshape(N, -1).split([int(torch.Size(s).numel()) for s in lay.shapes], -1)
-    else:
-        n, d = lay.heads
-        parts = v.unflatten(-1, (-1, d)).transpose(1, 2).reshape(N, -1, n * d).unbind(1)
-    leaves = tuple(p.reshape(N, *s) for p, s in zip(parts, lay.shapes))
+    """Flat ``(N, S)`` -> state leaves ``(N, ...)`` (views of v)."""
+    return from_leaves(v.split(sizes(lay), -1), lay)
+
+
+def from_leaves(parts, lay: Layout) -> State:
+    """Flat leaves ``(N, S_l)`` -> the state (leaves reshaped to ``(N, ...)``)."""
+    leaves = tuple(p.reshape(p.shape[0], *s) for p, s in zip(parts, lay.shapes))
     return leaves if lay.is_tuple else leaves[0]
 
 
-def _step_flat(cell: Cell, u: torch.Tensor, lay: Layout):
-    return lambda v: flatten(cell.step(u, unflatten(v, lay)), lay)
+def step_leaves(cell: Cell, u: torch.Tensor, parts, lay: Layout):
+    """``cell.step`` on flat leaves: u ``(N, P)``, parts ``L x (N, S_l)`` -> ``L x (N, S_l)``."""
+    return tuple(t.reshape(t.shape[0], -1) for t in as_tuple(cell.step(u, from_leaves(parts, lay))))
+
+
+def identity_columns(lay: Layout, dtype, device) -> torch.Tensor:
+    """The identity in column form: ``(M, S)`` with ones where ``within[s] == m``."""
+    s = torch.arange(lay.size, device=device)
+    m = torch.arange(lay.width, device=device)
+    return (_within(s, lay)[None, :] == m[:, None]).to(dtype)
+
+
+def linearize_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
+    """``f = step(u, h_prev)`` and its Jacobian columns, leaf by leaf (so a fused kernel writes
+    each leaf where it belongs, with no concatenation): u ``(N, P)``, prev ``L x (N, S_l)`` ->
+    f ``L x (N, S_l)``, cols with ``cols[l]`` ``(N, M, S_l)`` = leaf l's part of every column.
+
+    Few tangents run as separate JVPs (what ``torch.compile`` fuses best); many (Dense, wide
+    heads) as one vmapped JVP, so the step's primal part runs once. The parts of prev must not
+    be views into a larger tensor (forward AD on such a view touches, or trips over, the base)."""
+    fn = lambda *parts: step_leaves(cell, u, parts, lay)  # noqa: E731
+    eye = identity_columns(lay, prev[0].dtype, prev[0].device).split(sizes(lay), -1)  # L x (M, S_l)
+    if lay.width <= 4:
+        f, cols = None, []
+        for m in range(lay.width):
+            tangent = tuple(e[m].expand_as(p).contiguous() for e, p in zip(eye, prev))
+            f, col = torch.func.jvp(fn, tuple(prev), tangent)
+            cols.append(col)
+        return f, tuple(torch.stack([c[i] for c in cols], 1) for i in range(len(prev)))
+    tangents = tuple(e[:, None, :].expand(-1, *p.shape) for e, p in zip(eye, prev))  # (M, N, S_l)
+
+    def column(*t):
+        return torch.func.jvp(fn, tuple(prev), t)
+
+    f, cols = torch.func.vmap(column, out_dims=(None, 0))(*tangents)
+    return f, tuple(c.transpose(0, 1) for c in cols)  # (M, N, S_l) -> (N, M, S_l)
 
 
 def linearize(cell: Cell, u: torch.Tensor, h_prev: torch.Tensor, lay: Layout):
-    """``f = step(u, h_prev)`` and its Jacobian blocks: u ``(N, P)``, h_prev ``(N, G, M)`` ->
-    f ``(N, G, M)``, A ``(N, G, M, M)`` with ``A[n, g, r, c] = d f[g, r] / d h_prev[g, c]``.
-
-    Tangent m has ones at within-group index m. Few tangents run as separate JVPs (what
-    ``torch.compile`` fuses best); many (Dense, wide heads) as one vmapped JVP, so the step's
-    primal part runs once."""
-    fn = _step_flat(cell, u, lay)
-    eye = torch.eye(lay.size, dtype=h_prev.dtype, device=h_prev.device)
-    if lay.size <= 4:
-        cols, f = [], None
-        for m in range(lay.size):
-            tangent = eye[m].expand_as(h_prev).contiguous()
-            f, col = torch.func.jvp(fn, (h_prev,), (tangent,))
-            cols.append(col)
-        return f, torch.stack(cols, dim=-1)  # (N, G, M, M): column m from tangent m
-    tangents = eye[:, None, None, :].expand(-1, *h_prev.shape)  # (M, N, G, M)
-
-    def column(t):
-        return torch.func.jvp(fn, (h_prev,), (t,))
-
-    f, cols = torch.func.vmap(column, out_dims=(None, 0))(tangents)
-    return f, cols.permute(1, 2, 3, 0)  # (M, N, G, M) -> (N, G, M, M)
+    """``f = step(u, h_prev)`` and its Jacobian columns: u ``(N, P)``, h_prev ``(N, S)`` ->
+    f ``(N, S)``, A ``(N, M, S)`` with ``A[n, m, s] = d f[n, s] / d h_prev[n, src[m, s]]``."""
+    prev = tuple(p.clone() for p in h_prev.split(sizes(lay), -1))
+    f, cols = linearize_leaves(cell, u, prev, lay)
+    return torch.cat(f, -1), torch.cat(cols, -1)
 
 
-def block_matvec(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``A (..., G, M, M) @ v (..., G, M)``."""
-    return (A @ v.unsqueeze(-1)).squeeze(-1)
+def matvec(A: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """``A v`` per row: A ``(..., M, S)`` columns, v ``(..., S)`` -> ``(..., S)``."""
+    return (A * v[..., lay.src(v.device)]).sum(-2)  # v gathered (..., M, S)
 
 
 def probe(cell: Cell, u: torch.Tensor, h_prev: torch.Tensor, lay: Layout) -> None:
     """Raise if the declared structure is false: a random tangent's full JVP must equal the
     block-structured product (relative difference <= 1e-3; rounding stays near 1e-6 in fp32,
     a false declaration gives O(1))."""
-    fn = _step_flat(cell, u, lay)
+    fn = lambda v: flatten(cell.step(u, unflatten(v, lay)), lay)  # noqa: E731
     with torch.no_grad():
         _, A = linearize(cell, u, h_prev, lay)
         tangent = torch.randn_like(h_prev)
-        _, full = torch.func.jvp(fn, (h_prev,), (tangent,))
-    err = (full - block_matvec(A, tangent)).norm() / (full.norm() + 1e-30)
+        _, full = torch.func.jvp(fn, (h_prev.clone(),), (tangent,))
+    err = (full - matvec(A, tangent, lay)).norm() / (full.norm() + 1e-30)
     if not err <= 1e-3:
         raise ValueError(f"{type(cell).__name__} declares structure {cell.structure}, but its "
                          f"step mixes state entries outside it (relative mismatch {err:.2e} on a "
                          f"random tangent); declare a wider structure (e.g. Dense())")
+
+
+# ---- the Newton engine's hot functions (run eagerly or through torch.compile) ----------------
+
+def terms(cell: Cell, lay: Layout, u: torch.Tensor, hseg: torch.Tensor,
+           alive: Optional[torch.Tensor]):
+    """Linearize steps ``t0..t1-1`` at the current iterate: u ``(B, C, P)`` (a batch-major
+    view), hseg ``(C+1, B, S)`` = h_{t0-1} .. h_{t1-1}, alive ``(C, B)`` or None ->
+    A ``(C, B, M, S)`` columns, f ``(C, B, S)``, and the largest relative residual
+    ``||f_t - h_t|| / (||h_t|| + 1e-6)`` (0-dim; NaN where A, f or h is not finite). Padded
+    steps are the identity (f = h_prev, A = I). Compiled, this is one loop over memory (plus
+    a copy per extra state leaf): f, its JVPs, the norms and the NaN check fused."""
+    C, B, S = hseg.shape[0] - 1, hseg.shape[1], hseg.shape[2]
+    N, split = C * B, sizes(lay)
+    rows = u.transpose(0, 1).reshape(N, u.shape[-1])  # (C*B, P), time-major rows
+    prev = tuple(p.clone() for p in hseg[:-1].reshape(N, S).split(split, -1))  # L x (N, S_l)
+    cur = hseg[1:].reshape(N, S).split(split, -1)
+    f, cols = linearize_leaves(cell, rows, prev, lay)  # L x (N, S_l), L x (N, M, S_l)
+    if alive is not None:
+        keep = alive.reshape(N, 1)
+        eye = identity_columns(lay, hseg.dtype, hseg.device).split(split, -1)
+        f = tuple(torch.where(keep, f_l, p) for f_l, p in zip(f, prev))
+        cols = tuple(torch.where(keep.unsqueeze(-1), a, e) for a, e in zip(cols, eye))
+    r2 = h2 = size = 0
+    for f_l, h_l, a in zip(f, cur, cols):
+        r = f_l - h_l
+        r2, h2 = r2 + (r * r).sum(-1), h2 + (h_l * h_l).sum(-1)
+        size = size + a.abs().sum((-2, -1))  # inf/NaN where A is
+    ratio = r2.sqrt() / (h2.sqrt() + 1e-6)  # (C*B,), NaN/inf where f or h is
+    ratio = torch.where(torch.isfinite(size), ratio, torch.full_like(ratio, math.nan))
+    A = cols[0] if len(cols) == 1 else torch.cat(cols, -1)
+    f = f[0] if len(f) == 1 else torch.cat(f, -1)
+    return A.view(C, B, lay.width, S), f.view(C, B, S), ratio.amax()
+
+
+def first_guess(cell: Cell, lay: Layout, u: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[t] = f(0, u_t)`` for every step of a chunk: u ``(B, C, P)``, out ``(C, B, S)``."""
+    B, C = u.shape[:2]
+    rows = u.transpose(0, 1).reshape(C * B, u.shape[-1])
+    zeros = tuple(rows.new_zeros(C * B, n) for n in sizes(lay))
+    flat, off = out.view(C * B, lay.size), 0
+    for part in step_leaves(cell, rows, zeros, lay):
+        flat[:, off:off + part.shape[1]] = part
+        off += part.shape[1]
+
+
+def batched_step(cell: Cell, lay: Layout, u: torch.Tensor, start: torch.Tensor,
+                  hbuf: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
+    """``z_t = f(h_{t-1}, u_t)`` for all t at the solution: u ``(B, T, P)``, start ``(B, S)``,
+    hbuf ``(T+1, B, S)`` -> z ``(B*T, S)``, batch-major rows (differentiable in u, start and
+    the parameters; hbuf is the solution, a constant)."""
+    B, T, S = u.shape[0], u.shape[1], lay.size
+    prev = torch.cat([start.unsqueeze(0), hbuf[1:T]], 0)  # (T, B, S); start keeps its graph
+    prev = prev.transpose(0, 1).reshape(B * T, S).split(sizes(lay), -1)  # batch-major rows
+    z = step_leaves(cell, u.reshape(B * T, u.shape[-1]), prev, lay)
+    if alive is not None:
+        keep = alive.reshape(B * T, 1)
+        z = tuple(torch.where(keep, z_l, p) for z_l, p in zip(z, prev))
+    return z[0] if len(z) == 1 else torch.cat(z, -1)
+
+
+class Step(torch.nn.Module):
+    """The batched step as a module, so ``functional_call`` can swap the cell's tensors."""
+
+    def __init__(self, cell: Cell, lay: Layout):
+        super().__init__()
+        self.cell, self.lay = cell, lay
+
+    def forward(self, u, start, hbuf, alive):
+        return batched_step(self.cell, self.lay, u, start, hbuf, alive)
+
+
+def step_vjp(step: Step, names, u, start, hbuf, alive, lam, tensors):
+    """The gradients of ``sum(lam * z)`` for z = the batched step at the solution: to u, start
+    and the cell's tensors named ``names`` (lam ``(B*T, S)``); one pass that recomputes the
+    step and pulls lam back (compiled, one fused loop plus the reductions for parameters)."""
+    def fn(u, start, *tensors):
+        return torch.func.functional_call(step, dict(zip(names, tensors)),
+                                          (u, start, hbuf, alive))
+
+    _, pull = torch.func.vjp(fn, u, start, *tensors)
+    return pull(lam)

@@ -1,69 +1,162 @@
-"""The Newton engine: nonlinear cells in parallel over time (ParaRNN / DEER).
+"""The Newton engine: nonlinear cells in parallel over time (ParaRNN / DEER, and ELK).
 
 All equations ``h_t = f(h_{t-1}, u_t)`` are solved at once. Each iteration linearizes f at the
-current guess with the structured Jacobians of ``linearize.py`` and solves the linear recurrence
+current iterate h^k (structured Jacobian columns A_t, ``linearize.py``) and solves for the update
 
-    h_t = A_t h_{t-1} + (f_t - A_t h^k_{t-1})
+    delta_t = A_t delta_{t-1} + (f(h^k_{t-1}, u_t) - h^k_t),   h^{k+1} = h^k + w delta
 
-with the scan ops (``linear_scan`` for 1x1 groups, ``matrix_scan`` for M x M blocks). It stops
-when ``max_t ||h_t - f(h_{t-1}, u_t)|| / (||h_t|| + eps) <= tol``; NaN/inf or no convergence in
-``max_iters`` raise ``ConvergenceError`` (or fall back to the sequential engine when asked).
+(for w = 1 exactly ``h^{k+1}_t = A_t h^{k+1}_{t-1} + f_t - A_t h^k_{t-1}``). It stops when
+``max_t ||f_t - h_t|| / (||h_t|| + 1e-6) <= tol``; NaN/inf or no convergence in ``max_iters``
+raise ``ConvergenceError`` (or fall back to the sequential engine when asked).
+``damping="elk"`` / ``"quasi-elk"`` take Levenberg-Marquardt (ELK) steps instead (``elk.py``).
 
-Backward never goes through the iterations: one batched step ``z = f(h*_{t-1}, u_t)`` carries
-the graph to inputs and parameters, and the gradient arriving at z is mapped to the adjoint
-``lambda_t = g_t + A_{t+1}^T lambda_{t+1}`` by one reverse scan with the Jacobians at the
-solution (the implicit-function theorem; exact BPTT at the fixed point).
+One pass over memory per iteration. States are flat ``(S,)`` per sample and time-major in the
+solve: ``hbuf (T+1, B, S)`` holds h0 then every h_t, so a chunk's h_{t-1} and h_t are two views
+of one buffer. A pass walks chunks of time; for each, one fused function (``linearize.terms``,
+compiled with ``compile``) computes f, the Jacobian columns and the residual norms, and right
+away, the chunk still in cache, ``ops.block.column_scan_`` sweeps its update from ``cur`` into
+``nxt`` (the update carried from chunk to chunk). Once the pass ends the residual of ``cur`` is
+known: converged, ``cur`` is the solution and the f and Jacobians just computed are at it, else
+the two buffers swap. Both buffers (and the backward's) are reused across calls of one shape.
+
+Backward never goes through the iterations. ``_Solution`` returns z = f(h*_{t-1}, u_t) from the
+last linearization (no extra pass); its backward maps dL/dz to the adjoint ``lambda_t = g_t +
+A_{t+1}^T lambda_{t+1}`` by one reverse sweep (``column_adjoint_scan_``) over the Jacobians kept
+from that linearization, then one batched VJP of the step at h* (``linearize.step_vjp``,
+compiled with ``compile``) pulls lambda back to the inputs, h0 and every parameter: the
+implicit-function theorem, i.e. exact BPTT at the fixed point.
 """
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 import weakref
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
 from ..errors import ConvergenceError
-from ..ops import linear_scan
-from ..ops.block import block_scan
+from ..ops.block import column_adjoint_scan_, column_scan_
 from .base import Engine
-from .linearize import Layout, block_matvec, flatten, layout, linearize, probe, unflatten
+from .elk import solve_elk
+from .linearize import (Layout, Step, first_guess, flatten, from_leaves, layout, probe, sizes,
+                        step_vjp, terms)
 from .sequential import Sequential
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-CHUNK_ELEMS = 2 ** 21  # state numbers per linearization chunk (8 MB in fp32)
+CHUNK_BYTES = 2 ** 20  # compiled: Jacobian bytes per chunk of time (stays in cache)
+EAGER_CHUNK_ELEMS = 2 ** 21  # eager: state numbers (B * steps * S) per chunk of time
+COMPILE_MIN_ELEMS = 2 ** 20  # compile="auto" compiles from this many state numbers (B * T * S)
 
 
-def solve_blocks(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """``h_t = A_t h_{t-1} + b_t``: A ``(B, T, G, M, M)``, b ``(B, T, G, M)``, h0 ``(B, G, M)``."""
-    if A.shape[-1] == 1:
-        return linear_scan(A[..., 0], b, initial_state=h0)[0]
-    return block_scan(A, b, h0)
+class _Functions:
+    """The three hot functions, eager or compiled. A compiled call that fails (no working
+    compiler, an unsupported op) warns once and the engine continues eagerly."""
+
+    def __init__(self):
+        self._compiled = None
+        self.broken = False
+
+    EAGER = (terms, first_guess, step_vjp)
+
+    def get(self, use_compile: bool):
+        if not use_compile or self.broken:
+            return self.EAGER
+        if self._compiled is None:
+            self._compiled = tuple(torch.compile(fn, dynamic=None) for fn in self.EAGER)
+        return tuple(self._guarded(c, e) for c, e in zip(self._compiled, self.EAGER))
+
+    def _guarded(self, compiled, eager):
+        def call(*args):
+            if self.broken:
+                return eager(*args)
+            try:
+                return compiled(*args)
+            except Exception as err:  # noqa: BLE001 - any compiler failure: continue eagerly
+                self.broken = True
+                warnings.warn(f"Newton(compile=...): torch.compile failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); running eagerly",
+                              RuntimeWarning, stacklevel=2)
+                return eager(*args)
+        return call
 
 
-def _step_all(cell, u, h_prev, lay: Layout) -> torch.Tensor:
-    """``f(h_prev_t, u_t)`` for all t in one batched step:
-    u (B, T, P), h_prev (B, T, G, M) -> (B, T, G, M)."""
-    B, T = u.shape[:2]
-    h = cell.step(u.flatten(0, 1), unflatten(h_prev.flatten(0, 1), lay))
-    return flatten(h, lay).unflatten(0, (B, T))
-
-
-class _Adjoint(torch.autograd.Function):
-    """Identity forward; backward maps dL/dh to the adjoint lambda by one reverse scan."""
+class _Solution(torch.autograd.Function):
+    """The solved states as a function of (u, h0, the cell's tensors). Forward returns ``z``
+    from the last linearization (no extra pass). Backward, at the fixed point (implicit-function
+    theorem; exact BPTT): the adjoint ``lambda_t = g_t + A_{t+1}^T lambda_{t+1}`` by one reverse
+    sweep over the Jacobian chunks kept from that linearization, then one batched VJP of the
+    step pulls lambda back to u, h0 and the parameters. The solution and its Jacobians are
+    saved tensors: autograd frees them after the backward (or keeps them for another, with
+    ``retain_graph``)."""
 
     @staticmethod
-    def forward(ctx, z, A):
-        ctx.save_for_backward(A)
+    def forward(ctx, solved, z, u, start, *tensors):
+        ctx.solved, ctx.n_tensors = solved, len(tensors)
+        ctx.save_for_backward(u, start, *tensors, solved.hbuf, *solved.A)
+        solved.hbuf = solved.A = None  # only in saved_tensors from here on
+        ctx.set_materialize_grads(False)
         return z.view_as(z)
 
     @staticmethod
-    def backward(ctx, g):
-        (A,) = ctx.saved_tensors  # (B, T, G, M, M) at the solution
-        At = A.transpose(-1, -2)
-        nxt = torch.cat([At[:, 1:], torch.zeros_like(At[:, :1])], dim=1)  # A_{t+1}^T, 0 at T-1
-        lam = solve_blocks(nxt.flip(1), g.flip(1), torch.zeros_like(g[:, 0])).flip(1)
-        return lam, None
+    @once_differentiable
+    def backward(ctx, g):  # g (B*T, S)
+        s, saved = ctx.solved, ctx.saved_tensors
+        u, start, tensors = saved[0], saved[1], saved[2:2 + ctx.n_tensors]
+        hbuf, chunks = saved[2 + ctx.n_tensors], saved[3 + ctx.n_tensors:]
+        B, T, S = s.shape
+        copy = None
+        if not g.is_contiguous():
+            g = copy = s.buffers.take((B * T, S), g).copy_(g)
+        g = g.view(B, T, S)
+        lam = s.buffers.take((B, T, S), g)
+        carry = g.new_zeros(B, S)  # A_{t1}^T lambda_{t1}, sent back from the next chunk
+        for A, (t0, _) in zip(reversed(chunks), reversed(s.bounds)):
+            column_adjoint_scan_(lam, A, g, s.src, carry, t0)
+        grads = s.vjp(s.step, s.names, u.detach(), start.detach(), hbuf, s.alive,
+                      lam.view(B * T, S), tuple(t.detach() for t in tensors))
+        if copy is not None:
+            s.buffers.give(copy)
+        if not any(gr is not None and gr.untyped_storage().data_ptr()
+                   == lam.untyped_storage().data_ptr() for gr in grads):
+            s.buffers.give(lam)  # (unless a gradient is lam itself, as for a pass-through)
+        return (None, None, *grads)
+
+
+class _Solved:
+    """What the backward needs from a solve besides its saved tensors."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class _Buffers:
+    """Reuse of the solver's internal full-length buffers (iterates, adjoint) across calls: a
+    fresh allocation this large is mapped and page-faulted anew by the allocator at every call,
+    which can cost as much as a Newton pass. Keeps at most two free buffers for each of the
+    last three shapes; nothing handed out here is ever returned to the caller."""
+
+    def __init__(self):
+        self._free: dict = {}
+
+    def take(self, shape, like: torch.Tensor) -> torch.Tensor:
+        free = self._free.pop((tuple(shape), like.dtype, like.device), [])
+        t = free.pop() if free else like.new_empty(shape)
+        if free:
+            self._free[(tuple(shape), like.dtype, like.device)] = free
+        return t
+
+    def give(self, t: torch.Tensor) -> None:
+        key = (tuple(t.shape), t.dtype, t.device)
+        free = self._free.pop(key, [])
+        if len(free) < 2:
+            free.append(t)
+        self._free[key] = free  # most recent last
+        while len(self._free) > 3:
+            del self._free[next(iter(self._free))]
 
 
 class Newton(Engine):
@@ -71,37 +164,56 @@ class Newton(Engine):
 
     Args:
         tol: residual tolerance; default 1e-5 (fp32) or 1e-10 (fp64).
-        max_iters: the most Newton iterations (linear solves) before giving up.
-        damping: relaxation weight w in (0, 1]: ``h <- h + w (h_newton - h)`` (1 = plain Newton).
+        max_iters: the most iterations (linear solves) before giving up.
+        damping: a relaxation weight w in (0, 1]: ``h <- h + w (h_newton - h)`` (1 = plain
+            Newton); or ``"elk"`` / ``"quasi-elk"``: Levenberg-Marquardt iterations whose steps
+            are ELK's Kalman smoother (``elk.py``), for cells where plain Newton blows up.
         init: initial guess, ``"step"`` (``f(0, u_t)`` at every t, as ParaRNN) or ``"zeros"``.
         on_fail: ``"raise"`` (``ConvergenceError``) or ``"sequential"`` (recompute that batch
             with the sequential engine, warn once, count it in ``fallbacks``).
         dense_budget_bytes: warn when Dense Jacobians ``(B, T, S, S)`` would exceed this.
-        compile: fuse f and its Jacobian with ``torch.compile`` (one pass over memory instead of
-            one per op; several times faster on CPU, after a compile of ~20 s per shape).
+        compile: fuse each pass's linearization (f, Jacobian, residual norms) and the backward's
+            VJP with ``torch.compile``: ``True``, ``False``, or ``"auto"`` (the default: compile
+            when B*T*S >= ``COMPILE_MIN_ELEMS``, where the one-off compile, ~20-60 s per cell
+            and chunk shape, pays back). If compiling fails the engine warns once and runs
+            eagerly; it never needs a compiler.
+        elk_sigma2: ELK's starting sigma^2 = 1 / lambda (large: close to Newton's step).
 
-    After each call ``stats`` holds ``iterations``, ``residual``, ``converged`` and ``history``.
-    ``solve(cell, x, ..., guess=states)`` runs one call from a warm start instead of ``init``.
+    After each call ``stats`` holds ``iterations``, ``residual``, ``converged``, ``history`` and
+    ``compiled`` (and ``elk_sigma2``, the last one, for ELK). ``solve(cell, x, ...,
+    guess=states)`` runs one call from a warm start.
     """
 
     name = "newton"
 
     def __init__(self, tol: Optional[float] = None, max_iters: int = 50, damping: float = 1.0,
                  init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 30,
-                 compile: bool = False):
+                 compile="auto", elk_sigma2: float = 100.0):
         if tol is not None and not tol > 0:
             raise ValueError(f"Newton: tol must be > 0 or None, got {tol!r}")
         if not (isinstance(max_iters, int) and max_iters >= 1):
             raise ValueError(f"Newton: max_iters must be an int >= 1, got {max_iters!r}")
-        if not 0 < damping <= 1:
-            raise ValueError(f"Newton: damping must be in (0, 1], got {damping!r}")
+        if damping not in ("elk", "quasi-elk") and (
+                isinstance(damping, bool) or not isinstance(damping, (int, float))
+                or not 0 < damping <= 1):
+            raise ValueError(f"Newton: damping must be in (0, 1], 'elk' or 'quasi-elk', got "
+                             f"{damping!r}")
+        if isinstance(elk_sigma2, bool) or not isinstance(elk_sigma2, (int, float)) \
+                or not elk_sigma2 > 0:
+            raise ValueError(f"Newton: elk_sigma2 must be a number > 0, got {elk_sigma2!r}")
         if init not in ("step", "zeros"):
             raise ValueError(f"Newton: init must be 'step' or 'zeros', got {init!r}")
         if on_fail not in ("raise", "sequential"):
             raise ValueError(f"Newton: on_fail must be 'raise' or 'sequential', got {on_fail!r}")
-        self.tol, self.max_iters, self.damping, self.init = tol, max_iters, damping, init
-        self.on_fail, self.dense_budget_bytes = on_fail, dense_budget_bytes
-        self._linearize = torch.compile(linearize, dynamic=False) if compile else linearize
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"Newton: compile must be True, False or 'auto', got {compile!r}")
+        self._elk = isinstance(damping, str)
+        self.damping = damping if self._elk else float(damping)
+        self.elk_sigma2 = float(elk_sigma2)
+        self.tol, self.max_iters, self.init = tol, max_iters, init
+        self.on_fail, self.dense_budget_bytes, self.compile = on_fail, dense_budget_bytes, compile
+        self._fns = _Functions()
+        self._buffers = _Buffers()
         self._guess: Optional[State] = None
         self.stats: dict = {}
         self.fallbacks = 0
@@ -121,60 +233,155 @@ class Newton(Engine):
         return isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
 
     def __repr__(self) -> str:
-        return (f"Newton(tol={self.tol}, max_iters={self.max_iters}, damping={self.damping}, "
-                f"init={self.init!r}, on_fail={self.on_fail!r})")
+        elk = f", elk_sigma2={self.elk_sigma2:g}" if self._elk else ""
+        return (f"Newton(tol={self.tol}, max_iters={self.max_iters}, damping={self.damping!r}"
+                f"{elk}, init={self.init!r}, on_fail={self.on_fail!r}, "
+                f"compile={self.compile!r})")
 
     def run(self, cell: Cell, x: torch.Tensor, h0: State,
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
         B, T, _ = x.shape
         lay = layout(cell, h0)
         u = cell.project(x)  # (B, T, D) -> (B, T, P)
-        start = flatten(h0, lay)  # (B, G, M)
+        start = flatten(h0, lay)  # (B, S)
         self._check_budget(cell, B, T, lay)
         if cell not in self._probed:
             probe(cell, u[:, 0].detach(), torch.randn_like(start), lay)
             self._probed.add(cell)
         alive = None if lengths is None else (torch.arange(T, device=x.device)[None, :]
                                               < lengths[:, None])  # (B, T)
+        use_compile = self.compile is True or (self.compile == "auto"
+                                               and B * T * lay.size >= COMPILE_MIN_ELEMS)
+        fns = self._fns.get(use_compile)
+        use_compile = use_compile and not self._fns.broken
         guess = None if self._guess is None else self._guess_states(cell, h0, B, T, lay)
         with torch.no_grad():
-            h, A, ok, why = self._solve(cell, u.detach(), start.detach(), alive, lay, guess)
+            hbuf, A, f, bounds, ok, why = self._solve(cell, u.detach(), start.detach(), alive,
+                                                      lay, guess, fns, use_compile)
+        self.stats["compiled"] = use_compile and not self._fns.broken
         if not ok:
+            self._buffers.give(hbuf)
             return self._fail(cell, x, h0, lengths, why)
-        return self._attach(cell, u, start, h, A, alive, lay)
+        return self._outputs(cell, u, start, hbuf, A, f, bounds, alive, lay, fns)
 
     # ---- the solve ---------------------------------------------------------------------------
 
-    def _f_and_jacobian(self, cell, u, h_prev, alive, lay):
-        """f and A at every step: u (B, T, P), h_prev (B, T, G, M) -> (B, T, G, M), (.., M, M);
-        padded steps are the identity (f = h_prev, A = I).
-
-        Rows go through the step in chunks of about ``CHUNK_ELEMS`` state numbers, so the
-        step's dozen temporaries stay under glibc's 32 MB mmap threshold (larger blocks are
-        mapped fresh, and page-faulted, at every allocation: T=16384 ran 1.5-2x slower).
-        Chunks are not smaller because every chunk pays the Python cost of forward AD."""
-        B, T = u.shape[:2]
-        uf, hf = u.flatten(0, 1), h_prev.flatten(0, 1)  # (B*T, P), (B*T, G, M)
-        rows = max(1, CHUNK_ELEMS // (lay.groups * lay.size))
-        if uf.shape[0] <= rows:
-            f, A = self._linearize(cell, uf, hf, lay)
+    @staticmethod
+    def _bounds(B: int, T: int, lay: Layout, like: torch.Tensor,
+                compiled: bool) -> List[Tuple[int, int]]:
+        """Chunks of time, a power of two of steps each (so many lengths share one compiled
+        shape). CPU, compiled: about ``CHUNK_BYTES`` of Jacobian, so a chunk is still in cache
+        when its sweep runs. CPU, eager: about ``EAGER_CHUNK_ELEMS`` state numbers, as few
+        chunks as keep each op's temporaries under the allocator's mmap threshold. Other
+        devices: one chunk."""
+        if like.device.type != "cpu":
+            return [(0, T)]
+        if compiled:
+            per = CHUNK_BYTES // (B * lay.width * lay.size * like.element_size())
         else:
-            f = hf.new_empty(hf.shape)
-            A = hf.new_empty(*hf.shape, lay.size)
-            for s in range(0, uf.shape[0], rows):
-                # clone: forward AD on a view of a large base touches the whole base
-                f[s:s + rows], A[s:s + rows] = self._linearize(
-                    cell, uf[s:s + rows].clone(), hf[s:s + rows].clone(), lay)
-        f, A = f.unflatten(0, (B, T)), A.unflatten(0, (B, T))  # (B*T, ..) -> (B, T, ..)
+            per = EAGER_CHUNK_ELEMS // (B * lay.size)
+        per = min(T, 1 << (max(1, per).bit_length() - 1))
+        return [(t0, min(t0 + per, T)) for t0 in range(0, T, per)]
+
+    def _start(self, cell, u, start, lay, guess, bounds, fns) -> torch.Tensor:
+        """hbuf ``(T+1, B, S)``: h0, then the initial guess of every h_t."""
+        B, T = u.shape[:2]
+        hbuf = self._buffers.take((T + 1, B, lay.size), start)
+        hbuf[0] = start
+        if guess is not None:
+            hbuf[1:] = guess.transpose(0, 1)
+        elif self.init == "zeros":
+            hbuf[1:] = 0
+        else:
+            for t0, t1 in bounds:
+                fns[1](cell, lay, u[:, t0:t1], hbuf[t0 + 1:t1 + 1])
+        return hbuf
+
+    def _solve(self, cell, u, start, alive, lay, guess, fns, compiled):
+        """Newton passes over chunks of time. A pass linearizes chunk after chunk at the
+        iterate in ``cur``; the residual of ``cur`` is known once the pass ends: converged,
+        ``cur`` is the solution (its Jacobians and f are the ones just computed), else the
+        update is swept into ``nxt`` and the buffers swap. Far from convergence each chunk's
+        sweep runs right after its linearization (the chunk still in cache); once the last
+        residual is below sqrt(tol) the pass is likely the final one, and the sweeps wait for
+        its residual (run only if it is not).
+        -> (hbuf, Jacobian chunks, f chunks, chunk bounds, converged, why-not)."""
+        B, T = u.shape[:2]
+        tol = self.tol or DEFAULT_TOL.get(start.dtype, 1e-5)
+        bounds = self._bounds(B, T, lay, start, compiled)
+        cur = self._start(cell, u, start, lay, guess, bounds, fns)
+        nxt = self._buffers.take(cur.shape, cur)
+        nxt[0] = start
+        if self._elk:
+            return solve_elk(self, cell, u, alive, lay, fns[0], bounds, cur, nxt, tol)
+        A, f = [None] * len(bounds), [None] * len(bounds)  # per chunk, replaced every pass
+        alive_tm = None if alive is None else alive.t()  # (T, B)
+        src = lay.src(u.device)
+        history: List[float] = []
+
+        def sweep(c, delta):  # the update of chunk c, from cur into nxt
+            t0, t1 = bounds[c]
+            column_scan_(nxt[t0 + 1:t1 + 1], A[c], f[c], src, delta, base=cur[t0 + 1:t1 + 1],
+                         scale=self.damping)
+
+        for it in range(self.max_iters + 1):
+            delta = start.new_zeros(B, lay.size)  # the update at t0-1, carried across chunks
+            eager = it < self.max_iters and not (history and history[-1] <= tol ** 0.5)
+            res = []
+            for c, (t0, t1) in enumerate(bounds):
+                A[c], f[c], r = fns[0](cell, lay, u[:, t0:t1], cur[t0:t1 + 1],
+                                       None if alive_tm is None else alive_tm[t0:t1])
+                res.append(r)
+                if eager:
+                    sweep(c, delta)
+            r = float(torch.stack(res).amax()) if len(res) > 1 else float(res[0])  # NaN wins
+            history.append(r)
+            self.stats = {"iterations": it, "residual": r, "converged": r <= tol,
+                          "history": history}
+            if not math.isfinite(r) or r <= tol or it == self.max_iters:
+                break
+            if not eager:
+                for c in range(len(bounds)):
+                    sweep(c, delta)
+            cur, nxt = nxt, cur
+        self._buffers.give(nxt)
+        if not math.isfinite(r):
+            return cur, A, f, bounds, False, "NaN or inf in the iterates"
+        if r <= tol:
+            return cur, A, f, bounds, True, None
+        return cur, A, f, bounds, False, (f"no convergence to tol={tol:g} within "
+                                          f"{self.max_iters} iterations")
+
+    # ---- outputs, gradients and failures ------------------------------------------------------
+
+    def _outputs(self, cell, u, start, hbuf, A, f, bounds, alive, lay, fns):
+        """The states z_t = f(h*_{t-1}, u_t), from the last linearization, batch-major; with a
+        graph to build, through ``_Solution`` (the adjoint backward)."""
+        B, T = u.shape[:2]
+        z = torch.empty(B, T, lay.size, dtype=hbuf.dtype, device=hbuf.device)
+        for (t0, t1), f_c in zip(bounds, f):
+            z[:, t0:t1] = f_c.transpose(0, 1)
+        z = z.view(B * T, lay.size)
+        named = [(n, t) for n, t in itertools.chain(cell.named_parameters(),
+                                                     cell.named_buffers())
+                 if t.requires_grad]
+        if torch.is_grad_enabled() and (u.requires_grad or start.requires_grad or named):
+            solved = _Solved(shape=(B, T, lay.size), A=A, bounds=bounds, src=lay.src(u.device),
+                             step=Step(cell, lay), names=[f"cell.{n}" for n, _ in named],
+                             hbuf=hbuf, alive=alive, vjp=fns[2], buffers=self._buffers)
+            z = _Solution.apply(solved, z, u, start, *[t for _, t in named])
+        else:
+            self._buffers.give(hbuf)
+        parts = z.split(sizes(lay), -1)  # L x (B*T, S_l)
+        y = cell.readout(from_leaves(parts, lay), u.reshape(B * T, u.shape[-1]))
+        y = y.unflatten(0, (B, T))  # (B*T, H_out) -> (B, T, H_out)
         if alive is not None:
-            keep = alive.view(B, T, 1, 1)
-            f = torch.where(keep, f, h_prev)
-            A = torch.where(keep.unsqueeze(-1), A, torch.eye(lay.size, dtype=A.dtype,
-                                                             device=A.device))
-        return f, A
+            y = torch.where(alive.view(B, T, *([1] * (y.dim() - 2))), y, torch.zeros_like(y))
+        last = tuple(p.view(B, T, -1)[:, -1] for p in parts)  # L x (B, S_l)
+        return y, from_leaves(last, lay)
 
     def _guess_states(self, cell, h0, B, T, lay) -> torch.Tensor:
-        """The warm start as grouped ``(B, T, G, M)``, checked against the state's layout."""
+        """The warm start as flat ``(B, T, S)``, checked against the state's layout."""
         leaves, template = as_tuple(self._guess), as_tuple(h0)
         want = [(B, T, *t.shape[1:]) for t in template]
         if len(leaves) != len(want) or any(tuple(g.shape) != w for g, w in zip(leaves, want)):
@@ -182,48 +389,6 @@ class Newton(Engine):
                              f"{type(cell).__name__}, got {[tuple(g.shape) for g in leaves]}")
         flat = tuple(g.detach().flatten(0, 1).to(t.dtype) for g, t in zip(leaves, template))
         return flatten(flat if isinstance(h0, tuple) else flat[0], lay).unflatten(0, (B, T))
-
-    def _solve(self, cell, u, start, alive, lay, guess=None):
-        """-> (h (B, T, G, M), A at h, converged, why-not)."""
-        tol = self.tol or DEFAULT_TOL.get(start.dtype, 1e-5)
-        zeros = torch.zeros_like(start).unsqueeze(1).expand(-1, u.shape[1], -1, -1)
-        if guess is not None:
-            h = guess
-        else:
-            h = zeros if self.init == "zeros" else _step_all(cell, u, zeros, lay)
-        history = []
-        for it in range(self.max_iters + 1):
-            h_prev = torch.cat([start.unsqueeze(1), h[:, :-1]], dim=1)  # (B, T, G, M)
-            f, A = self._f_and_jacobian(cell, u, h_prev, alive, lay)
-            res = ((h - f).norm(dim=(-2, -1)) / (h.norm(dim=(-2, -1)) + 1e-6)).max().item()
-            history.append(res)
-            self.stats = {"iterations": it, "residual": res, "converged": res <= tol,
-                          "history": history}
-            if not (res == res and abs(res) != float("inf")) or not torch.isfinite(A).all():
-                return h, A, False, "NaN or inf in the iterates"
-            if res <= tol:
-                return h, A, True, None
-            if it == self.max_iters:
-                break
-            h_new = solve_blocks(A, f - block_matvec(A, h_prev), start)
-            h = h_new if self.damping == 1 else h + self.damping * (h_new - h)
-        return h, A, False, f"no convergence to tol={tol:g} within {self.max_iters} iterations"
-
-    # ---- gradients and failures -------------------------------------------------------------
-
-    def _attach(self, cell, u, start, h, A, alive, lay):
-        """One batched step at the solution carries the graph; the adjoint carries time."""
-        B, T = u.shape[:2]
-        h_prev = torch.cat([start.unsqueeze(1), h[:, :-1]], dim=1)  # h0 keeps its graph
-        z = _step_all(cell, u, h_prev, lay)  # (B, T, G, M)
-        if alive is not None:
-            z = torch.where(alive.view(B, T, 1, 1), z, h_prev)
-        z = _Adjoint.apply(z, A)
-        states = unflatten(z.flatten(0, 1), lay)
-        y = cell.readout(states, u.flatten(0, 1)).unflatten(0, (B, T))  # (B, T, H_out)
-        if alive is not None:
-            y = torch.where(alive.view(B, T, *([1] * (y.dim() - 2))), y, torch.zeros_like(y))
-        return y, unflatten(z[:, -1], lay)
 
     def _fail(self, cell, x, h0, lengths, why):
         msg = f"Newton on {type(cell).__name__} (T={x.shape[1]}): {why}"
@@ -237,7 +402,7 @@ class Newton(Engine):
 
     def _check_budget(self, cell, B, T, lay):
         if isinstance(cell.structure, Dense):
-            need = B * T * lay.groups * lay.size ** 2 * 4
+            need = B * T * lay.size ** 2 * 4
             if need > self.dense_budget_bytes:
                 warnings.warn(f"Newton: Dense Jacobians of {type(cell).__name__} need "
                               f"{need / 2 ** 20:.0f} MiB (B={B}, T={T}, S={lay.size}) > budget "

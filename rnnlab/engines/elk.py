@@ -1,0 +1,293 @@
+"""ELK: Levenberg-Marquardt steps for the Newton engine (Gonzalez et al. 2024, "Towards scalable
+and stable parallelization of nonlinear RNNs"), for the cases where plain Newton diverges.
+
+At the iterate s^k, with the engine's linearization (Jacobian blocks J_t = df/dh at s^k_{t-1}
+and r_t = f(s^k_{t-1}, u_t) - s^k_t), one ELK step is the exact minimizer of
+
+    sum_t || delta_t - J_t delta_{t-1} - r_t ||^2  +  (1 / sigma2) sum_t || delta_t ||^2,
+
+delta = s - s^k, delta_0 = 0 (h0 is given): the linearized residual plus a Levenberg-Marquardt
+penalty on the step, lambda = 1 / sigma2. That is the MAP trajectory (= smoothed means) of a
+linear-Gaussian state-space model, dynamics ``delta_t = J_t delta_{t-1} + r_t + w_t``,
+``w_t ~ N(0, I)``, observed as ``0 = delta_t + v_t``, ``v_t ~ N(0, sigma2 I)``. We run its
+Kalman filter and Rauch-Tung-Striebel smoother exactly, one sweep forward and one back, per
+group of the declared structure (M x M covariances; scalars for Diagonal), so the step is the
+exact LM step for the exact (structured) Jacobian. sigma2 -> inf gives the Newton step, sigma2
+-> 0 no step; in between, every step is bounded (the filter gain is < 1), which is what keeps
+unstable linearizations (|J| > 1 along time) from blowing up.
+
+``quasi=True`` is quasi-ELK: the same smoother with only the diagonal of each Jacobian block
+(scalars everywhere, O(S) per step). Its steps are not LM steps of the full linearization, so it
+converges linearly, but to the same fixed point: the engine stops on the true residual, and its
+gradients always use the full Jacobians at the solution, so results and gradients are exact
+either way. The sweeps are sequential in time (numba on CPU; a torch loop elsewhere, slow on
+GPUs): the parallel-in-time Kalman scan of the ELK paper is not implemented.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+try:  # optional, as in ops/diagonal.py
+    import numba as _numba
+except ImportError:  # pragma: no cover - exercised where numba is not installed
+    _numba = None
+
+USE_NUMBA = _numba is not None
+
+
+def _solve_small(Mat, rhs):  # pragma: no cover - compiled (used inside the numba kernel)
+    """x = Mat^{-1} rhs for a small SPD-ish Mat (M x M) and rhs (M x K), Gauss-Jordan with
+    partial pivoting; Mat and rhs are overwritten."""
+    m = Mat.shape[0]
+    for c in range(m):
+        p = c
+        for r in range(c + 1, m):
+            if abs(Mat[r, c]) > abs(Mat[p, c]):
+                p = r
+        if p != c:
+            for k in range(m):
+                Mat[c, k], Mat[p, k] = Mat[p, k], Mat[c, k]
+            for k in range(rhs.shape[1]):
+                rhs[c, k], rhs[p, k] = rhs[p, k], rhs[c, k]
+        piv = Mat[c, c]
+        for k in range(m):
+            Mat[c, k] /= piv
+        for k in range(rhs.shape[1]):
+            rhs[c, k] /= piv
+        for r in range(m):
+            if r != c and Mat[r, c] != 0.0:
+                fac = Mat[r, c]
+                for k in range(m):
+                    Mat[r, k] -= fac * Mat[c, k]
+                for k in range(rhs.shape[1]):
+                    rhs[r, k] -= fac * rhs[c, k]
+    return rhs
+
+
+def _smooth(A, r, mem, sigma2, out):  # pragma: no cover - compiled
+    """The Kalman filter + RTS smoother of the module docstring, in float64 whatever the
+    inputs. A ``(T, B, M, S)`` columns, r ``(T, B, S)``, mem ``(G, M)`` group members; writes
+    the smoothed delta into out ``(T, B, S)``."""
+    steps, batch, m, _ = A.shape
+    groups = mem.shape[0]
+    eye = np.eye(m)
+    for i in range(batch):
+        for g in range(groups):
+            idx = mem[g]
+            means = np.zeros((steps, m))  # filtered m_t
+            preds = np.zeros((steps, m))  # predicted m^-_t
+            gains = np.zeros((steps, m, m))  # smoother gain G_{t-1}, kept at t
+            mean = np.zeros(m)
+            cov = np.zeros((m, m))
+            J = np.empty((m, m))
+            for t in range(steps):
+                for a in range(m):
+                    for c in range(m):
+                        J[a, c] = A[t, i, c, idx[a]]
+                pred = J @ mean
+                for a in range(m):
+                    pred[a] += r[t, i, idx[a]]
+                pcov = J @ cov @ J.T + eye
+                if t > 0:  # G_{t-1} = P_{t-1} J_t^T (P^-_t)^{-1}; solve for its transpose
+                    gains[t] = _solve_small(pcov.copy(), J @ cov).T
+                inv = _solve_small(pcov + sigma2 * eye, eye.copy())  # (P^- + sigma2 I)^{-1}
+                mean = sigma2 * (inv @ pred)
+                cov = sigma2 * (inv @ pcov)
+                cov = 0.5 * (cov + cov.T)
+                means[t], preds[t] = mean, pred
+            smoothed = means[steps - 1].copy()
+            for a in range(m):
+                out[steps - 1, i, idx[a]] = smoothed[a]
+            for t in range(steps - 2, -1, -1):
+                smoothed = means[t] + gains[t + 1] @ (smoothed - preds[t + 1])
+                for a in range(m):
+                    out[t, i, idx[a]] = smoothed[a]
+
+
+def _smooth_scalar(A, r, sigma2, out):  # pragma: no cover - compiled
+    """``_smooth`` for M = 1 (Diagonal, quasi-ELK): every position its own scalar filter,
+    vectorized over positions. A ``(T, B, 1, S)``, r and out ``(T, B, S)``."""
+    steps, batch, _, size = A.shape
+    for i in range(batch):
+        means = np.empty((steps, size))
+        preds = np.empty((steps, size))
+        gains = np.zeros((steps, size))
+        mean = np.zeros(size)
+        cov = np.zeros(size)
+        for t in range(steps):
+            for s in range(size):
+                a = A[t, i, 0, s]
+                pred = a * mean[s] + r[t, i, s]
+                pcov = a * a * cov[s] + 1.0
+                gains[t, s] = cov[s] * a / pcov  # G_{t-1} = P_{t-1} a_t / P^-_t
+                inv = 1.0 / (pcov + sigma2)
+                mean[s] = sigma2 * pred * inv
+                cov[s] = sigma2 * pcov * inv
+                means[t, s], preds[t, s] = mean[s], pred
+        for s in range(size):
+            out[steps - 1, i, s] = mean[s]
+        for t in range(steps - 2, -1, -1):
+            for s in range(size):
+                mean[s] = means[t, s] + gains[t + 1, s] * (mean[s] - preds[t + 1, s])
+                out[t, i, s] = mean[s]
+
+
+def _smooth_pair(A, r, mem, sigma2, out):  # pragma: no cover - compiled
+    """``_smooth`` for M = 2 (ParaLSTM's (h, c) pairs), the 2 x 2 algebra unrolled."""
+    steps, batch, _, _ = A.shape
+    groups = mem.shape[0]
+    for i in range(batch):
+        means = np.empty((steps, 2, groups))
+        preds = np.empty((steps, 2, groups))
+        gains = np.zeros((steps, 4, groups))  # G_{t-1} row-major at t
+        m0, m1 = np.zeros(groups), np.zeros(groups)
+        p00, p01, p11 = np.zeros(groups), np.zeros(groups), np.zeros(groups)
+        for t in range(steps):
+            for g in range(groups):
+                i0, i1 = mem[g, 0], mem[g, 1]
+                j00, j01 = A[t, i, 0, i0], A[t, i, 1, i0]  # J[a, c] = A[c, member a]
+                j10, j11 = A[t, i, 0, i1], A[t, i, 1, i1]
+                x0 = j00 * m0[g] + j01 * m1[g] + r[t, i, i0]
+                x1 = j10 * m0[g] + j11 * m1[g] + r[t, i, i1]
+                q00, q01, q11 = p00[g], p01[g], p11[g]
+                c00, c01 = j00 * q00 + j01 * q01, j00 * q01 + j01 * q11  # C = J P
+                c10, c11 = j10 * q00 + j11 * q01, j10 * q01 + j11 * q11
+                v00 = c00 * j00 + c01 * j01 + 1.0  # P^- = J P J^T + I
+                v01 = c00 * j10 + c01 * j11
+                v11 = c10 * j10 + c11 * j11 + 1.0
+                det = v00 * v11 - v01 * v01
+                # G_{t-1} = P_{t-1} J^T (P^-)^{-1} = C^T (P^-)^{-1} (P, P^- symmetric)
+                gains[t, 0, g] = (c00 * v11 - c10 * v01) / det
+                gains[t, 1, g] = (c10 * v00 - c00 * v01) / det
+                gains[t, 2, g] = (c01 * v11 - c11 * v01) / det
+                gains[t, 3, g] = (c11 * v00 - c01 * v01) / det
+                s00, s11 = v00 + sigma2, v11 + sigma2  # (P^- + sigma2 I)^{-1}
+                sdet = s00 * s11 - v01 * v01
+                w00, w01, w11 = s11 / sdet, -v01 / sdet, s00 / sdet
+                m0[g] = sigma2 * (w00 * x0 + w01 * x1)
+                m1[g] = sigma2 * (w01 * x0 + w11 * x1)
+                n00 = sigma2 * (w00 * v00 + w01 * v01)
+                n01 = sigma2 * 0.5 * ((w00 * v01 + w01 * v11) + (w01 * v00 + w11 * v01))
+                n11 = sigma2 * (w01 * v01 + w11 * v11)
+                p00[g], p01[g], p11[g] = n00, n01, n11
+                means[t, 0, g], means[t, 1, g] = m0[g], m1[g]
+                preds[t, 0, g], preds[t, 1, g] = x0, x1
+        for g in range(groups):
+            out[steps - 1, i, mem[g, 0]], out[steps - 1, i, mem[g, 1]] = m0[g], m1[g]
+        for t in range(steps - 2, -1, -1):
+            for g in range(groups):
+                d0, d1 = m0[g] - preds[t + 1, 0, g], m1[g] - preds[t + 1, 1, g]
+                m0[g] = means[t, 0, g] + gains[t + 1, 0, g] * d0 + gains[t + 1, 1, g] * d1
+                m1[g] = means[t, 1, g] + gains[t + 1, 2, g] * d0 + gains[t + 1, 3, g] * d1
+                out[t, i, mem[g, 0]], out[t, i, mem[g, 1]] = m0[g], m1[g]
+
+
+if _numba is not None:
+    _solve_small = _numba.njit(cache=True)(_solve_small)
+    _smooth_numba = _numba.njit(cache=True)(_smooth)
+    _smooth_scalar_numba = _numba.njit(cache=True)(_smooth_scalar)
+    _smooth_pair_numba = _numba.njit(cache=True)(_smooth_pair)
+
+
+def _smooth_torch(A, r, mem, sigma2):
+    """The same filter and smoother as a torch loop over time (any device), batched over
+    (B, G): A ``(T, B, M, S)``, r ``(T, B, S)``, mem ``(G, M)`` -> delta ``(T, B, S)``."""
+    T, B, M, _ = A.shape
+    J = A[:, :, :, mem].permute(0, 1, 3, 4, 2).double()  # (T, B, G, M_rows, M_cols)
+    rr = r[:, :, mem].double()  # (T, B, G, M)
+    eye = torch.eye(M, dtype=J.dtype, device=A.device)
+    mean = rr.new_zeros(rr.shape[1:])  # (B, G, M)
+    cov = J.new_zeros(J.shape[1:])  # (B, G, M, M)
+    means, preds, gains = [], [], [None]
+    for t in range(T):
+        pred = (J[t] @ mean.unsqueeze(-1)).squeeze(-1) + rr[t]
+        pcov = J[t] @ cov @ J[t].transpose(-1, -2) + eye
+        if t > 0:
+            gains.append(torch.linalg.solve(pcov, J[t] @ cov).transpose(-1, -2))
+        inv = torch.linalg.inv(pcov + sigma2 * eye)
+        mean = sigma2 * (inv @ pred.unsqueeze(-1)).squeeze(-1)
+        cov = sigma2 * (inv @ pcov)
+        cov = 0.5 * (cov + cov.transpose(-1, -2))
+        means.append(mean)
+        preds.append(pred)
+    out = torch.empty_like(r)
+    smoothed = means[-1]
+    out[T - 1, :, mem] = smoothed.to(r.dtype)
+    for t in range(T - 2, -1, -1):
+        smoothed = means[t] + (gains[t + 1] @ (smoothed - preds[t + 1]).unsqueeze(-1)).squeeze(-1)
+        out[t, :, mem] = smoothed.to(r.dtype)
+    return out
+
+
+@torch.no_grad()
+def elk_step(A: torch.Tensor, r: torch.Tensor, members: torch.Tensor, within: torch.Tensor,
+             sigma2: float, quasi: bool = False) -> torch.Tensor:
+    """One (quasi-)ELK step: the smoothed update delta ``(T, B, S)`` for Jacobian columns A
+    ``(T, B, M, S)``, residuals r = f - s ``(T, B, S)`` (time-major), the structure's group
+    members ``(G, M)`` and within-group indices ``(S,)``. quasi: keep only each block's diagonal
+    (then every position is its own scalar group)."""
+    if quasi:
+        A = A.gather(2, within.view(1, 1, 1, -1).expand(A.shape[0], A.shape[1], 1, -1))
+        members = torch.arange(A.shape[-1], device=A.device).unsqueeze(1)  # (S, 1)
+    if (USE_NUMBA and _numba is not None and A.device.type == "cpu"
+            and A.dtype in (torch.float32, torch.float64)):
+        out = torch.empty_like(r)
+        A_, r_ = A.contiguous().numpy(), r.contiguous().numpy()
+        mem = members.cpu().numpy().astype(np.int64)
+        if A.shape[2] == 1:
+            _smooth_scalar_numba(A_, r_, float(sigma2), out.numpy())
+        elif A.shape[2] == 2:
+            _smooth_pair_numba(A_, r_, mem, float(sigma2), out.numpy())
+        else:
+            _smooth_numba(A_, r_, mem, float(sigma2), out.numpy())
+        return out
+    return _smooth_torch(A, r, members.to(A.device), float(sigma2))
+
+
+# ---- the Levenberg-Marquardt loop of the Newton engine -----------------------------------------
+
+def _linearize_all(cell, u, alive, lay, terms, bounds, h):
+    """Every chunk's (A, f) at the iterate h ``(T+1, B, S)``, its largest relative residual and
+    the merit ``sum_t ||f_t - h_t||^2``."""
+    alive_tm = None if alive is None else alive.t()
+    out = [terms(cell, lay, u[:, t0:t1], h[t0:t1 + 1],
+                 None if alive_tm is None else alive_tm[t0:t1]) for t0, t1 in bounds]
+    merit = sum(float(((o[1] - h[t0 + 1:t1 + 1]) ** 2).sum()) for o, (t0, t1) in zip(out, bounds))
+    res = float(torch.stack([o[2] for o in out]).amax())
+    return [o[0] for o in out], [o[1] for o in out], res, merit
+
+
+def solve_elk(engine, cell, u, alive, lay, terms, bounds, cur, nxt, tol):
+    """Levenberg-Marquardt iterations with (quasi-)ELK steps, for ``Newton(damping="elk")``.
+    sigma2 = 1 / lambda starts at ``engine.elk_sigma2``; a step that lowers the merit
+    ``sum_t ||r_t||^2`` is taken and sigma2 grows x10 (towards the Newton step and its quadratic
+    convergence), one that does not is dropped and sigma2 shrinks /10 (a shorter, safer step).
+    cur, nxt: ``(T+1, B, S)`` iterate buffers (h0 in row 0). -> as ``Newton._solve``."""
+    A, f, res, merit = _linearize_all(cell, u, alive, lay, terms, bounds, cur)
+    history, sigma2 = [res], engine.elk_sigma2
+    members, within = lay.members(u.device), lay.within(u.device)
+    it = 0
+    while math.isfinite(res) and res > tol and it < engine.max_iters:
+        it += 1
+        step = elk_step(torch.cat(A), torch.cat(f) - cur[1:], members, within, sigma2,
+                        quasi=engine.damping == "quasi-elk")
+        torch.add(cur[1:], step, out=nxt[1:])
+        A2, f2, res2, merit2 = _linearize_all(cell, u, alive, lay, terms, bounds, nxt)
+        if math.isfinite(merit2) and math.isfinite(res2) and merit2 < merit:
+            cur, nxt, A, f, res, merit = nxt, cur, A2, f2, res2, merit2
+            sigma2 = min(sigma2 * 10, 1e12)
+        else:
+            sigma2 = max(sigma2 / 10, 1e-12)
+        history.append(res)
+    engine.stats = {"iterations": it, "residual": res, "converged": res <= tol,
+                    "history": history, "elk_sigma2": sigma2}
+    engine._buffers.give(nxt)
+    if not math.isfinite(res):
+        return cur, A, f, bounds, False, "NaN or inf in the iterates"
+    if res <= tol:
+        return cur, A, f, bounds, True, None
+    return cur, A, f, bounds, False, (f"no convergence to tol={tol:g} within "
+                                      f"{engine.max_iters} iterations")
