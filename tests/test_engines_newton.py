@@ -234,13 +234,20 @@ def test_paracells_at_init_converge_within_4_iterations(name, T):
     assert engine.stats["converged"] and engine.stats["iterations"] <= 4, engine.stats
 
 
-def test_compiled_engine_matches_sequential():
-    """compile=True: the fused linearization, the chunked sweeps and the compiled VJP give the
-    sequential engine's outputs and gradients (varlen, non-zero h0)."""
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_compiled_engine_matches_sequential(monkeypatch, name):
+    """compile=True: the fused linearization (with inductor's exp-based tanh), the sweeps over
+    chunks of 8 steps (the last one short) and the compiled VJP give the sequential engine's
+    outputs and gradients (varlen, non-zero h0)."""
     torch.manual_seed(0)
-    cell = cells.get("paragru", D, H)
+    cell = cells.get(name, D, H)
+    S = sum(t.shape[1] for t in as_tuple(cell.init_state(1)))
+    width = 1 if name == "paragru" else 2
+    monkeypatch.setattr(rnnlab.engines.newton, "CHUNK_BYTES", 8 * 3 * width * S * 4)
     h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
     x = torch.randn(3, 33, D)
+    lay = rnnlab.engines.linearize.layout(cell, h0)
+    assert [b - a for a, b in Newton._bounds(3, 33, lay, x, True)] == [8, 8, 8, 8, 1]
     lengths = torch.tensor([33, 16, 0])
     engine = Newton(compile=True)
     y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)

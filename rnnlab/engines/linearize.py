@@ -235,14 +235,13 @@ def first_guess(cell: Cell, lay: Layout, u: torch.Tensor, out: torch.Tensor) -> 
         off += part.shape[1]
 
 
-def batched_step(cell: Cell, lay: Layout, u: torch.Tensor, start: torch.Tensor,
-                  hbuf: torch.Tensor, alive: Optional[torch.Tensor]) -> torch.Tensor:
-    """``z_t = f(h_{t-1}, u_t)`` for all t at the solution: u ``(B, T, P)``, start ``(B, S)``,
-    hbuf ``(T+1, B, S)`` -> z ``(B*T, S)``, batch-major rows (differentiable in u, start and
-    the parameters; hbuf is the solution, a constant)."""
+def batched_step(cell: Cell, lay: Layout, u: torch.Tensor, hbuf: torch.Tensor,
+                 alive: Optional[torch.Tensor]) -> torch.Tensor:
+    """``z_t = f(h_{t-1}, u_t)`` for all t at the solution: u ``(B, T, P)``, hbuf ``(T+1, B, S)``
+    = h0 then the solution -> z ``(B*T, S)``, batch-major rows (differentiable in u and the
+    parameters; hbuf is a constant: the gradient to h0 is the adjoint's last carry)."""
     B, T, S = u.shape[0], u.shape[1], lay.size
-    prev = torch.cat([start.unsqueeze(0), hbuf[1:T]], 0)  # (T, B, S); start keeps its graph
-    prev = prev.transpose(0, 1).reshape(B * T, S).split(sizes(lay), -1)  # batch-major rows
+    prev = hbuf[:T].transpose(0, 1).reshape(B * T, S).split(sizes(lay), -1)  # batch-major rows
     z = step_leaves(cell, u.reshape(B * T, u.shape[-1]), prev, lay)
     if alive is not None:
         keep = alive.reshape(B * T, 1)
@@ -257,17 +256,16 @@ class Step(torch.nn.Module):
         super().__init__()
         self.cell, self.lay = cell, lay
 
-    def forward(self, u, start, hbuf, alive):
-        return batched_step(self.cell, self.lay, u, start, hbuf, alive)
+    def forward(self, u, hbuf, alive):
+        return batched_step(self.cell, self.lay, u, hbuf, alive)
 
 
-def step_vjp(step: Step, names, u, start, hbuf, alive, lam, tensors):
-    """The gradients of ``sum(lam * z)`` for z = the batched step at the solution: to u, start
-    and the cell's tensors named ``names`` (lam ``(B*T, S)``); one pass that recomputes the
-    step and pulls lam back (compiled, one fused loop plus the reductions for parameters)."""
-    def fn(u, start, *tensors):
-        return torch.func.functional_call(step, dict(zip(names, tensors)),
-                                          (u, start, hbuf, alive))
+def step_vjp(step: Step, names, u, hbuf, alive, lam, tensors):
+    """The gradients of ``sum(lam * z)`` for z = the batched step at the solution: to u and the
+    cell's tensors named ``names`` (lam ``(B*T, S)``); one pass that recomputes the step and
+    pulls lam back (compiled, one fused loop plus the reductions for parameters)."""
+    def fn(u, *tensors):
+        return torch.func.functional_call(step, dict(zip(names, tensors)), (u, hbuf, alive))
 
-    _, pull = torch.func.vjp(fn, u, start, *tensors)
+    _, pull = torch.func.vjp(fn, u, *tensors)
     return pull(lam)
