@@ -30,6 +30,16 @@ def run(cell, engine, x, h0, lengths):
     return y, h, grads
 
 
+def assert_agrees(cell, engine, x, h0, lengths, what):
+    """The engine's outputs, final state and every gradient equal the sequential engine's."""
+    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
+    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert_close(y_n, y_s, what=f"{what} outputs")
+    assert_close(h_n, h_s, what=f"{what} final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"{what} gradient #{i}")
+
+
 def check_agree(name, T, varlen=True, tol=None, **options):
     torch.manual_seed(0)
     cell = cells.get(name, D, H, **options)
@@ -37,13 +47,8 @@ def check_agree(name, T, varlen=True, tol=None, **options):
     x = torch.randn(3, T, D)
     lengths = torch.tensor([T, max(T // 2, 1), 0]) if varlen else None
     engine = Newton(tol=tol)
-    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
-    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert_agrees(cell, engine, x, h0, lengths, name)
     assert engine.stats["converged"]
-    assert_close(y_n, y_s, what=f"{name} outputs")
-    assert_close(h_n, h_s, what=f"{name} final state")
-    for i, (a, b) in enumerate(zip(g_n, g_s)):
-        assert_close(a, b, what=f"{name} gradient #{i}")
     return engine
 
 
@@ -210,12 +215,7 @@ def test_block_and_heads_structures(make, T):
     h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
     x = torch.randn(3, T, D)
     lengths = torch.tensor([T, max(T // 2, 1), 0])
-    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
-    y_n, h_n, g_n = run(cell, Newton(), x, h0, lengths)
-    assert_close(y_n, y_s, what="outputs")
-    assert_close(h_n, h_s, what="final state")
-    for i, (a, b) in enumerate(zip(g_n, g_s)):
-        assert_close(a, b, what=f"gradient #{i}")
+    assert_agrees(cell, Newton(), x, h0, lengths, "heads")
 
 
 def test_probe_catches_a_too_narrow_heads_declaration():
@@ -250,13 +250,8 @@ def test_compiled_engine_matches_sequential(monkeypatch, name):
     assert [b - a for a, b in Newton._bounds(3, 33, lay, x, True)] == [8, 8, 8, 8, 1]
     lengths = torch.tensor([33, 16, 0])
     engine = Newton(compile=True)
-    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
-    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert_agrees(cell, engine, x, h0, lengths, "compiled")
     assert engine.stats["compiled"] and engine.stats["converged"]
-    assert_close(y_n, y_s, what="compiled outputs")
-    assert_close(h_n, h_s, what="compiled final state")
-    for i, (a, b) in enumerate(zip(g_n, g_s)):
-        assert_close(a, b, what=f"compiled gradient #{i}")
 
 
 def test_warm_start_from_the_solution_needs_no_iteration():
@@ -360,13 +355,8 @@ def test_elk_equals_sequential(make, damping):
     x = torch.randn(3, 63, D)
     lengths = torch.tensor([63, 31, 0])
     engine = Newton(damping=damping, max_iters=200)
-    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
-    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert_agrees(cell, engine, x, h0, lengths, damping)
     assert engine.stats["converged"]
-    assert_close(y_n, y_s, what=f"{damping} outputs")
-    assert_close(h_n, h_s, what=f"{damping} final state")
-    for i, (a, b) in enumerate(zip(g_n, g_s)):
-        assert_close(a, b, what=f"{damping} gradient #{i}")
 
 
 def test_elk_converges_where_newton_blows_up():
@@ -382,13 +372,8 @@ def test_elk_converges_where_newton_blows_up():
         rnnlab.Recurrent(cell, engine=Newton(init="zeros"))(x)
     engine = Newton(init="zeros", damping="elk", max_iters=100)
     h0 = cell.init_state(2)
-    y_s, h_s, g_s = run(cell, "sequential", x, h0, None)
-    y_n, h_n, g_n = run(cell, engine, x, h0, None)
+    assert_agrees(cell, engine, x, h0, None, "ELK")
     assert engine.stats["converged"] and engine.stats["iterations"] > 4
-    assert_close(y_n, y_s, what="ELK outputs")
-    assert_close(h_n, h_s, what="ELK final state")
-    for i, (a, b) in enumerate(zip(g_n, g_s)):
-        assert_close(a, b, what=f"ELK gradient #{i}")
 
 
 @pytest.mark.parametrize("name", ["paragru", "paralstm", "slstm"])

@@ -265,7 +265,8 @@ def solve_elk(engine, cell, u, alive, lay, terms, bounds, cur, nxt, tol):
     sigma2 = 1 / lambda starts at ``engine.elk_sigma2``; a step that lowers the merit
     ``sum_t ||r_t||^2`` is taken and sigma2 grows x10 (towards the Newton step and its quadratic
     convergence), one that does not is dropped and sigma2 shrinks /10 (a shorter, safer step).
-    cur, nxt: ``(T+1, B, S)`` iterate buffers (h0 in row 0). -> as ``Newton._solve``."""
+    cur, nxt: ``(T+1, B, S)`` iterate buffers (h0 in row 0). -> (iterate, Jacobian chunks,
+    f chunks, its residual); ``nxt`` goes back to the engine's buffer pool."""
     A, f, res, merit = _linearize_all(cell, u, alive, lay, terms, bounds, cur)
     history, sigma2 = [res], engine.elk_sigma2
     members, within = lay.members(u.device), lay.within(u.device)
@@ -285,9 +286,4 @@ def solve_elk(engine, cell, u, alive, lay, terms, bounds, cur, nxt, tol):
     engine.stats = {"iterations": it, "residual": res, "converged": res <= tol,
                     "history": history, "elk_sigma2": sigma2}
     engine._buffers.give(nxt)
-    if not math.isfinite(res):
-        return cur, A, f, bounds, False, "NaN or inf in the iterates"
-    if res <= tol:
-        return cur, A, f, bounds, True, None
-    return cur, A, f, bounds, False, (f"no convergence to tol={tol:g} within "
-                                      f"{engine.max_iters} iterations")
+    return cur, A, f, res

@@ -311,14 +311,8 @@ class Newton(Engine):
         return hbuf
 
     def _solve(self, cell, u, start, alive, lay, guess, fns, compiled):
-        """Newton passes over chunks of time. A pass linearizes chunk after chunk at the
-        iterate in ``cur``; the residual of ``cur`` is known once the pass ends: converged,
-        ``cur`` is the solution (its Jacobians and f are the ones just computed), else the
-        update is swept into ``nxt`` and the buffers swap. Far from convergence each chunk's
-        sweep runs right after its linearization (the chunk still in cache); once the last
-        residual is below sqrt(tol) the pass is likely the final one, and the sweeps wait for
-        its residual (run only if it is not).
-        -> (hbuf, Jacobian chunks, f chunks, chunk bounds, converged, why-not)."""
+        """Iterate from the initial guess (Newton passes, or ELK's when damping asks) ->
+        (hbuf, Jacobian chunks, f chunks, chunk bounds, converged, why-not)."""
         B, T = u.shape[:2]
         tol = self.tol or DEFAULT_TOL.get(start.dtype, 1e-5)
         bounds = self._bounds(B, T, lay, start, compiled)
@@ -326,7 +320,26 @@ class Newton(Engine):
         nxt = self._buffers.take(cur.shape, cur)
         nxt[0] = start
         if self._elk:
-            return solve_elk(self, cell, u, alive, lay, fns[0], bounds, cur, nxt, tol)
+            cur, A, f, r = solve_elk(self, cell, u, alive, lay, fns[0], bounds, cur, nxt, tol)
+        else:
+            cur, A, f, r = self._passes(cell, u, alive, lay, fns[0], bounds, cur, nxt, tol)
+        if not math.isfinite(r):
+            return cur, A, f, bounds, False, "NaN or inf in the iterates"
+        if r <= tol:
+            return cur, A, f, bounds, True, None
+        return cur, A, f, bounds, False, (f"no convergence to tol={tol:g} within "
+                                          f"{self.max_iters} iterations")
+
+    def _passes(self, cell, u, alive, lay, terms, bounds, cur, nxt, tol):
+        """Newton passes over chunks of time. A pass linearizes chunk after chunk at the
+        iterate in ``cur``; the residual of ``cur`` is known once the pass ends: converged,
+        ``cur`` is the solution (its Jacobians and f are the ones just computed), else the
+        update is swept into ``nxt`` and the buffers swap. Far from convergence each chunk's
+        sweep runs right after its linearization (the chunk still in cache); once the last
+        residual is below sqrt(tol) the pass is likely the final one, and the sweeps wait for
+        its residual (run only if it is not). -> (iterate, Jacobian chunks, f chunks, its
+        residual); ``nxt`` goes back to the buffer pool."""
+        B, start = u.shape[0], cur[0]
         A, f = [None] * len(bounds), [None] * len(bounds)  # per chunk, replaced every pass
         alive_tm = None if alive is None else alive.t()  # (T, B)
         src = lay.src(u.device)
@@ -342,7 +355,7 @@ class Newton(Engine):
             eager = it < self.max_iters and not (history and history[-1] <= tol ** 0.5)
             res = []
             for c, (t0, t1) in enumerate(bounds):
-                A[c], f[c], r = fns[0](cell, lay, u[:, t0:t1], cur[t0:t1 + 1],
+                A[c], f[c], r = terms(cell, lay, u[:, t0:t1], cur[t0:t1 + 1],
                                        None if alive_tm is None else alive_tm[t0:t1])
                 res.append(r)
                 if eager:
@@ -358,12 +371,7 @@ class Newton(Engine):
                     sweep(c, delta)
             cur, nxt = nxt, cur
         self._buffers.give(nxt)
-        if not math.isfinite(r):
-            return cur, A, f, bounds, False, "NaN or inf in the iterates"
-        if r <= tol:
-            return cur, A, f, bounds, True, None
-        return cur, A, f, bounds, False, (f"no convergence to tol={tol:g} within "
-                                          f"{self.max_iters} iterations")
+        return cur, A, f, r
 
     # ---- outputs, gradients and failures ------------------------------------------------------
 
