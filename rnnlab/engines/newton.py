@@ -99,34 +99,33 @@ class _Functions:
 
 
 class _Solution(torch.autograd.Function):
-    """The solved states as a function of (u, h0, the cell's tensors). Forward returns ``z``
-    from the last linearization (no extra pass). Backward, at the fixed point (implicit-function
+    """The solved states as a function of (u, h0, the cell's tensors). Forward returns, per
+    state leaf, every step's state ``(B, T, S_l)`` and the last one ``(B, S_l)``, made from the
+    last linearization (no extra pass) and handed in through ``solved.outputs``; separate last
+    states keep autograd from filling a full-length zero gradient for them, and a leaf nobody
+    reads (ParaLSTM's c) gets no gradient at all. Backward, at the fixed point (implicit-function
     theorem; exact BPTT): the adjoint ``lambda_t = g_t + A_{t+1}^T lambda_{t+1}`` by one reverse
     sweep over the Jacobian chunks kept from that linearization, then one batched VJP of the
     step pulls lambda back to u and the parameters; the sweep's last carry, A_0^T lambda_0, is
-    the gradient to h0. The solution and its Jacobians are
-    saved tensors: autograd frees them after the backward (or keeps them for another, with
-    ``retain_graph``)."""
+    the gradient to h0. The solution and its Jacobians are saved tensors: autograd frees them
+    after the backward (or keeps them for another, with ``retain_graph``)."""
 
     @staticmethod
-    def forward(ctx, solved, z, u, start, *tensors):
+    def forward(ctx, solved, u, start, *tensors):
         ctx.solved, ctx.n_tensors = solved, len(tensors)
         ctx.save_for_backward(u, *tensors, solved.hbuf, *solved.A)
-        solved.hbuf = solved.A = None  # only in saved_tensors from here on
+        outputs, solved.hbuf, solved.A, solved.outputs = solved.outputs, None, None, None
         ctx.set_materialize_grads(False)
-        return z.view_as(z)
+        return tuple(t.view_as(t) for t in outputs)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):  # g (B*T, S)
+    def backward(ctx, *outs):  # L x (B, T, S_l) for every step, then L x (B, S_l) for the last
         s, saved = ctx.solved, ctx.saved_tensors
         u, tensors = saved[0], saved[1:1 + ctx.n_tensors]
         hbuf, chunks = saved[1 + ctx.n_tensors], saved[2 + ctx.n_tensors:]
         B, T, S = s.shape
-        copy = None
-        if not g.is_contiguous():
-            g = copy = s.buffers.take((B * T, S), g).copy_(g)
-        g = g.view(B, T, S)
+        g = _gather_grads(s.buffers.take((B, T, S), hbuf), outs, s.split)
         lam = s.buffers.take((B, T, S), g)
         carry = g.new_zeros(B, S)  # A_{t1}^T lambda_{t1}, sent back from the next chunk
         for A, (t0, _) in zip(reversed(chunks), reversed(s.bounds)):
@@ -134,12 +133,27 @@ class _Solution(torch.autograd.Function):
         grads = s.vjp(s.step, s.names, u.detach(), hbuf, s.alive, lam.view(B * T, S),
                       tuple(t.detach() for t in tensors))
         grad_start = carry  # A_0^T lambda_0: the adjoint's last carry is dL/dh0
-        if copy is not None:
-            s.buffers.give(copy)
+        s.buffers.give(g)
         if not any(gr is not None and gr.untyped_storage().data_ptr()
                    == lam.untyped_storage().data_ptr() for gr in grads):
             s.buffers.give(lam)  # (unless a gradient is lam itself, as for a pass-through)
-        return (None, None, grads[0], grad_start, *grads[1:])
+        return (None, grads[0], grad_start, *grads[1:])
+
+
+def _gather_grads(g: torch.Tensor, grads, split) -> torch.Tensor:
+    """The gradient of every step's flat state into g ``(B, T, S)``: leaf l's slice from its
+    every-step gradient (zeros where it has none), plus its last state's gradient at T-1."""
+    L, off = len(split), 0
+    for steps, last, n in zip(grads[:L], grads[L:], split):
+        part = g[..., off:off + n]  # (B, T, S_l)
+        if steps is None:
+            part.zero_()
+        else:
+            part.copy_(steps.reshape(part.shape))
+        if last is not None:
+            part[:, -1] += last.reshape(part.shape[0], n)
+        off += n
+    return g
 
 
 class _Solved:
@@ -379,29 +393,33 @@ class Newton(Engine):
     # ---- outputs, gradients and failures ------------------------------------------------------
 
     def _outputs(self, cell, u, start, hbuf, A, f, bounds, alive, lay, fns):
-        """The states z_t = f(h*_{t-1}, u_t), from the last linearization, batch-major; with a
-        graph to build, through ``_Solution`` (the adjoint backward)."""
+        """The states z_t = f(h*_{t-1}, u_t), from the last linearization, per leaf and
+        batch-major, and the last of them; with a graph to build, through ``_Solution`` (the
+        adjoint backward)."""
         B, T = u.shape[:2]
-        z = torch.empty(B, T, lay.size, dtype=hbuf.dtype, device=hbuf.device)
+        split = sizes(lay)
+        steps = [hbuf.new_empty(B, T, n) for n in split]  # L x (B, T, S_l)
         for (t0, t1), f_c in zip(bounds, f):
-            z[:, t0:t1] = f_c.transpose(0, 1)
-        z = z.view(B * T, lay.size)
+            for z, f_l in zip(steps, f_c.split(split, -1)):
+                z[:, t0:t1] = f_l.transpose(0, 1)  # (C, B, S_l) -> (B, C, S_l)
+        last = [z[:, -1].clone() for z in steps]  # L x (B, S_l)
         named = [(n, t) for n, t in itertools.chain(cell.named_parameters(),
                                                      cell.named_buffers())
                  if t.requires_grad]
         if torch.is_grad_enabled() and (u.requires_grad or start.requires_grad or named):
-            solved = _Solved(shape=(B, T, lay.size), A=A, bounds=bounds, src=lay.src(u.device),
-                             step=Step(cell, lay), names=[f"cell.{n}" for n, _ in named],
-                             hbuf=hbuf, alive=alive, vjp=fns[2], buffers=self._buffers)
-            z = _Solution.apply(solved, z, u, start, *[t for _, t in named])
+            solved = _Solved(shape=(B, T, lay.size), split=split, A=A, bounds=bounds,
+                             src=lay.src(u.device), step=Step(cell, lay),
+                             names=[f"cell.{n}" for n, _ in named], hbuf=hbuf, alive=alive,
+                             vjp=fns[2], buffers=self._buffers, outputs=steps + last)
+            out = _Solution.apply(solved, u, start, *[t for _, t in named])
+            steps, last = out[:len(split)], out[len(split):]
         else:
             self._buffers.give(hbuf)
-        parts = z.split(sizes(lay), -1)  # L x (B*T, S_l)
+        parts = [z.view(B * T, n) for z, n in zip(steps, split)]  # L x (B*T, S_l)
         y = cell.readout(from_leaves(parts, lay), u.reshape(B * T, u.shape[-1]))
         y = y.unflatten(0, (B, T))  # (B*T, H_out) -> (B, T, H_out)
         if alive is not None:
             y = torch.where(alive.view(B, T, *([1] * (y.dim() - 2))), y, torch.zeros_like(y))
-        last = tuple(p.view(B, T, -1)[:, -1] for p in parts)  # L x (B, S_l)
         return y, from_leaves(last, lay)
 
     def _guess_states(self, cell, h0, B, T, lay) -> torch.Tensor:
