@@ -8,7 +8,8 @@ import pathlib
 import pytest
 import torch
 
-from rnnlab.cells import as_tuple
+import rnnlab
+from rnnlab.cells import as_tuple, map_state
 
 # rel_err(a, b) = ||a - b|| / ||b|| must stay under this, per compute dtype.
 TOL = {
@@ -63,3 +64,25 @@ def fla_naive(module: str):
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
+
+
+def run(cell, engine, x, h0, lengths):
+    """Outputs, final state and the gradients of a random loss to x, h0 and every parameter."""
+    x = x.clone().requires_grad_()
+    h0 = map_state(lambda t: t.clone().requires_grad_(), h0)
+    y, h = rnnlab.Recurrent(cell, engine=engine)(x, h0, lengths=lengths)
+    g = torch.Generator().manual_seed(7)
+    loss = (y * torch.randn(y.shape, generator=g)).sum() + sq_norm(h)
+    params = list(cell.parameters())
+    grads = torch.autograd.grad(loss, [x, *as_tuple(h0), *params])
+    return y, h, grads
+
+
+def assert_agrees(cell, engine, x, h0, lengths, what):
+    """The engine's outputs, final state and every gradient equal the sequential engine's."""
+    y_s, h_s, g_s = run(cell, "sequential", x, h0, lengths)
+    y_n, h_n, g_n = run(cell, engine, x, h0, lengths)
+    assert_close(y_n, y_s, what=f"{what} outputs")
+    assert_close(h_n, h_s, what=f"{what} final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"{what} gradient #{i}")

@@ -20,7 +20,7 @@ def tiny(out, **kw):
 
 
 def test_tiny_run_writes_everything_and_resumes(tmp_path):
-    first = run(tiny(tmp_path, cell="mamba", conv=3), quiet())
+    run(tiny(tmp_path, cell="mamba", conv=3), quiet())
     for name in ("metrics.json", "loss.png", "vocab.json", "checkpoint.safetensors",
                  "model/config.json", "model/model.safetensors"):
         assert (tmp_path / name).stat().st_size > 0, name

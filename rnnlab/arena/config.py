@@ -7,7 +7,7 @@ not. ``rnnlab arena`` runs ``quick`` by default; options on the command line ove
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 
 @dataclasses.dataclass

@@ -47,12 +47,6 @@ class Layout:
     def groups(self) -> int:  # G
         return self.size // self.width
 
-    @property
-    def kind(self) -> str:
-        """``"diagonal"`` (M = 1), ``"block"`` (d = 1: member m of s is ``m*G + s % G``) or
-        ``"general"`` (a gather through ``src``): which scan kernel applies."""
-        return "diagonal" if self.width == 1 else "block" if self.heads[1] == 1 else "general"
-
     def within(self, device=None) -> torch.Tensor:
         """``(S,)`` long: the within-group index of each position."""
         return _tables(self, torch.device(device or "cpu"))[0]

@@ -19,11 +19,11 @@ away, the chunk still in cache, ``ops.block.column_scan_`` sweeps its update fro
 known: converged, ``cur`` is the solution and the f and Jacobians just computed are at it, else
 the two buffers swap. Both buffers (and the backward's) are reused across calls of one shape.
 
-Backward never goes through the iterations. ``_Solution`` returns z = f(h*_{t-1}, u_t) from the
-last linearization (no extra pass); its backward maps dL/dz to the adjoint ``lambda_t = g_t +
+Backward never goes through the iterations. ``adjoint.Solution`` returns z = f(h*_{t-1}, u_t)
+from the last linearization (no extra pass); its backward maps dL/dz to the adjoint ``lambda_t = g_t +
 A_{t+1}^T lambda_{t+1}`` by one reverse sweep (``column_adjoint_scan_``) over the Jacobians kept
 from that linearization, then one batched VJP of the step at h* (``linearize.step_vjp``,
-compiled with ``compile``) pulls lambda back to the inputs and every parameter; the sweep's
+compiled with ``compile``, ``compiled.py``) pulls lambda back to the inputs and every parameter; the sweep's
 last carry ``A_0^T lambda_0`` is the gradient to h0. The implicit-function theorem, i.e. exact
 BPTT at the fixed point.
 """
@@ -36,157 +36,21 @@ import weakref
 from typing import List, Optional, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
 from ..errors import ConvergenceError
-from ..ops.block import column_adjoint_scan_, column_scan_
+from ..ops.block import column_scan_
+from .adjoint import Buffers, Solution, Solved
 from .base import Engine
+from .compiled import HotFunctions
 from .elk import solve_elk
-from .linearize import (Layout, Step, first_guess, flatten, from_leaves, layout, probe, sizes,
-                        step_vjp, terms)
+from .linearize import Layout, Step, flatten, from_leaves, layout, probe, sizes
 from .sequential import Sequential
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CHUNK_BYTES = 2 ** 20  # compiled: Jacobian bytes per chunk of time (stays in cache)
 EAGER_CHUNK_ELEMS = 2 ** 21  # eager: state numbers (B * steps * S) per chunk of time
 COMPILE_MIN_ELEMS = 2 ** 20  # compile="auto" compiles from this many state numbers (B * T * S)
-
-
-def _inductor_options() -> dict:
-    """Inductor's tanh from exp (``2 / (1 + exp(-2x)) - 1``) where it offers the switch: on
-    CPU about 3x faster than its default (Sleef) tanh, which is a third of a ParaGRU
-    linearization. Its error is absolute, ~2e-7 in fp32 (relative near 0, which is why torch
-    turned it off by default), far below Newton's tolerance and what the solve converges to."""
-    try:
-        from torch._inductor import config
-    except Exception:  # noqa: BLE001 - a build without Inductor: torch.compile's own error later
-        return {}
-    return {"cpp.use_decompose_tanh": True} if hasattr(config.cpp, "use_decompose_tanh") else {}
-
-
-class _Functions:
-    """The three hot functions, eager or compiled. A compiled call that fails (no working
-    compiler, an unsupported op) warns once and the engine continues eagerly."""
-
-    def __init__(self):
-        self._compiled = None
-        self.broken = False
-
-    EAGER = (terms, first_guess, step_vjp)
-
-    def get(self, use_compile: bool):
-        if not use_compile or self.broken:
-            return self.EAGER
-        if self._compiled is None:
-            self._compiled = tuple(torch.compile(fn, dynamic=None, options=_inductor_options())
-                                   for fn in self.EAGER)
-        return tuple(self._guarded(c, e) for c, e in zip(self._compiled, self.EAGER))
-
-    def _guarded(self, compiled, eager):
-        def call(*args):
-            if self.broken:
-                return eager(*args)
-            try:
-                return compiled(*args)
-            except Exception as err:  # noqa: BLE001 - any compiler failure: continue eagerly
-                self.broken = True
-                warnings.warn(f"Newton(compile=...): torch.compile failed ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}); running eagerly",
-                              RuntimeWarning, stacklevel=2)
-                return eager(*args)
-        return call
-
-
-class _Solution(torch.autograd.Function):
-    """The solved states as a function of (u, h0, the cell's tensors). Forward returns, per
-    state leaf, every step's state ``(B, T, S_l)`` and the last one ``(B, S_l)``, made from the
-    last linearization (no extra pass) and handed in through ``solved.outputs``; separate last
-    states keep autograd from filling a full-length zero gradient for them, and a leaf nobody
-    reads (ParaLSTM's c) gets no gradient at all. Backward, at the fixed point (implicit-function
-    theorem; exact BPTT): the adjoint ``lambda_t = g_t + A_{t+1}^T lambda_{t+1}`` by one reverse
-    sweep over the Jacobian chunks kept from that linearization, then one batched VJP of the
-    step pulls lambda back to u and the parameters; the sweep's last carry, A_0^T lambda_0, is
-    the gradient to h0. The solution and its Jacobians are saved tensors: autograd frees them
-    after the backward (or keeps them for another, with ``retain_graph``)."""
-
-    @staticmethod
-    def forward(ctx, solved, u, start, *tensors):
-        ctx.solved, ctx.n_tensors = solved, len(tensors)
-        ctx.save_for_backward(u, *tensors, solved.hbuf, *solved.A)
-        outputs, solved.hbuf, solved.A, solved.outputs = solved.outputs, None, None, None
-        ctx.set_materialize_grads(False)
-        return tuple(t.view_as(t) for t in outputs)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, *outs):  # L x (B, T, S_l) for every step, then L x (B, S_l) for the last
-        s, saved = ctx.solved, ctx.saved_tensors
-        u, tensors = saved[0], saved[1:1 + ctx.n_tensors]
-        hbuf, chunks = saved[1 + ctx.n_tensors], saved[2 + ctx.n_tensors:]
-        B, T, S = s.shape
-        g = _gather_grads(s.buffers.take((B, T, S), hbuf), outs, s.split)
-        lam = s.buffers.take((B, T, S), g)
-        carry = g.new_zeros(B, S)  # A_{t1}^T lambda_{t1}, sent back from the next chunk
-        for A, (t0, _) in zip(reversed(chunks), reversed(s.bounds)):
-            column_adjoint_scan_(lam, A, g, s.src, carry, t0)
-        grads = s.vjp(s.step, s.names, u.detach(), hbuf, s.alive, lam.view(B * T, S),
-                      tuple(t.detach() for t in tensors))
-        grad_start = carry  # A_0^T lambda_0: the adjoint's last carry is dL/dh0
-        s.buffers.give(g)
-        if not any(gr is not None and gr.untyped_storage().data_ptr()
-                   == lam.untyped_storage().data_ptr() for gr in grads):
-            s.buffers.give(lam)  # (unless a gradient is lam itself, as for a pass-through)
-        return (None, grads[0], grad_start, *grads[1:])
-
-
-def _gather_grads(g: torch.Tensor, grads, split) -> torch.Tensor:
-    """The gradient of every step's flat state into g ``(B, T, S)``: leaf l's slice from its
-    every-step gradient (zeros where it has none), plus its last state's gradient at T-1."""
-    L, off = len(split), 0
-    for steps, last, n in zip(grads[:L], grads[L:], split):
-        part = g[..., off:off + n]  # (B, T, S_l)
-        if steps is None:
-            part.zero_()
-        else:
-            part.copy_(steps.reshape(part.shape))
-        if last is not None:
-            part[:, -1] += last.reshape(part.shape[0], n)
-        off += n
-    return g
-
-
-class _Solved:
-    """What the backward needs from a solve besides its saved tensors."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-
-class _Buffers:
-    """Reuse of the solver's internal full-length buffers (iterates, adjoint) across calls: a
-    fresh allocation this large is mapped and page-faulted anew by the allocator at every call,
-    which can cost as much as a Newton pass. Keeps at most two free buffers for each of the
-    last three shapes; nothing handed out here is ever returned to the caller."""
-
-    def __init__(self):
-        self._free: dict = {}
-
-    def take(self, shape, like: torch.Tensor) -> torch.Tensor:
-        free = self._free.pop((tuple(shape), like.dtype, like.device), [])
-        t = free.pop() if free else like.new_empty(shape)
-        if free:
-            self._free[(tuple(shape), like.dtype, like.device)] = free
-        return t
-
-    def give(self, t: torch.Tensor) -> None:
-        key = (tuple(t.shape), t.dtype, t.device)
-        free = self._free.pop(key, [])
-        if len(free) < 2:
-            free.append(t)
-        self._free[key] = free  # most recent last
-        while len(self._free) > 3:
-            del self._free[next(iter(self._free))]
 
 
 class Newton(Engine):
@@ -242,8 +106,8 @@ class Newton(Engine):
         self.elk_sigma2 = float(elk_sigma2)
         self.tol, self.max_iters, self.init = tol, max_iters, init
         self.on_fail, self.dense_budget_bytes, self.compile = on_fail, dense_budget_bytes, compile
-        self._fns = _Functions()
-        self._buffers = _Buffers()
+        self._fns = HotFunctions()
+        self._buffers = Buffers()
         self._guess: Optional[State] = None
         self.stats: dict = {}
         self.fallbacks = 0
@@ -394,7 +258,7 @@ class Newton(Engine):
 
     def _outputs(self, cell, u, start, hbuf, A, f, bounds, alive, lay, fns):
         """The states z_t = f(h*_{t-1}, u_t), from the last linearization, per leaf and
-        batch-major, and the last of them; with a graph to build, through ``_Solution`` (the
+        batch-major, and the last of them; with a graph to build, through ``Solution`` (adjoint.py) (the
         adjoint backward)."""
         B, T = u.shape[:2]
         split = sizes(lay)
@@ -407,11 +271,11 @@ class Newton(Engine):
                                                      cell.named_buffers())
                  if t.requires_grad]
         if torch.is_grad_enabled() and (u.requires_grad or start.requires_grad or named):
-            solved = _Solved(shape=(B, T, lay.size), split=split, A=A, bounds=bounds,
+            solved = Solved(shape=(B, T, lay.size), split=split, A=A, bounds=bounds,
                              src=lay.src(u.device), step=Step(cell, lay),
                              names=[f"cell.{n}" for n, _ in named], hbuf=hbuf, alive=alive,
                              vjp=fns[2], buffers=self._buffers, outputs=steps + last)
-            out = _Solution.apply(solved, u, start, *[t for _, t in named])
+            out = Solution.apply(solved, u, start, *[t for _, t in named])
             steps, last = out[:len(split)], out[len(split):]
         else:
             self._buffers.give(hbuf)

@@ -19,7 +19,7 @@ from torch import nn
 
 from .. import cells as _cells
 from .blocks import LMBlock
-from .sequence import ATTENTION
+from .sequence import ATTENTION, run_blocks
 
 
 def _positive(name: str, value) -> None:
@@ -75,11 +75,7 @@ class LM(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["rnnlab"]
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"LM: state must hold one entry per layer ({len(self.blocks)}), "
                              f"got {len(state)}")
-        x = self.embed(ids)  # (B, T, D)
-        new_state = []
-        for i, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[i])
-            new_state.append(s)
+        x, new_state = run_blocks(self.blocks, self.embed(ids), state)  # (B, T, D)
         logits = self.head(self.norm(x))  # (B, T, vocab)
         return logits if state is None else (logits, new_state)
 

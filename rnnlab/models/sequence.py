@@ -57,6 +57,16 @@ class Block(nn.Module):
         return x, state
 
 
+def run_blocks(blocks, x: torch.Tensor, state=None):
+    """``x`` through every block in turn, each with its own entry of ``state`` (None: a full
+    sequence from zero state) -> ``(x, new_state)``, one entry per block."""
+    new = []
+    for i, block in enumerate(blocks):
+        x, s = block(x, None if state is None else state[i])
+        new.append(s)
+    return x, new
+
+
 class SequenceModel(nn.Module):
     """``outputs = model(inputs)``: ``(B, T)`` tokens or ``(B, T, vocab_size)`` reals →
     ``(B, T, n_outputs)``; ``model(inputs, state) -> (outputs, state)`` streams chunks.
@@ -103,10 +113,6 @@ class SequenceModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor, state=None):
         """``inputs -> outputs``; with ``state`` (streaming), ``(outputs, state)``."""
-        x = self.embed(inputs)  # (B, T, D)
-        new = []
-        for i, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[i])
-            new.append(s)
+        x, new = run_blocks(self.blocks, self.embed(inputs), state)  # (B, T, D)
         out = self.head(self.norm(x))  # (B, T, n_outputs)
         return out if state is None else (out, new)

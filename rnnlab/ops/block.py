@@ -21,13 +21,12 @@ run ``linear_scan`` / ``matrix_scan``. ``block_scan_reference`` and ``column_sca
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .diagonal import linear_scan
+from .diagonal import linear_scan, numba_threads
 from .matrix import matrix_scan
 
 try:  # optional, as in diagonal.py
@@ -84,7 +83,7 @@ def block_scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tens
     if not _numba_ok(A) or b.shape[1] == 0:
         return matrix_scan(A, b, initial_state=h0)[0]
     out = torch.empty(b.shape, dtype=b.dtype)
-    with _numba_threads():
+    with numba_threads():
         _sweep(A.contiguous().numpy(), b.contiguous().numpy(), h0.contiguous().numpy(),
                out.numpy())
     return out
@@ -265,19 +264,6 @@ def _numba_columns_ok(*tensors) -> bool:
             and tensors[0].dtype in (torch.float32, torch.float64)
             and all(t.dtype == tensors[0].dtype for t in tensors)
             and all(t.is_contiguous() for t in tensors))
-
-
-@contextlib.contextmanager
-def _numba_threads():
-    """Run numba with torch's thread count, and give torch its count back afterwards (numba's
-    OpenMP layer shares the runtime with torch: starting its pool can change torch's count)."""
-    threads = torch.get_num_threads()
-    try:
-        _numba.set_num_threads(min(threads, _numba.config.NUMBA_NUM_THREADS))
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 def _shapes_error(name, want, tensors):

@@ -276,12 +276,20 @@ def _torch_threads_kept():
             torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def numba_threads():
+    """Run numba kernels with torch's thread count, and give torch its count back afterwards."""
+    with _torch_threads_kept():  # the first call starts numba's pool
+        _numba.set_num_threads(min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS))
+        yield
+
+
 def _plan(a, b, cu):
     """Kernel arguments shared by forward and backward: starts (N + 1,), feature blocks per
     row, and the kernel shapes of a-like (BT, G), b-like (BT, G, R) and state-like (N, G, R)
     arrays, without the R axis when a is not broadcast."""
-    with _torch_threads_kept():  # the first call starts numba's pool
-        _numba.set_num_threads(min(torch.get_num_threads(), _numba.config.NUMBA_NUM_THREADS))
+    with numba_threads():
+        pass  # numba's pool now runs torch's thread count
     batch, steps = b.shape[:2]
     groups = a[:1, :1].numel()
     rep = b[:1, :1].numel() // groups
