@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import Linear
+from .factors import TimeInvariant
 from .linear import LinearCell
 from .registry import register
 from .ssm_init import farange, log_uniform
@@ -43,10 +44,10 @@ class DLR(LinearCell):
     def project(self, x):
         return self.in_proj(x)  # (B, T, D) -> (B, T, H)
 
-    def transition(self, u):
+    def factors(self, u):
         lam = torch.exp(torch.complex(-torch.exp(self.log_decay), self.theta))  # (H, N)
-        b = u.unsqueeze(-1).expand(*u.shape, self.state_size)  # (B, T, H, N)
-        return lam.expand_as(b), torch.complex(b, torch.zeros_like(b))
+        ones = torch.ones_like(lam)  # B = 1: every mode takes the channel's input
+        return TimeInvariant(u, lam, ones, torch.complex(self.w_re, self.w_im))
 
-    def readout(self, h, u_t):
-        return (h * torch.complex(self.w_re, self.w_im)).sum(-1).real  # (B, H, N) -> (B, H)
+    def finish(self, o, u):
+        return o  # (..., H)

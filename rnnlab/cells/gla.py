@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Linear
+from .factors import OuterProduct
 from .linear import LinearCell
 from .registry import register
 
@@ -54,11 +55,9 @@ class GLA(LinearCell):
         return (q.unflatten(-1, heads), k.unflatten(-1, heads), log_a.unflatten(-1, heads),
                 v.unflatten(-1, heads))
 
-    def transition(self, u):
-        _, k, log_a, v = self._split(u)
-        a = torch.exp(log_a).unsqueeze(-1)  # (B, T, heads, K, 1): decays broadcast over V
-        return a, k.unsqueeze(-1) * v.unsqueeze(-2)  # (B, T, heads, K, V)
+    def factors(self, u):
+        q, k, log_a, v = self._split(u)
+        return OuterProduct(q, k, v, g=log_a)  # decays per key, broadcast over V
 
-    def readout(self, h, u_t):
-        q = self._split(u_t)[0]
-        return torch.einsum("bnkv,bnk->bnv", h, q).flatten(-2)  # (B, heads, V) -> (B, H)
+    def finish(self, o, u):
+        return o.flatten(-2)  # (..., heads, V) -> (..., H)

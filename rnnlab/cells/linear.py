@@ -10,12 +10,19 @@ What ``transition`` returns, by ``Linear(kind)`` (S is the state's shape without
 - ``matrix``: ``A: (B, T, *S[:-1], N, N)``, ``b: (B, T, *S)``; ``h_t = A_t @ h_{t-1} + b_t``.
 - ``householder``: a matrix state ``(heads, K, V)`` with ``A: (B, T, heads, K, K)`` acting on K;
   the cells (``delta.py``) also give the factors (q, k, v, beta, g) the delta-rule op runs on.
+
+**Factored form** (``factors.py``). A cell whose update is "decay times state plus an outer
+product, read out by a query" (GLA, Mamba-2, mLSTM), Mamba's selective SSM, or a time-invariant
+SSM (S4D, DLR, LSSL) writes ``factors(u)`` and ``finish(o, u)`` instead of ``transition`` and
+``readout``: the scan engine then runs a chunkwise, fused or FFT-convolution op and never builds
+the ``(B, T, *S)`` states, while ``transition``, ``step`` and ``readout`` below derive from the
+same declaration (one source of truth for every engine).
 """
 from __future__ import annotations
 
 import torch
 
-from .base import Cell, Linear, State
+from .base import Cell, Linear, State, map_state
 
 
 def expand_decay(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -34,10 +41,13 @@ def apply_transition(kind: str, A: torch.Tensor, b: torch.Tensor, h: torch.Tenso
 
 class LinearCell(Cell):
     """Base of linear cells: subclasses set ``structure = Linear(kind)`` and write ``project``,
-    ``transition``, ``readout`` and (for a non-default state) ``state_shapes``/``init_state``.
+    (for a non-default state) ``state_shapes``/``init_state``, and either
 
-    ``readout(h, u_t)`` must treat the leading dim as a batch: the scan engine calls it once on all
-    B*T steps."""
+    - ``factors(u)`` and ``finish(o, u)`` (the factored form, see ``factors.py``; preferred), or
+    - ``transition(u)`` and ``readout(h, u_t)``.
+
+    ``readout(h, u_t)`` and ``finish(o, u)`` must treat every leading dim as a batch: the scan
+    engine calls them once on all B*T steps."""
 
     structure: Linear = Linear("diagonal")
 
@@ -49,8 +59,29 @@ class LinearCell(Cell):
         self.heads, self.value_dim = heads, self.hidden_size // heads
         self.key_dim = key_dim or self.value_dim
 
+    def factors(self, u: torch.Tensor):
+        """The factored transition for the whole sequence ``u: (B, T, P)`` (a ``Factors``), or
+        None when the cell has none."""
+        return None
+
+    def finish(self, o: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The output from the read-out factor ``o`` (``Factors.read``) and the projected input
+        ``u (..., P)`` of the same steps: ``(..., H_out)``. Default: heads merged."""
+        return o.flatten(-2)  # (..., heads, V) -> (..., H)
+
     def transition(self, u: torch.Tensor):
-        raise NotImplementedError
+        f = self.factors(u)
+        if f is None:
+            raise NotImplementedError(f"{type(self).__name__} writes neither factors() nor "
+                                      f"transition()")
+        return f.transition()
+
+    def readout(self, h: State, u_t: torch.Tensor) -> torch.Tensor:
+        f = self.factors(u_t.unsqueeze(1))  # (N, P) -> (N, 1, P)
+        if f is None:
+            return super().readout(h, u_t)
+        o = f.read(map_state(lambda s: s.unsqueeze(1), h))  # states (N, 1, ...)
+        return self.finish(o[:, 0], u_t)
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None) -> State:
         """Zeros; complex (complex64 for fp32, complex128 for fp64) for ``complex_diagonal``."""

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .base import Linear
+from .factors import TimeInvariant
 from .linear import LinearCell
 from .registry import register
 from .ssm_init import hippo_legs, log_uniform
@@ -57,10 +58,9 @@ class LSSL(LinearCell):
         b_bar = torch.linalg.solve(left, (dt[..., 0] * self.B).unsqueeze(-1)).squeeze(-1)
         return a_bar, b_bar
 
-    def transition(self, u):
+    def factors(self, u):
         a_bar, b_bar = self.discrete()
-        b = b_bar * u.unsqueeze(-1)  # (B, T, H, 1) -> (B, T, H, N)
-        return a_bar.expand(*b.shape, self.state_size), b
+        return TimeInvariant(u, a_bar, b_bar, self.C)
 
-    def readout(self, h, u_t):
-        return (h * self.C).sum(-1) + self.D * u_t  # (B, H, N) -> (B, H)
+    def finish(self, o, u):
+        return o + self.D * u  # (..., H)

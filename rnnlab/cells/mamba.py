@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Linear
+from .factors import Selective
 from .linear import LinearCell
 from .registry import register
 from .ssm_init import farange, inverse_softplus, log_uniform
@@ -59,14 +60,9 @@ class Mamba(LinearCell):
         H, N = self.hidden_size, self.state_size
         return u.split([H, H, N, N], dim=-1)
 
-    def transition(self, u):
-        xin, dt, b_t, _ = self._split(u)
-        a = torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log))  # (B, T, H, N)
-        if self.allow_neg_eigval:
-            a = 2 * a - 1
-        b = (dt * xin).unsqueeze(-1) * b_t.unsqueeze(-2)  # (B, T, H, 1) * (B, T, 1, N)
-        return a, b
+    def factors(self, u):
+        xin, dt, b_t, c_t = self._split(u)
+        return Selective(xin, dt, -torch.exp(self.A_log), b_t, c_t, self.allow_neg_eigval)
 
-    def readout(self, h, u_t):
-        xin, _, _, c_t = self._split(u_t)
-        return (h * c_t.unsqueeze(-2)).sum(-1) + self.D * xin  # (B, H, N) -> (B, H)
+    def finish(self, o, u):
+        return o + self.D * self._split(u)[0]  # (..., H)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Linear
+from .factors import OuterProduct
 from .linear import LinearCell
 from .registry import register
 from .ssm_init import inverse_softplus, log_uniform
@@ -53,15 +54,17 @@ class Mamba2(LinearCell):
         x = x.unflatten(-1, (n, self.head_dim))  # (..., H) -> (..., heads, P)
         return x, F.softplus(dt + self.dt_bias), b_t, c_t
 
-    def transition(self, u):
-        x, dt, b_t, _ = self._split(u)
-        a = torch.exp(-torch.exp(self.A_log) * dt)  # (B, T, heads)
-        if self.allow_neg_eigval:
-            a = 2 * a - 1
-        b = (dt.unsqueeze(-1) * x).unsqueeze(-1) * b_t[..., None, None, :]  # (B, T, heads, P, N)
-        return a, b
+    def factors(self, u):
+        x, dt, b_t, c_t = self._split(u)
+        heads = (*b_t.shape[:-1], self.heads, self.state_size)
+        q = c_t.unsqueeze(-2).expand(heads)  # (..., N) -> (..., heads, N): shared by the heads
+        k = b_t.unsqueeze(-2).expand(heads)
+        v = dt.unsqueeze(-1) * x  # (..., heads, P)
+        log_a = -torch.exp(self.A_log) * dt  # (..., heads)
+        if self.allow_neg_eigval:  # a = 2 e^{log a} - 1 may be negative: no real log
+            return OuterProduct(q, k, v, a=2 * torch.exp(log_a) - 1, transposed=True)
+        return OuterProduct(q, k, v, g=log_a, transposed=True)
 
-    def readout(self, h, u_t):
-        x, _, _, c_t = self._split(u_t)
-        y = (h * c_t[:, None, None, :]).sum(-1) + self.D[:, None] * x  # (B, heads, P)
-        return y.flatten(-2)  # (B, H)
+    def finish(self, o, u):
+        x = self._split(u)[0]
+        return (o + self.D[:, None] * x).flatten(-2)  # (..., heads, P) -> (..., H)

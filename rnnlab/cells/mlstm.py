@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.monoids import mlstm_combine, mlstm_identity, mlstm_leaf, mlstm_output
+from ..ops.monoids import mlstm_combine, mlstm_identity, mlstm_leaf
+from .factors import StabilizedOuterProduct
 from .monoid import MonoidCell
 from .registry import register
 
@@ -69,7 +70,9 @@ class MLSTM(MonoidCell):
         _, m, C, n = e
         return C, n, m
 
-    def readout(self, h, u_t):
-        C, n, m = h
-        q, _, _, o, _, _ = self._split(u_t)
-        return torch.sigmoid(o) * mlstm_output(m, C, n, q).flatten(-2)  # (B, heads, V) -> (B, H)
+    def factors(self, u):
+        q, k, v, _, i, log_f = self._split(u)
+        return StabilizedOuterProduct(q, k, v, i, log_f)
+
+    def finish(self, o, u):
+        return torch.sigmoid(self._split(u)[3]) * o.flatten(-2)  # (..., heads, V) -> (..., H)

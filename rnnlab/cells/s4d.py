@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .base import Linear
+from .factors import TimeInvariant
 from .linear import LinearCell
 from .registry import register
 from .ssm_init import farange, log_uniform
@@ -82,11 +83,9 @@ class S4D(LinearCell):
         dt = torch.exp(self.log_dt)[:, None]  # (H, 1)
         return (1 + dt_lam / 2) / (1 - dt_lam / 2), dt * b / (1 - dt_lam / 2)
 
-    def transition(self, u):
+    def factors(self, u):
         a_bar, b_bar = self.discrete()
-        b = b_bar * u.unsqueeze(-1)  # (B, T, H, 1) -> (B, T, H, M)
-        return a_bar.expand_as(b), b
+        return TimeInvariant(u, a_bar, b_bar, 2 * torch.complex(self.c_re, self.c_im))
 
-    def readout(self, h, u_t):
-        y = (h * torch.complex(self.c_re, self.c_im)).sum(-1).real  # (B, H, M) -> (B, H)
-        return 2 * y + self.skip * u_t
+    def finish(self, o, u):
+        return o + self.skip * u  # (..., H)

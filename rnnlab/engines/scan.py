@@ -7,8 +7,11 @@
 - ``householder``: the factors ``(q, k, v, beta, g)`` through the chunked ``ops.delta_rule``;
 - ``monoid``: the cell's elements through ``ops.associative_scan`` with the cell's ``combine``;
 
-then reads out every step at once. Padded steps (``lengths``) become identity transitions, so
-the state stays and the final state is each sequence's own.
+then reads out every step at once. A cell that declares factors (``cells/factors.py``: GLA,
+Mamba, Mamba-2, mLSTM, S4D, DLR, LSSL) runs instead through the op made for them
+(``engines/factored.py``): chunkwise, fused or FFT-convolution forms that never materialise
+``(B, T, *S)``. Padded steps (``lengths``) become identity transitions, so the state stays and
+the final state is each sequence's own. One token (decoding) takes the cell's own step.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from ..cells.base import Cell, Linear, State, map_state
 from ..cells.linear import expand_decay
 from ..ops import associative_scan, delta_rule, linear_scan, matrix_scan
 from .base import Engine
+from .factored import run_factored, runs_factored
+from .sequential import Sequential
 
 KINDS = ("diagonal", "complex_diagonal", "scalar", "matrix", "householder", "monoid")
 
@@ -76,9 +81,21 @@ def _monoid(cell, u, h0, alive):
 
 
 class Scan(Engine):
-    """Parallel-scan engine for cells whose structure is ``Linear(kind)``, kind in ``KINDS``."""
+    """Parallel-scan engine for cells whose structure is ``Linear(kind)``, kind in ``KINDS``.
+
+    Args:
+        chunk_size: chunk length C of the chunkwise ops (None: chosen by the op from the sizes).
+        factored: run a cell's declared factors through their fast op (default); False runs the
+            materialising scan on ``transition(u)`` (for comparisons and tests).
+    """
 
     name = "scan"
+
+    def __init__(self, chunk_size: Optional[int] = None, factored: bool = True):
+        if chunk_size is not None and (isinstance(chunk_size, bool)
+                                       or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"Scan: chunk_size must be None or an int >= 1, got {chunk_size!r}")
+        self.chunk_size, self.factored = chunk_size, bool(factored)
 
     def supports(self, cell: Cell) -> bool:
         return isinstance(cell.structure, Linear) and cell.structure.kind in KINDS
@@ -86,10 +103,16 @@ class Scan(Engine):
     def run(self, cell: Cell, x: torch.Tensor, h0: State,
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
         B, T, _ = x.shape
+        if T == 1:  # decoding: one step of the cell, no scan machinery
+            return Sequential().run(cell, x, h0, lengths)
         kind = cell.structure.kind
         u = cell.project(x)  # (B, T, D) -> (B, T, P)
         alive = None if lengths is None else _alive(lengths, T)
-        if kind == "householder":
+        f = cell.factors(u) if self.factored and hasattr(cell, "factors") else None
+        if f is not None and runs_factored(f):
+            o, h_T = run_factored(f, h0, alive, lengths, self.chunk_size)
+            y = cell.finish(o, u)  # (B, T, H_out)
+        elif kind == "householder":
             y, h_T = _householder(cell, u, h0, alive)
         else:
             states, h_T = (_monoid if kind == "monoid" else _affine)(cell, u, h0, alive)
