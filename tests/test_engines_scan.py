@@ -8,6 +8,9 @@ import torch
 import rnnlab
 from rnnlab import cells
 from rnnlab.cells import Linear, as_tuple, map_state
+from rnnlab.cells.factors import OuterProduct
+from rnnlab.cells.linear import LinearCell
+from rnnlab.engines.scan import Scan
 
 from .helpers import assert_close, sq_norm
 
@@ -33,6 +36,10 @@ VARIANTS = [
 ]
 
 
+FACTORED = [n for n in LINEAR  # cells that declare a factored form
+            if type(cells.get(n, D, H, device="meta")).factors is not LinearCell.factors]
+
+
 def run(name, engine, x, h0, lengths, seed=0, **options):
     torch.manual_seed(seed)
     layer = rnnlab.Recurrent(cells.get(name, D, H, **options), engine=engine)
@@ -46,15 +53,15 @@ def run(name, engine, x, h0, lengths, seed=0, **options):
     return y, h, grads
 
 
-def check_engines_agree(name, T, varlen, **options):
+def check_engines_agree(name, T, varlen, engines=("sequential", "scan"), **options):
     torch.manual_seed(1)  # inputs independent of which tests ran before
     B = 3
     zero = cells.get(name, D, H, **options).init_state(B)
     h0 = map_state(lambda z: 0.3 * torch.randn(z.shape, dtype=z.dtype), zero)
     x = torch.randn(B, T, D)
     lengths = torch.tensor([T, max(T // 2, 1), 0]) if varlen else None
-    y_s, h_s, g_s = run(name, "sequential", x, h0, lengths, **options)
-    y_p, h_p, g_p = run(name, "scan", x, h0, lengths, **options)
+    y_s, h_s, g_s = run(name, engines[0], x, h0, lengths, **options)
+    y_p, h_p, g_p = run(name, engines[1], x, h0, lengths, **options)
     what = f"{name}{options or ''}"
     assert_close(y_p, y_s, what=f"{what} outputs")
     assert_close(h_p, h_s, what=f"{what} final state")
@@ -77,6 +84,37 @@ def test_scan_equals_sequential_long(name):
 @pytest.mark.parametrize("name, options", VARIANTS, ids=lambda v: str(v))
 def test_scan_equals_sequential_for_options(name, options):
     check_engines_agree(name, 29, varlen=True, **options)
+
+
+def test_factored_cells_are_the_expected_ones():
+    assert set(FACTORED) == {"gla", "mamba", "mamba2", "mlstm", "s4d", "dlr", "lssl"}
+
+
+@pytest.mark.parametrize("name", FACTORED)
+@pytest.mark.parametrize("T", [2, 63])
+def test_materialising_scan_equals_sequential_for_factored_cells(name, T):
+    """The materialising path (``transition`` derived from the factors) stays correct: it runs
+    where a cell's factors have no op (Mamba-2 with negative eigenvalues)."""
+    check_engines_agree(name, T, varlen=True, engines=("sequential", Scan(factored=False)))
+
+
+@pytest.mark.parametrize("name", FACTORED)
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_chunk_size_override_gives_the_same_numbers(name, chunk_size):
+    check_engines_agree(name, 23, varlen=True, engines=("sequential", Scan(chunk_size=chunk_size)))
+
+
+def test_outer_product_takes_one_decay_form():
+    q = torch.zeros(1, 2, 1, 3)
+    with pytest.raises(ValueError, match="exactly one of g"):
+        OuterProduct(q, q, q)
+    with pytest.raises(ValueError, match="exactly one of g"):
+        OuterProduct(q, q, q, g=q[..., 0], a=q[..., 0])
+
+
+def test_scan_chunk_size_is_checked():
+    with pytest.raises(ValueError, match="chunk_size must be None or an int >= 1, got 0"):
+        Scan(chunk_size=0)
 
 
 def test_negative_eigenvalue_options_reach_below_zero():

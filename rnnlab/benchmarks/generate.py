@@ -17,6 +17,7 @@ from ..models.lm import LM
 from .timing import machine
 
 MODELS = {"gru": dict(cell="gru"), "mamba+conv": dict(cell="mamba", conv=4),
+          "mamba2": dict(cell="mamba2"), "gla": dict(cell="gla"), "mlstm": dict(cell="mlstm"),
           "deltanet": dict(cell="deltanet"), "attention": dict(cell="attention"),
           "attention(window=256)": dict(cell="attention", window=256)}
 
