@@ -266,5 +266,30 @@ def bench_generate(lengths: str = typer.Option("1000,10000", help="comma-separat
            n_layers=layers)
 
 
+@bench_app.command("cells")
+def bench_cells(sizes: str = typer.Option("8x1024x128,32x128x256",
+                                          help="comma-separated sizes, each BxTxD"),
+                cells: Optional[str] = typer.Option(
+                    None, help="comma-separated cells [default: all; gru is always added]"),
+                engines: Optional[str] = typer.Option(
+                    None, help="comma-separated engines [default: all; sequential is always "
+                               "added]"),
+                repeats: int = typer.Option(2, help="timed calls per measurement (best of)"),
+                threads: Optional[int] = typer.Option(
+                    None, help="torch CPU threads [default: leave torch's setting]"),
+                max_seconds: float = typer.Option(
+                    60.0, help="per-row budget: after a call slower than this, no more calls"),
+                device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
+                out: Optional[Path] = typer.Option(Path("bench/out/cells.json"),
+                                                   help="JSON output file")) -> None:
+    """Every cell x every engine that runs it: fwd, fwd+bwd, speed-ups, saved memory."""
+    from .benchmarks import cells as cells_bench
+    with _user_errors():
+        _bench(cells_bench, out, sizes=cells_bench.parse_sizes(sizes),
+               cells=cells.split(",") if cells else None,
+               engines=engines.split(",") if engines else None, repeats=repeats,
+               threads=threads, max_seconds=max_seconds, device=device)
+
+
 if __name__ == "__main__":
     app()

@@ -87,7 +87,7 @@ def test_scan_equals_sequential_for_options(name, options):
 
 
 def test_factored_cells_are_the_expected_ones():
-    assert set(FACTORED) == {"gla", "mamba", "mamba2", "mlstm", "s4d", "dlr", "lssl"}
+    assert set(FACTORED) == {"gla", "mamba", "mamba2", "mlstm", "s4d", "dlr", "lssl", "minmax"}
 
 
 @pytest.mark.parametrize("name", FACTORED)

@@ -144,5 +144,20 @@ class TimeInvariant:
         return o.real if o.is_complex() else o
 
 
-Factors = Union[OuterProduct, StabilizedOuterProduct, Selective, TimeInvariant]
-FACTOR_TYPES: Tuple[type, ...] = (OuterProduct, StabilizedOuterProduct, Selective, TimeInvariant)
+@dataclass(frozen=True)
+class MinMaxBounds:
+    """The MinMax neuron, elementwise (kind ``monoid``): ``x_t = max(min(r_t, x_{t-1}), s_t)``,
+    o_t = x_t. r, s: ``(B, T, H)``; ``transition`` gives the (r, s) monoid leaves."""
+    r: torch.Tensor
+    s: torch.Tensor
+
+    def transition(self):
+        return self.r, self.s
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+Factors = Union[OuterProduct, StabilizedOuterProduct, Selective, TimeInvariant, MinMaxBounds]
+FACTOR_TYPES: Tuple[type, ...] = (OuterProduct, StabilizedOuterProduct, Selective, TimeInvariant,
+                                  MinMaxBounds)

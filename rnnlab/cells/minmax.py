@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..ops.monoids import minmax_combine, minmax_identity
+from .factors import MinMaxBounds
 from .monoid import MonoidCell
 from .registry import register
 
@@ -49,5 +50,9 @@ class MinMax(MonoidCell):
     def from_element(self, e):
         return e[1]  # applied after to_element(h), the second bound is the new state
 
-    def readout(self, h, u_t):
-        return h * torch.sigmoid(u_t.chunk(3, dim=-1)[2])
+    def factors(self, u):
+        r, s, _ = u.chunk(3, dim=-1)
+        return MinMaxBounds(r, s)
+
+    def finish(self, o, u):
+        return o * torch.sigmoid(u.chunk(3, dim=-1)[2])  # (..., H)

@@ -5,7 +5,8 @@ made for them, never materialising the ``(B, T, *S)`` states.
   a decay per key or per head;
 - ``StabilizedOuterProduct`` (mLSTM): the stabilised chunkwise form (``ops.mlstm_chunkwise``);
 - ``Selective`` (Mamba): the fused selective scan (``ops.selective_scan``);
-- ``TimeInvariant`` (S4D, DLR, LSSL): the FFT long convolution (``ops.ssm_convolution``).
+- ``TimeInvariant`` (S4D, DLR, LSSL): the FFT long convolution (``ops.ssm_convolution``);
+- ``MinMaxBounds`` (MinMax): the fused min/max scan (``ops.minmax_scan``).
 
 Padded steps (``alive`` False) become identity steps of the op (no decay, no input), so the
 state stays and the final state is each sequence's own; outputs there are masked by the engine.
@@ -16,7 +17,10 @@ from typing import Optional
 
 import torch
 
-from ..cells.factors import OuterProduct, Selective, StabilizedOuterProduct, TimeInvariant
+from ..cells.factors import (MinMaxBounds, OuterProduct, Selective, StabilizedOuterProduct,
+                             TimeInvariant)
+from ..ops import (gated_linear_attention, minmax_scan, mlstm_chunkwise, selective_scan,
+                   ssm_convolution)
 
 
 def _where(alive: Optional[torch.Tensor], x: torch.Tensor, fill: float) -> torch.Tensor:
@@ -29,11 +33,6 @@ def _where(alive: Optional[torch.Tensor], x: torch.Tensor, fill: float) -> torch
 
 def runs_factored(f) -> bool:
     """Whether the engine has an op for these factors (a signed decay has none yet)."""
-    try:  # TEMPORARY while the ops are being written
-        from ..ops import (gated_linear_attention, mlstm_chunkwise, selective_scan,  # noqa: F401
-                           ssm_convolution)
-    except ImportError:
-        return False
     return not (isinstance(f, OuterProduct) and f.g is None)
 
 
@@ -58,5 +57,9 @@ def run_factored(f, h0, alive, lengths, chunk_size: Optional[int]):
     if isinstance(f, TimeInvariant):
         return ssm_convolution(f.u, f.A, f.B, f.C, initial_state=h0, output_final_state=True,
                                lengths=lengths)
-    raise TypeError(f"factors: expected one of OuterProduct, StabilizedOuterProduct, Selective, "
+    if isinstance(f, MinMaxBounds):
+        r = _where(alive, f.r, float("inf"))  # the identity map x -> max(min(inf, x), -inf)
+        s = _where(alive, f.s, -float("inf"))
+        return minmax_scan(r, s, initial_state=h0, output_final_state=True)
+    raise TypeError(f"factors: expected one of MinMaxBounds, OuterProduct, StabilizedOuterProduct, Selective, "
                     f"TimeInvariant, got {type(f).__name__}")
