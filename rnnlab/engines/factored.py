@@ -31,6 +31,15 @@ def _where(alive: Optional[torch.Tensor], x: torch.Tensor, fill: float) -> torch
     return torch.where(mask, x, torch.tensor(fill, dtype=x.dtype, device=x.device))
 
 
+def _given(h0):
+    """``h0``, or None when it is a constant zero state (no gradient wanted): the ops then skip
+    the initial state's terms (for the convolution, a contraction as large as the output's)."""
+    leaves = h0 if isinstance(h0, tuple) else (h0,)
+    if any(t.requires_grad for t in leaves) or any(bool(t.any()) for t in leaves):
+        return h0
+    return None
+
+
 def runs_factored(f) -> bool:
     """Whether the engine has an op for these factors (a signed decay has none yet)."""
     return not (isinstance(f, OuterProduct) and f.g is None)
@@ -39,8 +48,11 @@ def runs_factored(f) -> bool:
 def run_factored(f, h0, alive, lengths, chunk_size: Optional[int]):
     """``(o, final state)`` of the factors ``f`` from ``h0``: o is what ``f.read`` gives on the
     states, ``(B, T, ...)``; the final state has the cell's own layout."""
+    given = _given(h0)
     if isinstance(f, OuterProduct):
-        S0 = h0.transpose(-1, -2) if f.transposed else h0  # (B, heads, V, K) -> (.., K, V)
+        S0 = given
+        if f.transposed and given is not None:
+            S0 = given.transpose(-1, -2)  # (B, heads, V, K) -> (B, heads, K, V)
         o, S = gated_linear_attention(f.q, _where(alive, f.k, 0.0), f.v, _where(alive, f.g, 0.0),
                                       initial_state=S0, output_final_state=True,
                                       chunk_size=chunk_size)
@@ -48,18 +60,18 @@ def run_factored(f, h0, alive, lengths, chunk_size: Optional[int]):
     if isinstance(f, StabilizedOuterProduct):
         i = _where(alive, f.i, -float("inf"))  # no input and ...
         log_f = _where(alive, f.log_f, 0.0)  # ... no forgetting: the state stays
-        return mlstm_chunkwise(f.q, f.k, f.v, i, log_f, initial_state=tuple(h0),
+        return mlstm_chunkwise(f.q, f.k, f.v, i, log_f, initial_state=given,
                                output_final_state=True, chunk_size=chunk_size)
     if isinstance(f, Selective):
         dt = _where(alive, f.dt, 0.0)  # a = 1, no input
-        return selective_scan(f.x, dt, f.A, f.B, f.C, initial_state=h0, output_final_state=True,
+        return selective_scan(f.x, dt, f.A, f.B, f.C, initial_state=given, output_final_state=True,
                               neg_eigval=f.neg_eigval)
     if isinstance(f, TimeInvariant):
-        return ssm_convolution(f.u, f.A, f.B, f.C, initial_state=h0, output_final_state=True,
+        return ssm_convolution(f.u, f.A, f.B, f.C, initial_state=given, output_final_state=True,
                                lengths=lengths)
     if isinstance(f, MinMaxBounds):
         r = _where(alive, f.r, float("inf"))  # the identity map x -> max(min(inf, x), -inf)
         s = _where(alive, f.s, -float("inf"))
-        return minmax_scan(r, s, initial_state=h0, output_final_state=True)
+        return minmax_scan(r, s, initial_state=given, output_final_state=True)
     raise TypeError(f"factors: expected one of MinMaxBounds, OuterProduct, StabilizedOuterProduct, Selective, "
                     f"TimeInvariant, got {type(f).__name__}")

@@ -207,16 +207,40 @@ def _diag_parts(A, B, C, T: int, x0, L, v):
     y0 = None if x0 is None else out[:, 1:, 1:T + 1].permute(1, 2, 0)  # (B, T, H)
     x = None
     if v is not None:
-        Bsz = v.shape[1]
-        v = torch.nn.functional.pad(v, (0, Q * M - T)).reshape(H, Bsz * Q, M)  # (H, B Q, M)
-        part = torch.view_as_complex((v @ lo_r).reshape(H, Bsz, Q, N, 2))  # (H, B, Q, N)
-        x = (part * hi.unsqueeze(1)).sum(2).transpose(0, 1) * B  # (B, H, N): sum_s v_s A^s B
+        x = _diag_final(v, lo, hi, T) * B  # (B, H, N): sum_s v_s A^s B
         if x0 is not None:
             if L is None:
                 x = x + hi[:, T // M] * lo[:, T % M] * x0  # (B, H, N): + A^T x0
             else:
                 x = x + (hi[:, L // M] * lo[:, L % M]).transpose(0, 1) * x0  # + A^L x0, per row
     return K, y0, x
+
+
+def _diag_final(v: Tensor, lo: Tensor, hi: Tensor, T: int) -> Tensor:
+    """``sum_s v_s A^s`` per row and channel: ``v (H, B, T)`` real, tables ``lo (H, M, N)``,
+    ``hi (H, Q, N)`` -> ``(B, H, N)`` complex, by whichever of two contractions moves fewer
+    numbers: with ``s = qM + r``, one bmm over r then an elementwise sum over q (a
+    ``(H, B, Q, N)`` temporary), or, when ``B Q > T`` (many rows, short T), the powers
+    ``A^s = hi[q] lo[r]`` formed a block of q's at a time and contracted by one real matmul each
+    (an ``(H, T, N)`` temporary, in blocks). The powers are kept as real and imaginary parts:
+    a complex broadcast product's backward multiplies by a lazily conjugated operand, slow on
+    CPU."""
+    H, M, N = lo.shape
+    Q, Bsz = hi.shape[1], v.shape[1]
+    v = torch.nn.functional.pad(v, (0, Q * M - T))  # (H, B, S')
+    if Bsz * Q <= T:
+        part = torch.view_as_complex((v.reshape(H, Bsz * Q, M) @ torch.view_as_real(lo).flatten(2))
+                                     .reshape(H, Bsz, Q, N, 2))  # (H, B, Q, N)
+        return (part * hi.unsqueeze(1)).sum(2).transpose(0, 1)  # (B, H, N)
+    l_re, l_im = lo.real.unsqueeze(1), lo.imag.unsqueeze(1)  # (H, 1, M, N)
+    step = max(1, 2 ** 21 // (H * M * N))
+    x = None
+    for q0 in range(0, Q, step):
+        h_re, h_im = (z[:, q0:q0 + step, None] for z in (hi.real, hi.imag))  # (H, q, 1, N)
+        P = torch.cat([h_re * l_re - h_im * l_im, h_re * l_im + h_im * l_re], -1)  # (H,q,M,2N)
+        part = v[..., q0 * M:(q0 + step) * M] @ P.flatten(1, 2)  # (H, B, 2N): [re, im] halves
+        x = part if x is None else x + part
+    return torch.complex(x[..., :N], x[..., N:]).transpose(0, 1)  # (B, H, N)
 
 
 def _doubling(v, squares, S: int, transpose: bool) -> Tensor:
