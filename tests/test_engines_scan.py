@@ -140,3 +140,22 @@ def test_auto_picks_scan_for_linear_and_sequential_otherwise():
 def test_scan_refuses_nonlinear_cells():
     with pytest.raises(ValueError, match=r"engine: 'scan' cannot run GRU \(structure Dense\(\)\)"):
         rnnlab.Recurrent("gru", engine="scan", input_size=D, hidden_size=H)
+
+
+def test_factors_of_the_wrong_kind_are_refused():
+    class Wrong(LinearCell):
+        structure = Linear("scalar")  # but the decay below is per key
+
+        def __init__(self):
+            super().__init__(2, 2)
+
+        def state_shapes(self):
+            return ((1, 2, 2),)
+
+        def factors(self, u):
+            q = u.unflatten(-1, (1, 2))  # (B, T, 1, 2)
+            return OuterProduct(q, q, q, g=-q.abs())
+
+    with pytest.raises(TypeError, match=r"kind 'diagonal', but it declares structure "
+                                        r"Linear\(kind='scalar'\)"):
+        rnnlab.Recurrent(Wrong(), engine="sequential")(torch.randn(1, 3, 2))

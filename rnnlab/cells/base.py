@@ -13,7 +13,12 @@ through this contract:
 - ``structure``: what ``dh_t/dh_{t-1}`` looks like (``Diagonal``, ``Block``, ``Heads``, ``Dense``,
   ``Linear``); engines pick what they can do from it.
 - linear cells (``structure`` is ``Linear``) also give ``transition(u) -> (A, b)`` for the whole
-  sequence, so a scan engine never calls ``step``.
+  sequence, so a scan engine never calls ``step``; or, better, their **factors**
+  (``factors(u)`` and ``finish(o, u)``, see ``factors.py`` and ``linear.py``): "decay times state
+  plus an outer product, read out by a query" (GLA, Mamba-2, mLSTM), Mamba's selective SSM, a
+  time-invariant SSM (S4D, DLR, LSSL) or MinMax's bounds. From the factors ``LinearCell`` derives
+  ``transition``, ``step`` and ``readout``, and the scan engine runs a chunkwise, fused or
+  FFT-convolution op that never materialises the per-step states.
 """
 from __future__ import annotations
 

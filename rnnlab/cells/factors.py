@@ -7,7 +7,8 @@ each step to the cell's output, e.g. a skip ``D x`` or an output gate). ``Linear
 ``transition``, ``step`` and ``readout`` from the same two methods, so the sequential engine, the
 materialising scan and the fast ops compute one declared recurrence.
 
-Each class gives ``transition() -> (A, b)`` (the materialised ``h_t = A_t h_{t-1} + b_t`` in the
+Each class names the ``Linear(kind)`` its cell must declare (``kind``) and gives
+``transition() -> (A, b)`` (the materialised ``h_t = A_t h_{t-1} + b_t`` in the
 layout ``Linear(kind)`` asks for) and ``read(h) -> o`` for states with a time dim ``(B, T, ...)``.
 """
 from __future__ import annotations
@@ -40,6 +41,10 @@ class OuterProduct:
     def __post_init__(self):
         if (self.g is None) == (self.a is None):
             raise ValueError("OuterProduct: give exactly one of g (log-decay) and a (decay)")
+
+    @property
+    def kind(self) -> str:
+        return "diagonal" if self.per_key else "scalar"
 
     @property
     def decay(self) -> torch.Tensor:
@@ -78,6 +83,7 @@ class StabilizedOuterProduct:
     v: torch.Tensor
     i: torch.Tensor
     log_f: torch.Tensor
+    kind = "monoid"
 
     def transition(self):
         from ..ops.monoids import mlstm_leaf
@@ -104,6 +110,7 @@ class Selective:
     B: torch.Tensor
     C: torch.Tensor
     neg_eigval: bool = False
+    kind = "diagonal"
 
     def transition(self):
         a = torch.exp(self.dt.unsqueeze(-1) * self.A)  # (B, T, H, N)
@@ -133,6 +140,10 @@ class TimeInvariant:
     def dense(self) -> bool:
         return self.A.dim() == 3
 
+    @property
+    def kind(self) -> str:
+        return "matrix" if self.dense else "complex_diagonal"
+
     def transition(self):
         b = self.B * self.u.unsqueeze(-1)  # (B, T, H, 1) -> (B, T, H, N)
         if self.dense:
@@ -150,6 +161,7 @@ class MinMaxBounds:
     o_t = x_t. r, s: ``(B, T, H)``; ``transition`` gives the (r, s) monoid leaves."""
     r: torch.Tensor
     s: torch.Tensor
+    kind = "monoid"
 
     def transition(self):
         return self.r, self.s

@@ -12,11 +12,14 @@ What ``transition`` returns, by ``Linear(kind)`` (S is the state's shape without
   the cells (``delta.py``) also give the factors (q, k, v, beta, g) the delta-rule op runs on.
 
 **Factored form** (``factors.py``). A cell whose update is "decay times state plus an outer
-product, read out by a query" (GLA, Mamba-2, mLSTM), Mamba's selective SSM, or a time-invariant
-SSM (S4D, DLR, LSSL) writes ``factors(u)`` and ``finish(o, u)`` instead of ``transition`` and
+product, read out by a query" (GLA, Mamba-2, mLSTM), Mamba's selective SSM, a time-invariant
+SSM (S4D, DLR, LSSL) or MinMax's bounds writes ``factors(u)`` and ``finish(o, u)`` instead of ``transition`` and
 ``readout``: the scan engine then runs a chunkwise, fused or FFT-convolution op and never builds
 the ``(B, T, *S)`` states, while ``transition``, ``step`` and ``readout`` below derive from the
-same declaration (one source of truth for every engine).
+same declaration (one source of truth for every engine). Each factor type names the kind its
+cell must declare (``OuterProduct``: ``diagonal`` with a decay per key, ``scalar`` with one per
+head; ``Selective``: ``diagonal``; ``TimeInvariant``: ``complex_diagonal`` or ``matrix``;
+``StabilizedOuterProduct``, ``MinMaxBounds``: ``monoid``); a mismatch is an error.
 """
 from __future__ import annotations
 
@@ -74,6 +77,9 @@ class LinearCell(Cell):
         if f is None:
             raise NotImplementedError(f"{type(self).__name__} writes neither factors() nor "
                                       f"transition()")
+        if f.kind != self.structure.kind:
+            raise TypeError(f"{type(self).__name__}: its factors ({type(f).__name__}) are of "
+                            f"kind {f.kind!r}, but it declares structure {self.structure}")
         return f.transition()
 
     def readout(self, h: State, u_t: torch.Tensor) -> torch.Tensor:
