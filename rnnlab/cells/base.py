@@ -131,6 +131,12 @@ class Cell(nn.Module):
         ``(B, H_out)``."""
         return as_tuple(h)[0]
 
+    def step_readout(self, u_t: torch.Tensor, h: State) -> Tuple[State, torch.Tensor]:
+        """``(step(u_t, h), readout(new h, u_t))``: one call for engines that need both, so a
+        cell can share the work of the two (a factored cell builds its factors once)."""
+        h = self.step(u_t, h)
+        return h, self.readout(h, u_t)
+
     def state_shapes(self) -> Tuple[Tuple[int, ...], ...]:
         """Per-sample shape of each state tensor (without B). Default: one ``(H,)`` tensor."""
         return ((self.hidden_size,),)

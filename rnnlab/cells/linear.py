@@ -77,10 +77,13 @@ class LinearCell(Cell):
         if f is None:
             raise NotImplementedError(f"{type(self).__name__} writes neither factors() nor "
                                       f"transition()")
+        return self._checked(f).transition()
+
+    def _checked(self, f):
         if f.kind != self.structure.kind:
             raise TypeError(f"{type(self).__name__}: its factors ({type(f).__name__}) are of "
                             f"kind {f.kind!r}, but it declares structure {self.structure}")
-        return f.transition()
+        return f
 
     def readout(self, h: State, u_t: torch.Tensor) -> torch.Tensor:
         f = self.factors(u_t.unsqueeze(1))  # (N, P) -> (N, 1, P)
@@ -88,6 +91,14 @@ class LinearCell(Cell):
             return super().readout(h, u_t)
         o = f.read(map_state(lambda s: s.unsqueeze(1), h))  # states (N, 1, ...)
         return self.finish(o[:, 0], u_t)
+
+    def step_readout(self, u_t: torch.Tensor, h: State):
+        f = self.factors(u_t.unsqueeze(1)) if self.structure.kind != "monoid" else None
+        if f is None:
+            return super().step_readout(u_t, h)
+        A, b = self._checked(f).transition()  # (B, 1, ...)
+        h = apply_transition(self.structure.kind, A[:, 0], b[:, 0], h)
+        return h, self.finish(f.read(h.unsqueeze(1))[:, 0], u_t)
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None) -> State:
         """Zeros; complex (complex64 for fp32, complex128 for fp64) for ``complex_diagonal``."""

@@ -31,11 +31,11 @@ class Sequential(Engine):
         t_any = T if lengths is None else int(lengths.max())
         ys = []
         for t in range(t_any):
-            h_new = cell.step(us[t], h)
             if t < t_all:
-                h = h_new
-                ys.append(cell.readout(h, us[t]))
+                h, y = cell.step_readout(us[t], h)
+                ys.append(y)
             else:
+                h_new = cell.step(us[t], h)
                 alive = t < lengths  # (B,)
                 h = map_state(lambda n, o: _where(alive, n, o), h_new, h)
                 y = cell.readout(h, us[t])
