@@ -93,12 +93,17 @@ class LinearCell(Cell):
         return self.finish(o[:, 0], u_t)
 
     def step_readout(self, u_t: torch.Tensor, h: State):
-        f = self.factors(u_t.unsqueeze(1)) if self.structure.kind != "monoid" else None
+        f = self.factors(u_t.unsqueeze(1))  # one step: (B, 1, ...)
         if f is None:
             return super().step_readout(u_t, h)
-        A, b = self._checked(f).transition()  # (B, 1, ...)
-        h = apply_transition(self.structure.kind, A[:, 0], b[:, 0], h)
-        return h, self.finish(f.read(h.unsqueeze(1))[:, 0], u_t)
+        h = self._advance(self._checked(f).transition(), h)
+        o = f.read(map_state(lambda s: s.unsqueeze(1), h))  # states (B, 1, ...)
+        return h, self.finish(o[:, 0], u_t)
+
+    def _advance(self, transition, h: State) -> State:
+        """One step of a transition for the whole sequence of one step, ``(B, 1, ...)``."""
+        A, b = transition
+        return apply_transition(self.structure.kind, A[:, 0], b[:, 0], h)
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None) -> State:
         """Zeros; complex (complex64 for fp32, complex128 for fp64) for ``complex_diagonal``."""
@@ -107,5 +112,4 @@ class LinearCell(Cell):
         return super().init_state(batch, dtype, device)
 
     def step(self, u_t: torch.Tensor, h: State) -> State:
-        A, b = self.transition(u_t.unsqueeze(1))  # (B, P) -> (B, 1, P)
-        return apply_transition(self.structure.kind, A[:, 0], b[:, 0], h)
+        return self._advance(self.transition(u_t.unsqueeze(1)), h)  # (B, P) -> (B, 1, P)

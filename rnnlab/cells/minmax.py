@@ -35,8 +35,7 @@ class MinMax(MonoidCell):
         return self.proj(x)  # (B, T, D) -> (B, T, 3H)
 
     def elements(self, u):
-        r, s, _ = u.chunk(3, dim=-1)
-        return r, s
+        return self.factors(u).transition()  # the monoid leaves, from the one declaration
 
     def combine(self, a, b):
         return minmax_combine(a, b)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.monoids import mlstm_combine, mlstm_identity, mlstm_leaf
+from ..ops.monoids import mlstm_combine, mlstm_identity
 from .factors import StabilizedOuterProduct
 from .monoid import MonoidCell
 from .registry import register
@@ -53,8 +53,7 @@ class MLSTM(MonoidCell):
         return heads(q), heads(k) * self.key_dim ** -0.5, heads(v), o, i, F.logsigmoid(f)
 
     def elements(self, u):
-        _, k, v, _, i, log_f = self._split(u)
-        return mlstm_leaf(log_f, i, k, v)
+        return self.factors(u).transition()  # the monoid leaves, from the one declaration
 
     def combine(self, a, b):
         return mlstm_combine(a, b)

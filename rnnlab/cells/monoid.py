@@ -43,5 +43,9 @@ class MonoidCell(LinearCell):
         return self.elements(u)
 
     def step(self, u_t: torch.Tensor, h: State) -> State:
-        leaf = tuple(e[:, 0] for e in self.elements(u_t.unsqueeze(1)))  # (B, 1, ..) -> (B, ..)
+        return self._advance(self.elements(u_t.unsqueeze(1)), h)  # (B, P) -> (B, 1, P)
+
+    def _advance(self, elements: Elems, h: State) -> State:
+        """Compose the state with one step's leaves ``(B, 1, ...)``."""
+        leaf = tuple(e[:, 0] for e in elements)  # (B, 1, ..) -> (B, ..)
         return self.from_element(self.combine(self.to_element(h), leaf))
