@@ -98,7 +98,7 @@ def test_materialising_scan_equals_sequential_for_factored_cells(name, T):
     check_engines_agree(name, T, varlen=True, engines=("sequential", Scan(factored=False)))
 
 
-@pytest.mark.parametrize("name", FACTORED)
+@pytest.mark.parametrize("name", FACTORED + ["deltanet", "deltaproduct"])
 @pytest.mark.parametrize("chunk_size", [1, 5])
 def test_chunk_size_override_gives_the_same_numbers(name, chunk_size):
     check_engines_agree(name, 23, varlen=True, engines=("sequential", Scan(chunk_size=chunk_size)))

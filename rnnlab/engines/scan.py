@@ -55,7 +55,7 @@ def _affine(cell, u, h0, alive):
     return linear_scan(expand_decay(A, b), b, initial_state=h0, output_final_state=True)
 
 
-def _householder(cell, u, h0, alive):
+def _householder(cell, u, h0, alive, chunk_size: Optional[int]):
     """The delta rule on the cell's factors -> (outputs (B, T, H), final state)."""
     q, k, v, beta, g = cell.delta_inputs(u)  # (B, T * n_h, heads, ...)
     B, T = u.shape[:2]
@@ -64,7 +64,8 @@ def _householder(cell, u, h0, alive):
         sub = alive.repeat_interleave(n, dim=1)  # (B, T * n_h)
         beta = _keep(sub, beta, 0.0)
         g = None if g is None else _keep(sub, g, 0.0)
-    o, S = delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True)
+    o, S = delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True,
+                      chunk_size=chunk_size or 64)
     o = o.unflatten(1, (T, n))[:, :, -1]  # the last sub-step of each token: (B, T, heads, V)
     return o.flatten(2), S
 
@@ -84,7 +85,8 @@ class Scan(Engine):
     """Parallel-scan engine for cells whose structure is ``Linear(kind)``, kind in ``KINDS``.
 
     Args:
-        chunk_size: chunk length C of the chunkwise ops (None: chosen by the op from the sizes).
+        chunk_size: chunk length C of the chunkwise ops (GLA, mLSTM, the delta rule; None: each
+            op's own choice).
         factored: run a cell's declared factors through their fast op (default); False runs the
             materialising scan on ``transition(u)`` (for comparisons and tests).
     """
@@ -100,6 +102,9 @@ class Scan(Engine):
     def supports(self, cell: Cell) -> bool:
         return isinstance(cell.structure, Linear) and cell.structure.kind in KINDS
 
+    def __repr__(self) -> str:
+        return f"Scan(chunk_size={self.chunk_size}, factored={self.factored})"
+
     def run(self, cell: Cell, x: torch.Tensor, h0: State,
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
         B, T, _ = x.shape
@@ -113,7 +118,7 @@ class Scan(Engine):
             o, h_T = run_factored(f, h0, alive, lengths, self.chunk_size)
             y = cell.finish(o, u)  # (B, T, H_out)
         elif kind == "householder":
-            y, h_T = _householder(cell, u, h0, alive)
+            y, h_T = _householder(cell, u, h0, alive, self.chunk_size)
         else:
             states, h_T = (_monoid if kind == "monoid" else _affine)(cell, u, h0, alive)
             flat = map_state(lambda s: s.flatten(0, 1), states)  # (B, T, ...) -> (B*T, ...)
