@@ -27,56 +27,25 @@ from typing import Optional, Tuple
 
 import torch
 
+from .checks import check_chunk_size, check_qkv, check_scale, check_tensor
 from .varlen import check_cu_seqlens, segments
 
 Tensor = torch.Tensor
 
 
-def _check_tensor(name: str, x, shape: tuple, pattern: str, device) -> None:
-    """TypeError/ValueError naming ``name`` unless ``x`` is a float tensor of ``shape``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor {pattern}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {pattern} = {tuple(shape)}, "
-                         f"got {tuple(x.shape)}")
-    if x.device != device:
-        raise ValueError(f"{name}: expected device {device} (that of q), got {x.device}")
-
-
 def _check_inputs(q, k, v, beta, g, initial_state, cu_seqlens, chunk_size, scale):
     """Validate the arguments; returns ``(B, T, H, K, V, cu, compute_dtype)``."""
-    if not isinstance(q, torch.Tensor) or q.dim() != 4:
-        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
-        raise (ValueError if isinstance(q, torch.Tensor) else TypeError)(
-            f"q: expected a tensor of shape (B, T, H, K), got {got}")
-    B, T, H, K = q.shape
-    if not isinstance(v, torch.Tensor) or v.dim() != 4:
-        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-        raise (ValueError if isinstance(v, torch.Tensor) else TypeError)(
-            f"v: expected a tensor of shape (B, T, H, V) = ({B}, {T}, {H}, V), got {got}")
-    V = v.shape[-1]
-    _check_tensor("q", q, (B, T, H, K), "(B, T, H, K)", q.device)
-    _check_tensor("k", k, (B, T, H, K), "(B, T, H, K)", q.device)
-    _check_tensor("v", v, (B, T, H, V), "(B, T, H, V)", q.device)
-    _check_tensor("beta", beta, (B, T, H), "(B, T, H)", q.device)
+    B, T, H, K, V = check_qkv(q, k, v)
+    check_tensor("beta", beta, (B, T, H), "(B, T, H)", q.device)
     if g is not None:
-        _check_tensor("g", g, (B, T, H), "(B, T, H)", q.device)
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got k {k.dtype}, "
-                        f"v {v.dtype}")
+        check_tensor("g", g, (B, T, H), "(B, T, H)", q.device)
     cu = check_cu_seqlens(cu_seqlens, B, T)
     rows = B if cu is None else len(cu) - 1
     if initial_state is not None:
-        _check_tensor("initial_state", initial_state, (rows, H, K, V),
+        check_tensor("initial_state", initial_state, (rows, H, K, V),
                       "(B, H, K, V)" if cu is None else "(N, H, K, V)", q.device)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size: expected a positive int, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    check_chunk_size(chunk_size, optional=False)
+    check_scale(scale)
     present = [x for x in (q, beta, g, initial_state) if x is not None]
     wide = any(x.dtype == torch.float64 for x in present)
     return B, T, H, K, V, cu, torch.float64 if wide else torch.float32

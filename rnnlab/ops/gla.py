@@ -44,7 +44,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .delta import _check_tensor, _pack_rows, _segsum, _to_chunks
+from .checks import check_chunk_size, check_qkv, check_scale, check_tensor
+from .delta import _pack_rows, _segsum, _to_chunks
 from .varlen import check_cu_seqlens, segments
 
 Tensor = torch.Tensor
@@ -55,38 +56,19 @@ SUB_CHUNK = 8  # largest sub-chunk c of the per-key form (c divides C)
 
 def _check_inputs(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size):
     """Validate the arguments; returns ``(B, T, H, K, V, cu, compute_dtype)``."""
-    for name, pattern in (("q", "(B, T, H, K)"), ("v", "(B, T, H, V)")):
-        x = q if name == "q" else v
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise (ValueError if isinstance(x, torch.Tensor) else TypeError)(
-                f"{name}: expected a tensor of shape {pattern}, got {got}")
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    _check_tensor("q", q, (B, T, H, K), "(B, T, H, K)", q.device)
-    _check_tensor("k", k, (B, T, H, K), "(B, T, H, K)", q.device)
-    _check_tensor("v", v, (B, T, H, V), "(B, T, H, V)", q.device)
+    B, T, H, K, V = check_qkv(q, k, v)
     if isinstance(g, torch.Tensor) and g.shape not in ((B, T, H, K), (B, T, H)):
         raise ValueError(f"g: expected shape (B, T, H, K) = {(B, T, H, K)} (per key) or "
                          f"(B, T, H) = {(B, T, H)} (per head), got {tuple(g.shape)}")
-    _check_tensor("g", g, g.shape if isinstance(g, torch.Tensor) else (), "(B, T, H[, K])",
+    check_tensor("g", g, g.shape if isinstance(g, torch.Tensor) else (), "(B, T, H[, K])",
                   q.device)
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got k {k.dtype}, "
-                        f"v {v.dtype}")
     cu = check_cu_seqlens(cu_seqlens, B, T)
     rows = B if cu is None else len(cu) - 1
     if initial_state is not None:
-        _check_tensor("initial_state", initial_state, (rows, H, K, V),
+        check_tensor("initial_state", initial_state, (rows, H, K, V),
                       "(B, H, K, V)" if cu is None else "(N, H, K, V)", q.device)
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise TypeError(f"chunk_size: expected a positive int or None, got "
-                            f"{type(chunk_size).__name__}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size}")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    check_chunk_size(chunk_size, optional=True)
+    check_scale(scale)
     present = [x for x in (q, g, initial_state) if x is not None]
     wide = any(x.dtype == torch.float64 for x in present)
     return B, T, H, K, V, cu, torch.float64 if wide else torch.float32

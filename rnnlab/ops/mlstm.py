@@ -32,7 +32,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .delta import _check_tensor, _pack_rows, _segsum, _to_chunks
+from .checks import check_chunk_size, check_qkv, check_tensor
+from .delta import _pack_rows, _segsum, _to_chunks
 from .varlen import check_cu_seqlens, segments
 
 Tensor = torch.Tensor
@@ -53,35 +54,18 @@ def _check_state(initial_state, rows: int, H: int, K: int, V: int, packed: bool,
     for name, x, shape, pattern in zip(
             ("C", "n", "m"), initial_state, ((rows, H, K, V), (rows, H, K), (rows, H)),
             (f"({b}, H, K, V)", f"({b}, H, K)", f"({b}, H)")):
-        _check_tensor(f"initial_state {name}", x, shape, pattern, device)
+        check_tensor(f"initial_state {name}", x, shape, pattern, device)
 
 
 def _check_inputs(q, k, v, i, log_f, initial_state, cu_seqlens, chunk_size):
     """Validate the arguments; returns ``(cu, compute_dtype)``."""
-    for name, x, pattern in (("q", q, "(B, T, H, K)"), ("v", v, "(B, T, H, V)")):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise (ValueError if isinstance(x, torch.Tensor) else TypeError)(
-                f"{name}: expected a tensor of shape {pattern}, got {got}")
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    _check_tensor("q", q, (B, T, H, K), "(B, T, H, K)", q.device)
-    _check_tensor("k", k, (B, T, H, K), "(B, T, H, K)", q.device)
-    _check_tensor("v", v, (B, T, H, V), "(B, T, H, V)", q.device)
-    _check_tensor("i", i, (B, T, H), "(B, T, H)", q.device)
-    _check_tensor("log_f", log_f, (B, T, H), "(B, T, H)", q.device)
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got k {k.dtype}, "
-                        f"v {v.dtype}")
+    B, T, H, K, V = check_qkv(q, k, v)
+    check_tensor("i", i, (B, T, H), "(B, T, H)", q.device)
+    check_tensor("log_f", log_f, (B, T, H), "(B, T, H)", q.device)
     cu = check_cu_seqlens(cu_seqlens, B, T)
     rows = B if cu is None else len(cu) - 1
     _check_state(initial_state, rows, H, K, V, cu is not None, q.device)
-    if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise TypeError(f"chunk_size: expected a positive int or None, got "
-                            f"{type(chunk_size).__name__}")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size: expected a positive int or None, got {chunk_size}")
+    check_chunk_size(chunk_size, optional=True)
     present = [q, i, log_f, *(initial_state or ())]
     wide = any(x.dtype == torch.float64 for x in present)
     return cu, torch.float64 if wide else torch.float32

@@ -1,0 +1,59 @@
+"""Argument checks shared by the chunked ops (delta rule, gated linear attention, mLSTM): each
+raises a TypeError/ValueError that names the argument, the expected shape or range, and what was
+given."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+
+def check_tensor(name: str, x, shape: tuple, pattern: str, device) -> None:
+    """TypeError/ValueError naming ``name`` unless ``x`` is a float tensor of ``shape``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {pattern}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {pattern} = {tuple(shape)}, "
+                         f"got {tuple(x.shape)}")
+    if x.device != device:
+        raise ValueError(f"{name}: expected device {device} (that of q), got {x.device}")
+
+
+def check_qkv(q, k, v) -> Tuple[int, int, int, int, int]:
+    """q, k ``(B, T, H, K)`` and v ``(B, T, H, V)``, float, on one device, of one dtype;
+    returns ``(B, T, H, K, V)``."""
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        got = tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__
+        raise (ValueError if isinstance(q, torch.Tensor) else TypeError)(
+            f"q: expected a tensor of shape (B, T, H, K), got {got}")
+    B, T, H, K = q.shape
+    if not isinstance(v, torch.Tensor) or v.dim() != 4:
+        got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise (ValueError if isinstance(v, torch.Tensor) else TypeError)(
+            f"v: expected a tensor of shape (B, T, H, V) = ({B}, {T}, {H}, V), got {got}")
+    V = v.shape[-1]
+    check_tensor("q", q, (B, T, H, K), "(B, T, H, K)", q.device)
+    check_tensor("k", k, (B, T, H, K), "(B, T, H, K)", q.device)
+    check_tensor("v", v, (B, T, H, V), "(B, T, H, V)", q.device)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got k {k.dtype}, "
+                        f"v {v.dtype}")
+    return B, T, H, K, V
+
+
+def check_chunk_size(chunk_size, optional: bool) -> None:
+    """A positive int (or None where ``optional``: the op then chooses)."""
+    if optional and chunk_size is None:
+        return
+    what = "a positive int or None" if optional else "a positive int"
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size: expected {what}, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected {what}, got {chunk_size}")
+
+
+def check_scale(scale) -> None:
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
