@@ -73,5 +73,5 @@ def run_factored(f, h0, alive, lengths, chunk_size: Optional[int]):
         r = _where(alive, f.r, float("inf"))  # the identity map x -> max(min(inf, x), -inf)
         s = _where(alive, f.s, -float("inf"))
         return minmax_scan(r, s, initial_state=given, output_final_state=True)
-    raise TypeError(f"factors: expected one of MinMaxBounds, OuterProduct, StabilizedOuterProduct, Selective, "
-                    f"TimeInvariant, got {type(f).__name__}")
+    raise TypeError(f"factors: expected one of MinMaxBounds, OuterProduct, "
+                    f"StabilizedOuterProduct, Selective, TimeInvariant, got {type(f).__name__}")
