@@ -15,9 +15,9 @@ What ``transition`` returns, by ``Linear(kind)`` (S is the state's shape without
 product, read out by a query" (GLA, Mamba-2, mLSTM), Mamba's selective SSM, a time-invariant
 SSM (S4D, DLR, LSSL) or MinMax's bounds writes ``factors(u)`` and ``finish(o, u)`` instead of
 ``transition`` and ``readout``: the scan engine then runs a chunkwise, fused or FFT-convolution
-op and never builds the ``(B, T, *S)`` states, while ``transition``, ``step`` and ``readout`` below derive from the
-same declaration (one source of truth for every engine). Each factor type names the kind its
-cell must declare (``OuterProduct``: ``diagonal`` with a decay per key, ``scalar`` with one per
+op and never builds the ``(B, T, *S)`` states, while ``transition``, ``step`` and ``readout``
+below derive from the same declaration (one source of truth for every engine). Each factor type
+names the kind its cell must declare (``OuterProduct``: ``diagonal`` with a decay per key, ``scalar`` with one per
 head; ``Selective``: ``diagonal``; ``TimeInvariant``: ``complex_diagonal`` or ``matrix``;
 ``StabilizedOuterProduct``, ``MinMaxBounds``: ``monoid``); a mismatch is an error.
 """
