@@ -18,8 +18,9 @@ SSM (S4D, DLR, LSSL) or MinMax's bounds writes ``factors(u)`` and ``finish(o, u)
 op and never builds the ``(B, T, *S)`` states, while ``transition``, ``step`` and ``readout``
 below derive from the same declaration (one source of truth for every engine). Each factor type
 names the kind its cell must declare (``OuterProduct``: ``diagonal`` with a decay per key,
-``scalar`` with one per head; ``Selective``: ``diagonal``; ``TimeInvariant``: ``complex_diagonal`` or ``matrix``;
-``StabilizedOuterProduct``, ``MinMaxBounds``: ``monoid``); a mismatch is an error.
+``scalar`` with one per head; ``Selective``: ``diagonal``; ``TimeInvariant``:
+``complex_diagonal`` or ``matrix``; ``StabilizedOuterProduct``, ``MinMaxBounds``: ``monoid``); a
+mismatch is an error.
 """
 from __future__ import annotations
 
