@@ -159,3 +159,16 @@ def test_factors_of_the_wrong_kind_are_refused():
     with pytest.raises(TypeError, match=r"kind 'diagonal', but it declares structure "
                                         r"Linear\(kind='scalar'\)"):
         rnnlab.Recurrent(Wrong(), engine="sequential")(torch.randn(1, 3, 2))
+
+
+@pytest.mark.parametrize("name", ["lru", "mamba", "minmax"])
+def test_numba_backed_cells_run_under_torch_compile(name):
+    """The numba kernels run outside any graph (torch.compile breaks the graph around them)
+    and the compiled layer gives the eager numbers."""
+    torch.manual_seed(0)
+    layer = rnnlab.Recurrent(name, input_size=D, hidden_size=H)
+    x = torch.randn(2, 33, D)
+    y, h = torch.compile(layer)(x)
+    y_eager, h_eager = layer(x)
+    assert_close(y, y_eager, what=f"{name} compiled outputs")
+    assert_close(h, h_eager, what=f"{name} compiled final state")

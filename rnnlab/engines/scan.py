@@ -97,7 +97,9 @@ class Scan(Engine):
         if chunk_size is not None and (isinstance(chunk_size, bool)
                                        or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"Scan: chunk_size must be None or an int >= 1, got {chunk_size!r}")
-        self.chunk_size, self.factored = chunk_size, bool(factored)
+        if not isinstance(factored, bool):
+            raise TypeError(f"Scan: factored must be a bool, got {type(factored).__name__}")
+        self.chunk_size, self.factored = chunk_size, factored
 
     def supports(self, cell: Cell) -> bool:
         return isinstance(cell.structure, Linear) and cell.structure.kind in KINDS

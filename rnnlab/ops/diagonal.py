@@ -367,6 +367,11 @@ class _LinearScan(torch.autograd.Function):
         return da, db, dh0, None
 
 
+@torch.compiler.disable  # numba runs outside any graph: torch.compile breaks the graph here
+def _run_linearscan(*args):
+    return _LinearScan.apply(*args)
+
+
 def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None,
                 output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None):
     """Diagonal linear recurrence ``h_t = a_t * h_{t-1} + b_t`` with ``h_0 = initial_state``.
@@ -393,5 +398,5 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | 
         a = a.expand(b.shape)  # (B, T, ...) like b; autograd sums the gradient back
     h0 = (b.new_zeros((b.shape[0] if cu is None else cu.numel() - 1,) + feats, dtype=compute)
           if initial_state is None else initial_state.to(compute))  # (B or N, ...)
-    h, hT = _LinearScan.apply(a.to(compute), b.to(compute), h0, cu)
+    h, hT = _run_linearscan(a.to(compute), b.to(compute), h0, cu)
     return h.to(io), (hT if output_final_state else None)

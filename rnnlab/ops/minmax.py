@@ -284,6 +284,11 @@ class _MinMaxScan(torch.autograd.Function):
         return dr, ds, dx0, None
 
 
+@torch.compiler.disable  # numba runs outside any graph: torch.compile breaks the graph here
+def _run_minmaxscan(*args):
+    return _MinMaxScan.apply(*args)
+
+
 def minmax_scan(r: torch.Tensor, s: torch.Tensor, initial_state: torch.Tensor | None = None,
                 output_final_state: bool = False, cu_seqlens: torch.Tensor | None = None):
     """MinMax recurrence ``x_t = max(min(r_t, x_{t-1}), s_t)`` with ``x_0 = initial_state``.
@@ -306,5 +311,5 @@ def minmax_scan(r: torch.Tensor, s: torch.Tensor, initial_state: torch.Tensor | 
     rows = r.shape[0] if cu is None else cu.numel() - 1
     x0 = (r.new_zeros((rows,) + r.shape[2:], dtype=compute) if initial_state is None
           else initial_state.to(compute))  # (B or N, ...)
-    x, xT = _MinMaxScan.apply(r.to(compute), s.to(compute), x0, cu)
+    x, xT = _run_minmaxscan(r.to(compute), s.to(compute), x0, cu)
     return x.to(io), (xT if output_final_state else None)

@@ -291,6 +291,11 @@ class _SelectiveScan(torch.autograd.Function):
         return grads + (None, None, None)
 
 
+@torch.compiler.disable  # numba runs outside any graph: torch.compile breaks the graph here
+def _run_selectivescan(*args):
+    return _SelectiveScan.apply(*args)
+
+
 def selective_scan(x: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor,
                    initial_state: Optional[Tensor] = None, output_final_state: bool = False,
                    cu_seqlens: Optional[Tensor] = None, neg_eigval: bool = False
@@ -317,7 +322,7 @@ def selective_scan(x: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor,
     h0 = (x.new_zeros(rows, *A.shape) if initial_state is None
           else initial_state.to(dtype).contiguous())  # (B or N, H, N)
     if backend(x.device) == "numba" and x.numel() > 0:
-        y, hT = _SelectiveScan.apply(x, dt, A, Bm, Cm, h0, cu, bool(neg_eigval), CHECKPOINT)
+        y, hT = _run_selectivescan(x, dt, A, Bm, Cm, h0, cu, bool(neg_eigval), CHECKPOINT)
     else:
         y, hT = _torch_path(x, dt, A, Bm, Cm, h0, cu, bool(neg_eigval))
     return y.to(out_dtype), (hT if output_final_state else None)
