@@ -156,9 +156,10 @@ def test_factors_of_the_wrong_kind_are_refused():
             q = u.unflatten(-1, (1, 2))  # (B, T, 1, 2)
             return OuterProduct(q, q, q, g=-q.abs())
 
-    with pytest.raises(TypeError, match=r"kind 'diagonal', but it declares structure "
-                                        r"Linear\(kind='scalar'\)"):
-        rnnlab.Recurrent(Wrong(), engine="sequential")(torch.randn(1, 3, 2))
+    for engine in ("sequential", "scan"):
+        with pytest.raises(TypeError, match=r"kind 'diagonal', but it declares structure "
+                                            r"Linear\(kind='scalar'\)"):
+            rnnlab.Recurrent(Wrong(), engine=engine)(torch.randn(1, 3, 2))
 
 
 @pytest.mark.parametrize("name", ["lru", "mamba", "minmax"])

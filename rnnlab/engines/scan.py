@@ -8,7 +8,7 @@
 - ``monoid``: the cell's elements through ``ops.associative_scan`` with the cell's ``combine``;
 
 then reads out every step at once. A cell that declares factors (``cells/factors.py``: GLA,
-Mamba, Mamba-2, mLSTM, S4D, DLR, LSSL) runs instead through the op made for them
+Mamba, Mamba-2, mLSTM, S4D, DLR, LSSL, MinMax) runs instead through the op made for them
 (``engines/factored.py``): chunkwise, fused or FFT-convolution forms that never materialise
 ``(B, T, *S)``. Padded steps (``lengths``) become identity transitions, so the state stays and
 the final state is each sequence's own. One token (decoding) takes the cell's own step.
@@ -116,6 +116,9 @@ class Scan(Engine):
         u = cell.project(x)  # (B, T, D) -> (B, T, P)
         alive = None if lengths is None else _alive(lengths, T)
         f = cell.factors(u) if self.factored and hasattr(cell, "factors") else None
+        if f is not None and f.kind != kind:
+            raise TypeError(f"{type(cell).__name__}: its factors ({type(f).__name__}) are of "
+                            f"kind {f.kind!r}, but it declares structure {cell.structure}")
         if f is not None and runs_factored(f):
             o, h_T = run_factored(f, h0, alive, lengths, self.chunk_size)
             y = cell.finish(o, u)  # (B, T, H_out)
