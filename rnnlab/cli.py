@@ -206,7 +206,10 @@ def _user_errors():
 def _bench(module, out: Optional[Path], **kwargs) -> dict:
     """Run one benchmark module, print its table, write its JSON (atomically)."""
     from .benchmarks.timing import write_json
-    result = module.run(**kwargs)
+    with _user_errors():
+        if out is not None and (out.is_dir() or not out.name):  # say so before the timing
+            raise ValueError(f"--out: expected a JSON file path, got the directory {str(out)!r}")
+        result = module.run(**kwargs)
     module.print_table(result, console)
     if out is not None:
         console.print(f"wrote {write_json(result, out)}")

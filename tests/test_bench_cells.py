@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 import rnnlab
 from rnnlab.benchmarks import cells as bench
+from rnnlab.benchmarks.memory import held_bytes
 from rnnlab.cli import app
 from rnnlab.errors import ConvergenceError
 
@@ -97,7 +98,15 @@ def test_held_bytes_counts_saved_storages_once():
     w = torch.randn(3, 5, generator=gen, requires_grad=True)
     a = (x * w).exp()  # mul saves x and w (left out), exp saves its result a
     y = a.sin()  # sin saves its input a again: one storage
-    assert bench._held_bytes([y], [x, w]) == 2 * 15 * 4
+    assert held_bytes([y], [x, w]) == 2 * 15 * 4
     h = y[:, :2]  # a view of y: the same storage
-    assert bench._held_bytes([y, h], [x, w]) == 2 * 15 * 4
+    assert held_bytes([y, h], [x, w]) == 2 * 15 * 4
     assert bench.parse_sizes("8x1024x128, 2X3X4") == ((8, 1024, 128), (2, 3, 4))
+
+
+def test_a_directory_as_out_is_refused_before_any_timing(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "cells", "--sizes", "2x5x4", "--cells", "gru",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--out: expected a JSON file path, got the directory" in result.output
+    assert "gru" not in result.output  # nothing was measured
