@@ -18,6 +18,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from ..ops.monoids import mlstm_leaf, mlstm_output
+
 
 @dataclass(frozen=True)
 class OuterProduct:
@@ -86,11 +88,9 @@ class StabilizedOuterProduct:
     kind = "monoid"
 
     def transition(self):
-        from ..ops.monoids import mlstm_leaf
         return mlstm_leaf(self.log_f, self.i, self.k, self.v)
 
     def read(self, h) -> torch.Tensor:
-        from ..ops.monoids import mlstm_output
         C, n, m = h
         return mlstm_output(m, C, n, self.q)  # (B, T, heads, V)
 

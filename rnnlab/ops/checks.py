@@ -8,8 +8,9 @@ from typing import Tuple
 import torch
 
 
-def check_tensor(name: str, x, shape: tuple, pattern: str, device) -> None:
-    """TypeError/ValueError naming ``name`` unless ``x`` is a float tensor of ``shape``."""
+def check_tensor(name: str, x, shape: tuple, pattern: str, device, like: str = "q") -> None:
+    """TypeError/ValueError naming ``name`` unless ``x`` is a float tensor of ``shape`` on
+    ``device`` (that of the input named ``like``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor {pattern}, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -18,7 +19,7 @@ def check_tensor(name: str, x, shape: tuple, pattern: str, device) -> None:
         raise ValueError(f"{name}: expected shape {pattern} = {tuple(shape)}, "
                          f"got {tuple(x.shape)}")
     if x.device != device:
-        raise ValueError(f"{name}: expected device {device} (that of q), got {x.device}")
+        raise ValueError(f"{name}: expected device {device} (that of {like}), got {x.device}")
 
 
 def check_qkv(q, k, v) -> Tuple[int, int, int, int, int]:
@@ -41,6 +42,20 @@ def check_qkv(q, k, v) -> Tuple[int, int, int, int, int]:
         raise TypeError(f"k, v: expected the dtype of q ({q.dtype}), got k {k.dtype}, "
                         f"v {v.dtype}")
     return B, T, H, K, V
+
+
+def check_matrix_state(initial_state, rows: int, H: int, K: int, V: int, packed: bool,
+                       device) -> None:
+    """An optional initial state ``(B, H, K, V)``, or ``(N, H, K, V)`` for N packed sequences."""
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, (rows, H, K, V),
+                     "(N, H, K, V)" if packed else "(B, H, K, V)", device)
+
+
+def compute_dtype(*tensors) -> torch.dtype:
+    """fp64 when any given tensor is fp64, else fp32 (None entries are skipped)."""
+    wide = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if wide else torch.float32
 
 
 def check_chunk_size(chunk_size, optional: bool) -> None:

@@ -27,7 +27,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .checks import check_chunk_size, check_qkv, check_scale, check_tensor
+from .checks import (check_chunk_size, check_matrix_state, check_qkv, check_scale,
+                     check_tensor, compute_dtype)
 from .varlen import check_cu_seqlens, segments
 
 Tensor = torch.Tensor
@@ -41,14 +42,10 @@ def _check_inputs(q, k, v, beta, g, initial_state, cu_seqlens, chunk_size, scale
         check_tensor("g", g, (B, T, H), "(B, T, H)", q.device)
     cu = check_cu_seqlens(cu_seqlens, B, T)
     rows = B if cu is None else len(cu) - 1
-    if initial_state is not None:
-        check_tensor("initial_state", initial_state, (rows, H, K, V),
-                      "(B, H, K, V)" if cu is None else "(N, H, K, V)", q.device)
+    check_matrix_state(initial_state, rows, H, K, V, cu is not None, q.device)
     check_chunk_size(chunk_size, optional=False)
     check_scale(scale)
-    present = [x for x in (q, beta, g, initial_state) if x is not None]
-    wide = any(x.dtype == torch.float64 for x in present)
-    return B, T, H, K, V, cu, torch.float64 if wide else torch.float32
+    return B, T, H, K, V, cu, compute_dtype(q, beta, g, initial_state)
 
 
 def _segsum(g: Tensor) -> Tensor:

@@ -367,9 +367,7 @@ class _LinearScan(torch.autograd.Function):
         return da, db, dh0, None
 
 
-@torch.compiler.disable  # numba runs outside any graph: torch.compile breaks the graph here
-def _run_linearscan(*args):
-    return _LinearScan.apply(*args)
+_run_linearscan = torch.compiler.disable(_LinearScan.apply)  # graph break under torch.compile
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | None = None,

@@ -44,7 +44,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .checks import check_chunk_size, check_qkv, check_scale, check_tensor
+from .checks import (check_chunk_size, check_matrix_state, check_qkv, check_scale,
+                     check_tensor, compute_dtype)
 from .delta import _pack_rows, _segsum, _to_chunks
 from .varlen import check_cu_seqlens, segments
 
@@ -64,14 +65,10 @@ def _check_inputs(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size):
                   q.device)
     cu = check_cu_seqlens(cu_seqlens, B, T)
     rows = B if cu is None else len(cu) - 1
-    if initial_state is not None:
-        check_tensor("initial_state", initial_state, (rows, H, K, V),
-                      "(B, H, K, V)" if cu is None else "(N, H, K, V)", q.device)
+    check_matrix_state(initial_state, rows, H, K, V, cu is not None, q.device)
     check_chunk_size(chunk_size, optional=True)
     check_scale(scale)
-    present = [x for x in (q, g, initial_state) if x is not None]
-    wide = any(x.dtype == torch.float64 for x in present)
-    return B, T, H, K, V, cu, torch.float64 if wide else torch.float32
+    return B, T, H, K, V, cu, compute_dtype(q, g, initial_state)
 
 
 def _prepare(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size):

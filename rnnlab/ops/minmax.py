@@ -284,9 +284,7 @@ class _MinMaxScan(torch.autograd.Function):
         return dr, ds, dx0, None
 
 
-@torch.compiler.disable  # numba runs outside any graph: torch.compile breaks the graph here
-def _run_minmaxscan(*args):
-    return _MinMaxScan.apply(*args)
+_run_minmaxscan = torch.compiler.disable(_MinMaxScan.apply)  # graph break under torch.compile
 
 
 def minmax_scan(r: torch.Tensor, s: torch.Tensor, initial_state: torch.Tensor | None = None,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
+from .checks import check_tensor
 from .diagonal import _np, linear_scan, numba_threads
 from .varlen import check_cu_seqlens, segments
 
@@ -39,18 +40,6 @@ CHECKPOINT = 64  # C: the kernel keeps the state every C steps, (B, T / C, H, N)
 
 
 # ----------------------------------------------------------------------------- checks
-
-def _check_tensor(name, t, shape, pattern, device) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor {pattern}, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating dtype, got {t.dtype}")
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {pattern} = {tuple(shape)}, "
-                         f"got {tuple(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name}: expected device {device} (that of x), got {t.device}")
-
 
 def _check(x, dt, A, Bm, Cm, initial_state, cu_seqlens):
     """Validate the arguments; returns ``(cu, compute_dtype)``."""
@@ -69,12 +58,13 @@ def _check(x, dt, A, Bm, Cm, initial_state, cu_seqlens):
                                     ("A", A, (H, N), "(H, N)"),
                                     ("Bm", Bm, (B, T, N), "(B, T, N)"),
                                     ("Cm", Cm, (B, T, N), "(B, T, N)")):
-        _check_tensor(name, t, shape, pattern, x.device)
+        check_tensor(name, t, shape, pattern, x.device, like="x")
     cu = check_cu_seqlens(cu_seqlens, B, T)
     if initial_state is not None:
         rows = B if cu is None else len(cu) - 1
-        _check_tensor("initial_state", initial_state, (rows, H, N),
-                      "(B, H, N)" if cu is None else "(N, H, N) with N sequences", x.device)
+        check_tensor("initial_state", initial_state, (rows, H, N),
+                     "(B, H, N)" if cu is None else "(N, H, N) with N sequences", x.device,
+                     like="x")
     compute = torch.float32
     for t in (x, dt, A, Bm, Cm, initial_state):
         if t is not None:
@@ -291,9 +281,7 @@ class _SelectiveScan(torch.autograd.Function):
         return grads + (None, None, None)
 
 
-@torch.compiler.disable  # numba runs outside any graph: torch.compile breaks the graph here
-def _run_selectivescan(*args):
-    return _SelectiveScan.apply(*args)
+_run_selectivescan = torch.compiler.disable(_SelectiveScan.apply)  # graph break under torch.compile
 
 
 def selective_scan(x: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor,
