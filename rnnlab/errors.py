@@ -12,3 +12,17 @@ class ConvergenceError(RuntimeError):
         super().__init__(f"{message}; residual history: "
                          f"{', '.join(f'{r:.3g}' for r in history) or 'none'}")
         self.history = list(history)
+
+
+class DirectoryLocked(ValueError):
+    """Another process writes the output directory asked for (one writer per directory)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used. ``corrupt`` is True when the file is damaged or not an
+    rnnlab checkpoint of this model (a run may restart from scratch), False when it is intact
+    but does not fit the run asked for (e.g. its step is past the step budget)."""
+
+    def __init__(self, message: str, corrupt: bool):
+        super().__init__(message)
+        self.corrupt = corrupt
