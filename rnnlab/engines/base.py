@@ -7,15 +7,19 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from ..cells.base import Cell, State, map_state
+from ..cells.base import Cell, State, as_tuple, map_state
 from .checks import check_input, check_lengths, check_state
 
 
 def compute_dtype(x: torch.Tensor, tensors) -> torch.dtype:
-    """The dtype a run computes and keeps its state in: at least fp32; fp64 stays fp64."""
+    """The dtype a run computes and keeps its state in: at least fp32, and at least the
+    precision of every floating tensor given (parameters, initial state; a complex one counts
+    by its real part): an fp64 one makes the run fp64 rather than being rounded down."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     for t in tensors:
-        if t.is_floating_point():
+        if t.is_complex():
+            dtype = torch.promote_types(dtype, t.real.dtype)
+        elif t.is_floating_point():
             dtype = torch.promote_types(dtype, t.dtype)
     return dtype
 
@@ -45,14 +49,28 @@ def call_with_params(cell: Cell, tensors: Dict[str, torch.Tensor], fn: Callable,
     return torch.func.functional_call(_Bound(cell, fn), named, args)
 
 
+def _zero_padding(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x (B, T, D)`` with the steps past each sequence's length set to 0, before any engine
+    sees them. Engines make padded steps the identity, but their values still flow through
+    the projection and the parameter gradients (``x^T @ grad``: 0 * NaN is NaN), and a huge
+    finite value overflows a gate; a select (not a mask product, which keeps NaN) cuts them
+    out of the forward and gives their inputs a gradient of exactly 0."""
+    if lengths is None or int(lengths.min()) == x.shape[1]:
+        return x
+    valid = torch.arange(x.shape[1], device=x.device) < lengths[:, None]  # (B, T)
+    return torch.where(valid[..., None], x, x.new_zeros(()))
+
+
 class Engine:
     """Runs a cell over a sequence. Call: ``y, h_T = engine(cell, x, initial_state, lengths)``.
 
     - ``x: (B, T, D)`` floating; ``y: (B, T, H_out)`` in ``x.dtype``.
     - The state is computed and returned in at least fp32 (bf16/fp16 inputs get an fp32 state,
-      fp64 stays fp64); parameters are cast to that dtype for the run (autocast-like).
+      fp64 stays fp64, also when only the parameters or ``initial_state`` are fp64);
+      parameters are cast to that dtype for the run (autocast-like).
     - ``lengths: (B,)`` ints in [0, T]: steps past a sequence's end leave its state untouched and
-      output zeros.
+      output zeros; whatever they hold (NaN, inf, 1e30) reaches no output and no gradient, and
+      their inputs get a gradient of exactly 0.
     - ``params``: optional ``{name: tensor}`` used instead of the cell's own parameters.
     """
 
@@ -78,10 +96,11 @@ class Engine:
         tensors = dict(cell.named_parameters()) if params is None else dict(params)
         tensors.update({k: v for k, v in cell.named_buffers()
                         if k not in tensors and v.is_floating_point()})
-        dtype = compute_dtype(x, tensors.values())
+        state = () if initial_state is None else as_tuple(initial_state)
+        dtype = compute_dtype(x, [*tensors.values(), *state])
         h0 = (cell.init_state(B, dtype, x.device) if initial_state is None
               else map_state(lambda t: t.to(state_dtype(t, dtype)), initial_state))
-        xc = x.to(dtype)
+        xc = _zero_padding(x, lengths).to(dtype)
         if params is None and all(t.dtype == dtype for t in tensors.values()):
             y, h = self.run(cell, xc, h0, lengths)
         else:

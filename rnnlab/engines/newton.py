@@ -6,8 +6,9 @@ current iterate h^k (structured Jacobian columns A_t, ``linearize.py``) and solv
     delta_t = A_t delta_{t-1} + (f(h^k_{t-1}, u_t) - h^k_t),   h^{k+1} = h^k + w delta
 
 (for w = 1 exactly ``h^{k+1}_t = A_t h^{k+1}_{t-1} + f_t - A_t h^k_{t-1}``). It stops when
-``max_t ||f_t - h_t|| / (||h_t|| + 1e-6) <= tol``; NaN/inf or no convergence in ``max_iters``
-raise ``ConvergenceError`` (or fall back to the sequential engine when asked).
+``max_t ||f_t - h_t|| / (||h_t|| + 1e-6) <= tol`` for every state leaf; NaN/inf or no
+convergence in ``max_iters`` raise ``ConvergenceError`` (or fall back to the sequential engine
+when asked).
 ``damping="elk"`` / ``"quasi-elk"`` take Levenberg-Marquardt (ELK) steps instead (``elk.py``).
 
 One pass over memory per iteration. States are flat ``(S,)`` per sample and time-major in the
@@ -140,7 +141,7 @@ class Newton(Engine):
         start = flatten(h0, lay)  # (B, S)
         self._check_budget(cell, B, T, lay)
         if cell not in self._probed:
-            probe(cell, u[:, 0].detach(), torch.randn_like(start), lay)
+            probe(cell, u[:, 0].detach(), start, lay)
             self._probed.add(cell)
         alive = None if lengths is None else (torch.arange(T, device=x.device)[None, :]
                                               < lengths[:, None])  # (B, T)
@@ -266,7 +267,7 @@ class Newton(Engine):
         for (t0, t1), f_c in zip(bounds, f):
             for z, f_l in zip(steps, f_c.split(split, -1)):
                 z[:, t0:t1] = f_l.transpose(0, 1)  # (C, B, S_l) -> (B, C, S_l)
-        last = [z[:, -1].clone() for z in steps]  # L x (B, S_l)
+        last = _finals(steps, start, alive, split)  # L x (B, S_l)
         named = [(n, t) for n, t in itertools.chain(cell.named_parameters(),
                                                      cell.named_buffers())
                  if t.requires_grad]
@@ -313,3 +314,21 @@ class Newton(Engine):
                 warnings.warn(f"Newton: Dense Jacobians of {type(cell).__name__} need "
                               f"{need / 2 ** 20:.0f} MiB (B={B}, T={T}, S={lay.size}) > budget "
                               f"{self.dense_budget_bytes / 2 ** 20:.0f} MiB", RuntimeWarning)
+
+
+def _finals(steps, start: torch.Tensor, alive: Optional[torch.Tensor],
+            split) -> List[torch.Tensor]:
+    """Each sequence's final state, per leaf ``(B, S_l)``: z at its last valid step
+    ``f(h*_{n-2}, u_{n-1})``, or h0 for an empty one. Not z at T-1: past the end the solve
+    carries the iterate ``h_{n-1}`` forward unchanged, one Newton correction behind z_{n-1}
+    (its error is the residual, where z's is far smaller), so a padded batch would return a
+    worse final state than the same sequence unpadded. At the fixed point both are equal, so
+    the adjoint backward (which sends the final state's gradient to T-1, back through the
+    padded identity steps) stays exact."""
+    if alive is None:
+        return [z[:, -1].clone() for z in steps]
+    n = alive.sum(1)  # (B,): alive is a prefix mask
+    rows, last = torch.arange(n.shape[0], device=n.device), (n - 1).clamp(min=0)
+    empty = (n == 0)[:, None]  # (B, 1)
+    return [torch.where(empty, h0_l, z[rows, last])
+            for z, h0_l in zip(steps, start.detach().split(split, -1))]

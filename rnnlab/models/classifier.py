@@ -158,7 +158,9 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["
         lengths = check_lengths(lengths, B, T, h.device)
         valid = torch.arange(T, device=h.device) < lengths.unsqueeze(1)  # (B, T)
         if self.pooling == "mean":
-            summed = (h * valid.unsqueeze(-1).to(h.dtype)).sum(1)  # (B, D)
+            # A select, not a mask product: 0 * NaN is NaN, so a non-finite padded feature
+            # would reach the logits and every gradient.
+            summed = torch.where(valid.unsqueeze(-1), h, h.new_zeros(())).sum(1)  # (B, D)
             return summed / lengths.unsqueeze(1).to(h.dtype)
         if self.pooling == "max":
             return h.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(1)  # (B, D)

@@ -26,7 +26,7 @@ Gradients by autograd (torch.fft is differentiable) to u, A, B, C and initial_st
 leaves included.
 
 Variable lengths: ``lengths (B,)`` ends row b at step ``lengths[b]`` (its final state is x
-there; y past it is unspecified: the caller masks it), or ``cu_seqlens`` (B == 1, packed
+there; y past it is unspecified: the caller masks it; u past it has no influence), or ``cu_seqlens`` (B == 1, packed
 sequences, each from its row of initial_state; run as padded rows with lengths).
 
 Precision: computed in fp32 (fp64 if any input is fp64/complex128), FFT included; y comes back
@@ -116,7 +116,19 @@ def _prepare(u, A, B, C, initial_state, cu_seqlens, lengths):
     dense, cu, lengths, rd = _check(u, A, B, C, initial_state, cu_seqlens, lengths)
     sd = rd if dense else (torch.complex128 if rd == torch.float64 else torch.complex64)
     x0 = None if initial_state is None else initial_state.to(sd)
-    return dense, cu, lengths, u.to(rd), A.to(sd), B.to(sd), C.to(sd), x0
+    u = _zero_padding(u, lengths).to(rd)
+    return dense, cu, lengths, u, A.to(sd), B.to(sd), C.to(sd), x0
+
+
+def _zero_padding(u: Tensor, L: Optional[Tensor]) -> Tensor:
+    """``u (B, T, H)`` with the steps past each row's length set to 0. The FFT mixes every
+    step into every other, so a NaN there would reach the valid outputs and a huge value would
+    swamp them with its rounding error; a select (not a mask product: 0 * NaN is NaN) also
+    gives those steps a gradient of exactly 0."""
+    if L is None:
+        return u
+    valid = torch.arange(u.shape[1], device=u.device) < L[:, None]  # (B, T)
+    return torch.where(valid[..., None], u, u.new_zeros(()))
 
 
 def _fast_size(n: int) -> int:
@@ -287,7 +299,7 @@ def _reversed(u: Tensor, L) -> Tensor:
     s = torch.arange(u.shape[1], device=u.device)
     index = (L[:, None] - 1 - s).clamp(min=0)  # (B, T)
     v = u.gather(1, index[..., None].expand(u.shape))  # (B, T, H)
-    return v * (s < L[:, None])[..., None]
+    return torch.where((s < L[:, None])[..., None], v, v.new_zeros(()))
 
 
 def _convolve(u, A, B, C, x0, L, dense: bool, want_final: bool):
