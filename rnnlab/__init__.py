@@ -1,5 +1,6 @@
 """rnnlab: write a recurrent cell once, run it every way."""
 from . import cells, engines, nn  # noqa: F401
+from .cells.base import OptionTypeError  # noqa: F401
 from .errors import ConvergenceError  # noqa: F401
 from .nn.recurrent import Recurrent  # noqa: F401
 

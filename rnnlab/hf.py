@@ -19,8 +19,11 @@ from transformers import (AutoConfig, AutoModelForCausalLM, GenerationMixin, Pre
                           PreTrainedModel)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .models.lm import LM
+from .models.lm import LM, check_pretrained_dir
 
+# what transformers' save_pretrained may write as weights, one of which from_pretrained needs
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 # transformers 5 renamed past_key_values to cache
 CACHE_FIELD = ("cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
                else "past_key_values")
@@ -48,6 +51,13 @@ class RnnlabConfig(PretrainedConfig):
         kwargs["tie_word_embeddings"] = tie_embeddings  # LM ties its head; transformers saves once
         super().__init__(**kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, after saying which directory or file is missing."""
+        check_pretrained_dir(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained",
+                             weights=())
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
 
 class RecurrentCache(list):
     """rnnlab's per-layer state, as the object ``generate()`` passes back as past_key_values."""
@@ -74,6 +84,13 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _init_weights(self, module):  # LM initializes itself; keep its init
         pass
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, after saying which directory or file is missing."""
+        check_pretrained_dir(pretrained_model_name_or_path, f"{cls.__name__}.from_pretrained",
+                             weights=WEIGHT_FILES)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def get_input_embeddings(self):
         return self.lm.embed

@@ -13,6 +13,8 @@ import re
 from typing import Dict, List, Tuple
 
 from .. import cells, tasks
+from ..cells.registry import check_options, did_you_mean, option_types
+from ..models.attention import CausalSelfAttention
 from ..models.sequence import ATTENTION
 
 # alias -> (mixer, options). The [a,b] suffix is the range of the transition's eigenvalues.
@@ -30,6 +32,7 @@ ALIASES: Dict[str, Tuple[str, dict]] = {
 }
 
 ARENA_KINDS = ("tokens", "real")  # what SequenceModel reads and writes
+CELL_FIXED = ("input_size", "hidden_size", "device", "dtype")  # the model sets these, not a spec
 
 _SPEC = re.compile(r"^\s*([A-Za-z0-9_\[\],.\-]+?)\s*(?:\((.*)\))?\s*$")
 
@@ -74,6 +77,40 @@ def parse(spec: str, what: str) -> Tuple[str, dict]:
     return name, options
 
 
+def typed(what: str, spec: str, fn, options: dict, fixed: Tuple[str, ...] = ()) -> dict:
+    """``options`` parsed from ``spec`` as ``fn`` takes them: a bool option is true/false/1/0
+    (any case; anything else is refused naming the option); then names and types are checked
+    against ``fn``'s signature (``cells.registry.check_options``)."""
+    accepted = option_types(fn)
+    out = {}
+    for key, value in options.items():
+        if key in fixed:
+            raise ValueError(f"{what}: option {key} in {spec!r} is set by the model, not by "
+                             f"the spec")
+        kinds = accepted.get(key) or ()
+        if bool in kinds and not isinstance(value, bool) and value is not None:
+            if type(value) is not int or value not in (0, 1):
+                raise ValueError(f"{what}: option {key} in {spec!r} must be true or false "
+                                 f"(or 1/0), got {value!r}")
+            value = bool(value)
+        out[key] = value
+    check_options(f"{what}: {spec!r}", fn, out, fixed)
+    return out
+
+
+def cell_options(text: str, cell: str, what: str = "--cell-options") -> dict:
+    """``"allow_neg_eigval=true,heads=2"`` -> the options of ``cell``, typed and checked."""
+    if cell != ATTENTION and cell not in cells.available():
+        names = [ATTENTION] + cells.available()
+        raise ValueError(f"--cell: unknown cell {cell!r}{did_you_mean(cell, names)}; expected "
+                         f"{ATTENTION!r} or a registered cell ({', '.join(cells.available())})")
+    options = parse(f"x({text})", what)[1]
+    if cell == ATTENTION and options:
+        raise ValueError(f"{what}: attention layers take no cell options, got {text!r}")
+    return typed(what, text, cells.registry.constructor(cell), options, CELL_FIXED) \
+        if options else {}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     label: str  # as written; the name in tables
@@ -82,24 +119,33 @@ class ModelSpec:
 
 
 def model(spec: str) -> ModelSpec:
-    """Resolve a model spec (see module docstring); unknown names raise listing the known ones."""
+    """Resolve a model spec (see module docstring); unknown names raise listing the known ones
+    and the closest, options are checked against the mixer's signature (names and types)."""
     name, options = parse(spec, "--models")
     if name in ALIASES:
-        mixer, fixed = ALIASES[name]
-        return ModelSpec(spec.strip(), mixer, {**fixed, **options})
-    if name in cells.available():
-        return ModelSpec(spec.strip(), name, options)
-    raise ValueError(f"--models: unknown model {name!r}; expected a registered cell "
-                     f"({', '.join(cells.available())}) or one of {', '.join(ALIASES)}")
+        mixer, preset = ALIASES[name]
+    elif name in cells.available():
+        mixer, preset = name, {}
+    else:
+        names = list(ALIASES) + cells.available()
+        raise ValueError(f"--models: unknown model {name!r}{did_you_mean(name, names)}; expected "
+                         f"a registered cell ({', '.join(cells.available())}) or one of "
+                         f"{', '.join(ALIASES)}")
+    if mixer == ATTENTION:
+        options = typed("--models", spec, CausalSelfAttention, options, ("d_model",))
+    else:
+        options = typed("--models", spec, cells.registry.constructor(mixer), options, CELL_FIXED)
+    return ModelSpec(spec.strip(), mixer, {**preset, **options})
 
 
 def task(spec: str) -> Tuple[str, tasks.Task]:
-    """Resolve a task spec to ``(label, task)``; the task validates its own options."""
+    """Resolve a task spec to ``(label, task)``: option names and booleans are checked here,
+    ranges by the task itself."""
     name, options = parse(spec, "--tasks")
     if name not in tasks.available():
-        raise ValueError(f"--tasks: unknown task {name!r}; available: "
-                         f"{', '.join(tasks.available())}")
-    task = tasks.get(name, **options)
+        raise ValueError(f"--tasks: unknown task {name!r}{did_you_mean(name, tasks.available())};"
+                         f" available: {', '.join(tasks.available())}")
+    task = tasks.get(name, **typed("--tasks", spec, tasks.task_class(name), options))
     if task.kind not in ARENA_KINDS:
         raise ValueError(f"--tasks: {name!r} is a {task.kind} task; the arena trains sequence "
                          f"models on {' and '.join(ARENA_KINDS)} tasks (pointer tasks need "

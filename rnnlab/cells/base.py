@@ -31,6 +31,12 @@ from torch import nn
 State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
 
 
+class OptionTypeError(TypeError, ValueError):
+    """An argument or option of the wrong type (``allow_neg_eigval="false"``): a TypeError, as
+    torch.nn raises for a wrongly typed size or flag, and a ValueError, as every rnnlab user error
+    is (so ``except ValueError`` and the CLI's one-line errors still catch it)."""
+
+
 # ---- declared structure of the step Jacobian dh_t/dh_{t-1} -------------------------------------
 
 @dataclass(frozen=True)
@@ -108,7 +114,10 @@ class Cell(nn.Module):
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise OptionTypeError(f"{type(self).__name__}: {name} must be an int >= 1, "
+                                      f"got {v!r}")
+            if v < 1:
                 raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {v!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size

@@ -15,6 +15,8 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..cells.registry import check_options
+
 KVCache = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -39,11 +41,12 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, heads: int = 4, window: Optional[int] = None):
         super().__init__()
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or d_model % heads:
+        check_options("CausalSelfAttention", CausalSelfAttention,
+                      dict(d_model=d_model, heads=heads, window=window))
+        if heads < 1 or d_model < 1 or d_model % heads:
             raise ValueError(f"CausalSelfAttention: d_model must be divisible by heads, got "
                              f"d_model={d_model}, heads={heads!r}")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                                   or window < 1):
+        if window is not None and window < 1:
             raise ValueError(f"CausalSelfAttention: window must be None or an int >= 1, "
                              f"got {window!r}")
         self.heads, self.window = heads, window

@@ -1,14 +1,15 @@
 """``Recurrent(cell, engine)``: the user-facing layer that runs any cell on any engine it allows."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .. import cells as _cells
-from ..cells.base import Cell, State
-from ..engines import Engine, compute_dtype, resolve
+from ..cells.base import Cell, OptionTypeError, State, as_tuple
+from ..engines import Engine, available as available_engines, compute_dtype, resolve
 
 
 class Recurrent(nn.Module):
@@ -31,6 +32,13 @@ class Recurrent(nn.Module):
                  input_size: Optional[int] = None, hidden_size: Optional[int] = None,
                  **cell_kwargs):
         super().__init__()
+        if isinstance(engine, numbers.Number):  # Recurrent("gru", 4, 8): sizes given by position
+            hint = "" if not isinstance(cell, str) else (
+                f"; give the sizes by name: Recurrent({cell!r}, input_size={engine!r}, "
+                f"hidden_size={'H' if input_size is None else input_size})")
+            raise OptionTypeError(f"Recurrent: engine (the second argument) must be 'auto', one "
+                                  f"of {available_engines()} or an Engine object, got {engine!r}"
+                                  f"{hint}")
         if isinstance(cell, str):
             if input_size is None or hidden_size is None:
                 raise ValueError(f"Recurrent: building cell {cell!r} by name needs input_size "
@@ -60,10 +68,32 @@ class Recurrent(nn.Module):
 
     def forward(self, x: torch.Tensor, initial_state: Optional[State] = None,
                 lengths=None) -> Tuple[torch.Tensor, State]:
+        self._check_devices(x, initial_state, "initial_state")
         return self.engine(self.cell, x, initial_state, lengths)
+
+    def _check_devices(self, x, state, name: str) -> None:
+        """``x``, ``state`` and the parameters on one device, said in the caller's terms (the
+        engine would fail deep inside with "Tensor on device cpu is not on the expected
+        device")."""
+        if not isinstance(x, torch.Tensor):
+            return  # the engine names a wrong type
+        weight = next(self.cell.parameters(), None)
+        if weight is not None and weight.device != x.device:
+            raise ValueError(f"x: expected the device of the layer's parameters "
+                             f"({weight.device}), got {x.device}; move one with .to(device)")
+        leaves = as_tuple(state) if isinstance(state, (torch.Tensor, tuple)) else ()
+        for i, leaf in enumerate(leaves):
+            if isinstance(leaf, torch.Tensor) and leaf.device != x.device:
+                where = f"{name}[{i}]" if isinstance(state, tuple) else name
+                raise ValueError(f"{where}: expected the device of x ({x.device}), "
+                                 f"got {leaf.device}; move both to one device")
 
     def initial_state(self, batch: int, device=None) -> State:
         """The zero state for ``batch`` sequences, in the dtype runs keep state in (>= fp32)."""
+        if isinstance(batch, bool) or not isinstance(batch, int):
+            raise OptionTypeError(f"initial_state: batch must be an int >= 1, got {batch!r}")
+        if batch < 1:
+            raise ValueError(f"initial_state: batch must be an int >= 1, got {batch!r}")
         params = list(self.cell.parameters())
         device = device if device is not None else (params[0].device if params else None)
         dtype = compute_dtype(torch.empty(0), params)
@@ -71,6 +101,7 @@ class Recurrent(nn.Module):
 
     def step(self, x_chunk: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """Run one chunk ``(B, t, D)`` (t >= 1) from ``state``: ``(y_chunk, state)``."""
+        self._check_devices(x_chunk, state, "state")
         return self.engine(self.cell, x_chunk, state)
 
     def extra_repr(self) -> str:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import cells as _cells
+from ..cells.base import OptionTypeError
 from ..engines import Engine, resolve
 
 
@@ -32,6 +33,26 @@ def reverse_padded(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> torch.Te
     return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x))
 
 
+def _check_arguments(name: str, sizes: dict, flags: dict, dropout) -> None:
+    """torch.nn's checks with torch's exception types: a wrongly typed size or flag is a
+    TypeError (an ``OptionTypeError``, also a ValueError), a size out of range or a bad dropout a
+    ValueError; every message in the constructor's own argument names."""
+    for arg, v in sizes.items():
+        low = 0 if arg == "proj_size" else 1
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise OptionTypeError(f"{name}: {arg} must be an int >= {low}, got {v!r} "
+                                  f"({type(v).__name__})")
+        if v < low:
+            raise ValueError(f"{name}: {arg} must be an int >= {low}, got {v!r}")
+    for arg, v in flags.items():  # a string "False" is truthy: refuse it, as torch does
+        if not isinstance(v, bool):
+            raise OptionTypeError(f"{name}: {arg} must be a bool (True or False), got {v!r} "
+                                  f"({type(v).__name__})")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0 <= dropout <= 1:
+        raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
+
+
 class _RNNBase(nn.Module):
     """Shared body of the drop-ins: ``mode`` is the rnnlab cell name of every layer."""
 
@@ -41,13 +62,10 @@ class _RNNBase(nn.Module):
                  engine: Union[str, Engine] = "auto", **cell_options):
         super().__init__()
         name = type(self).__name__
-        for arg, v in (("input_size", input_size), ("hidden_size", hidden_size),
-                       ("num_layers", num_layers)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: {arg} must be an int >= 1, got {v!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0 <= dropout <= 1:
-            raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
+        _check_arguments(name, dict(input_size=input_size, hidden_size=hidden_size,
+                                    num_layers=num_layers, proj_size=proj_size),
+                         dict(bias=bias, batch_first=batch_first, bidirectional=bidirectional),
+                         dropout)
         if dropout > 0 and num_layers == 1:
             warnings.warn(f"{name}: dropout={dropout} acts between layers only, and "
                           f"num_layers=1", stacklevel=3)
@@ -113,7 +131,8 @@ class _RNNBase(nn.Module):
             shapes.append((ld, batch, self.hidden_size))
         return shapes
 
-    def _check_hx(self, hx, batch: int, unbatched: bool) -> List[torch.Tensor]:
+    def _check_hx(self, hx, batch: int, unbatched: bool,
+                  device: torch.device) -> List[torch.Tensor]:
         name = type(self).__name__
         shapes = self._state_shapes(batch)
         leaves = list(hx) if isinstance(hx, (tuple, list)) and len(shapes) == 2 else [hx]
@@ -123,11 +142,16 @@ class _RNNBase(nn.Module):
         out = []
         for i, (t, shape) in enumerate(zip(leaves, shapes)):
             want = (shape[0], shape[2]) if unbatched else shape
+            label = ("h_0", "c_0")[i]
             if tuple(t.shape) != want:
-                label = ("h_0", "c_0")[i]
                 raise ValueError(f"{name}: hx {label} expected shape {want} "
                                  f"(num_layers*num_directions, {'' if unbatched else 'B, '}H), "
                                  f"got {tuple(t.shape)}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name}: hx {label} must have a floating dtype, got {t.dtype}")
+            if t.device != device:
+                raise ValueError(f"{name}: hx {label} is on {t.device} but input is on {device}; "
+                                 f"move both to one device")
             out.append(t.unsqueeze(1) if unbatched else t)
         return out
 
@@ -152,6 +176,11 @@ class _RNNBase(nn.Module):
         unbatched = input.dim() == 2
         x = input.unsqueeze(0) if unbatched else (input if self.batch_first
                                                   else input.transpose(0, 1))  # -> (B, T, D)
+        layout = "(T, D)" if unbatched else "(B, T, D)" if self.batch_first else "(T, B, D)"
+        if x.shape[1] == 0 or x.shape[0] == 0:
+            what = "one time step (T >= 1)" if x.shape[1] == 0 else "one sequence (B >= 1)"
+            raise ValueError(f"{name}: input must have at least {what}; {layout} shape expected, "
+                             f"got {tuple(input.shape)}")
         return x, None, None, unbatched
 
     def _run_layers(self, x, lengths, h0s):
@@ -172,12 +201,16 @@ class _RNNBase(nn.Module):
 
     def forward(self, input, hx=None):
         x, lengths, packed, unbatched = self._unpack_input(input)
+        weight = next(self.parameters())
+        if x.device != weight.device:
+            raise ValueError(f"{type(self).__name__}: input is on {x.device} but the module's "
+                             f"parameters are on {weight.device}; move one with .to(device)")
         B = x.shape[0]
         if hx is None:
             hx_leaves = [torch.zeros(s, dtype=x.dtype, device=x.device)
                          for s in self._state_shapes(B)]
         else:
-            hx_leaves = self._check_hx(hx, B, unbatched)
+            hx_leaves = self._check_hx(hx, B, unbatched, x.device)
         lstm = self.cell_name == "lstm"
         h0s = [tuple(t[i] for t in hx_leaves) if lstm else hx_leaves[0][i]
                for i in range(len(self._cells))]

@@ -4,7 +4,7 @@
 ``generator(seed, split)`` gives the data stream of a seed (train and test streams never coincide).
 """
 from . import metrics  # noqa: F401
-from .base import Task, available, generator, get, register  # noqa: F401
+from .base import Task, available, generator, get, register, task_class  # noqa: F401
 
 # Importing a task module registers its tasks.
 from . import parity  # noqa: F401,E402

@@ -22,6 +22,7 @@ from typing import ClassVar, Dict, List, Sequence, Tuple, Type
 
 import torch
 
+from ..cells.registry import did_you_mean
 from . import metrics
 
 Sample = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -132,16 +133,23 @@ def register(cls: Type[Task]) -> Type[Task]:
     return cls
 
 
+def task_class(name: str) -> Type[Task]:
+    """The class registered as ``name`` (its fields are the task's parameters)."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"task: unknown name {name!r}{did_you_mean(name, available())}; "
+                         f"available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
 def get(name: str, **params) -> Task:
-    """Build the task registered as ``name``: ``get("mod_arith", brackets=True)``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"task: unknown name {name!r}; available: {', '.join(available())}")
-    cls = _REGISTRY[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - fields)
+    """Build the task registered as ``name``: ``get("mod_arith", brackets=True)``. Each task
+    checks its parameters' types and ranges itself (``check_int``, ``check_choice``)."""
+    cls = task_class(name)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(params) - set(fields))
     if unknown:
-        raise ValueError(f"task {name!r}: unknown parameter(s) {unknown}; it takes "
-                         f"{sorted(fields) or 'none'}")
+        raise ValueError(f"task {name!r}: unknown parameter(s) {unknown}"
+                         f"{did_you_mean(unknown[0], fields)}; it takes {sorted(fields) or 'none'}")
     return cls(**params)
 
 

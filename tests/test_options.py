@@ -1,0 +1,309 @@
+"""Options are type-checked and API errors speak the user's terms (issue 12, items 4 and 10).
+
+Covers:
+- every option of every registered cell, from its constructor's signature: a string where a
+  bool is expected (``allow_neg_eigval='false'`` used to act as True), a float or bool where an
+  int is, a string where a number is: a TypeError naming the option; ints pass as floats; an
+  unknown option: a ValueError listing the valid ones and suggesting the closest;
+- the torch.nn drop-ins raise the exception type torch.nn raises for the same wrong argument,
+  and refuse a non-bool flag (``batch_first="False"``);
+- specs (``--models``, ``--tasks``, ``--cell-options``): booleans are true/false/1/0 in any case,
+  anything else is refused naming the option; unknown names suggest the closest;
+- LM: ids outside ``[0, vocab)`` (forward, streaming, generate), bad ``generate`` arguments, a
+  state on another device; ``Recurrent`` and the drop-ins: state/input on another device, their
+  own argument names in messages; ``Recurrent('gru', 4, 8)``; ``from_pretrained`` of a missing
+  directory or file.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab import cells, tasks
+from rnnlab import nn as rnn
+from rnnlab.arena import spec
+from rnnlab.cells.registry import option_types
+from rnnlab.models.attention import CausalSelfAttention
+from rnnlab.models.lm import LM
+
+FIXED = ("input_size", "hidden_size", "device", "dtype")
+WRONG = {bool: "false", int: 2.0, float: "0.1", str: 1}  # a wrong value for each option type
+
+
+def _cell_options():
+    for name in cells.available():
+        for option, accepted in option_types(cells.registry.constructor(name)).items():
+            if option not in FIXED and accepted:
+                yield pytest.param(name, option, accepted, id=f"{name}-{option}")
+
+
+# ---- item 4: options are type-checked ------------------------------------------------------
+
+@pytest.mark.parametrize("name, option, accepted", list(_cell_options()))
+def test_every_cell_option_refuses_a_wrong_type(name, option, accepted):
+    wrong = WRONG[accepted[0]]
+    with pytest.raises(TypeError, match=rf"cell '{name}': {option} must be .*got {wrong!r}"):
+        cells.get(name, 4, 8, device="meta", **{option: wrong})
+
+
+@pytest.mark.parametrize("value", ["false", "no", 1, 0, None, "True"])
+def test_a_bool_option_must_be_a_bool(value):
+    with pytest.raises(TypeError, match=r"allow_neg_eigval must be a bool \(True or False\)"):
+        cells.get("mamba", 4, 8, allow_neg_eigval=value)
+    assert cells.get("mamba", 4, 8, allow_neg_eigval=False).allow_neg_eigval is False
+    with pytest.raises(ValueError):  # also a ValueError: user errors stay catchable as one
+        cells.get("mamba", 4, 8, allow_neg_eigval=value)
+
+
+def test_no_float_option_takes_nan():
+    with pytest.raises(ValueError, match=r"cell 'lstm': forget_bias must be a number, got nan"):
+        cells.get("lstm", 4, 8, forget_bias=float("nan"))
+
+
+def test_ints_pass_as_floats_but_not_bools_as_ints():
+    assert cells.get("lru", 4, 8, r_min=0, r_max=1).hidden_size == 8
+    with pytest.raises(TypeError, match=r"state_size must be an int, got True \(bool\)"):
+        cells.get("mamba", 4, 8, state_size=True)
+    with pytest.raises(TypeError, match=r"GRU: input_size must be an int >= 1, got 2.5"):
+        cells.get("gru", 2.5, 8)
+
+
+def test_unknown_option_lists_the_valid_ones_and_the_closest():
+    with pytest.raises(ValueError, match=r"cell 'mamba': unknown option 'allow_neg_eigvals' "
+                                         r"\(did you mean 'allow_neg_eigval'\?\); valid options: "
+                                         r"state_size, .*allow_neg_eigval"):
+        cells.get("mamba", 4, 8, allow_neg_eigvals=True)
+    with pytest.raises(ValueError, match=r"unknown option 'heads'; valid options: bias, "):
+        rnnlab.Recurrent("gru", input_size=4, hidden_size=8, heads=2)
+
+
+def _torch_error(cls, kwargs):
+    try:
+        cls(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the reference's exception type, whatever it is
+        return type(e)
+    return None
+
+
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("arg, value", [
+    ("hidden_size", 2.5), ("input_size", "2"), ("num_layers", 2.0), ("num_layers", "2"),
+    ("batch_first", "False"), ("batch_first", 1), ("bias", "no"), ("bias", 0),
+    ("hidden_size", 0), ("num_layers", 0), ("dropout", 2), ("dropout", "0.1"),
+])
+def test_drop_ins_raise_what_torch_raises(kind, arg, value):
+    kwargs = {"input_size": 2, "hidden_size": 3, arg: value}
+    want = _torch_error(getattr(torch.nn, kind), kwargs)
+    assert want in (TypeError, ValueError)
+    with pytest.raises(want, match=rf"{kind}: {arg} must be"):
+        getattr(rnn, kind)(**kwargs)
+
+
+@pytest.mark.parametrize("arg", ["batch_first", "bidirectional", "bias"])
+def test_drop_in_flags_must_be_bools(arg):
+    with pytest.raises(TypeError, match=rf"GRU: {arg} must be a bool \(True or False\), "
+                                        rf"got 'False' \(str\)"):
+        rnn.GRU(2, 3, **{arg: "False"})
+    with pytest.raises(TypeError, match=r"LSTM: proj_size must be an int >= 0, got 1.5"):
+        rnn.LSTM(2, 3, proj_size=1.5)
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("FALSE", False), ("True", True),
+                                         ("1", True), ("0", False)])
+def test_spec_booleans(text, value):
+    assert spec.model(f"mamba(allow_neg_eigval={text})").options == {"allow_neg_eigval": value}
+    assert spec.cell_options(f"allow_neg_eigval={text}", "deltanet") == {"allow_neg_eigval": value}
+    assert spec.task(f"mod_arith(brackets={text})")[1].brackets is value
+
+
+@pytest.mark.parametrize("text", ["maybe", "no", "yes", "2", "0.0", "'true'"])
+def test_spec_refuses_other_booleans_naming_the_option(text):
+    with pytest.raises(ValueError, match=r"--models: option allow_neg_eigval in "
+                                         r".mamba\(allow_neg_eigval=.*must be true or false"):
+        spec.model(f"mamba(allow_neg_eigval={text})")
+    with pytest.raises(ValueError, match=r"--cell-options: option allow_neg_eigval .*must be "
+                                         r"true or false"):
+        spec.cell_options(f"allow_neg_eigval={text}", "mamba")
+    with pytest.raises(ValueError, match=r"--tasks: option brackets .*must be true or false"):
+        spec.task(f"mod_arith(brackets={text})")
+
+
+def test_spec_checks_names_and_types_of_options():
+    with pytest.raises(TypeError, match=r"--models: 'mamba\(state_size=abc\)': state_size must "
+                                        r"be an int, got 'abc'"):
+        spec.model("mamba(state_size=abc)")
+    with pytest.raises(ValueError, match=r"unknown option 'head' \(did you mean 'heads'\?\)"):
+        spec.model("transformer(head=2)")
+    with pytest.raises(ValueError, match=r"option input_size .* is set by the model"):
+        spec.model("gru(input_size=3)")
+    with pytest.raises(ValueError, match=r"unknown option 'supervize' \(did you mean "
+                                         r"'supervise'\?\)"):
+        spec.task("parity(supervize=all)")
+    with pytest.raises(ValueError, match=r"--cell-options: attention layers take no cell"):
+        spec.cell_options("heads=2", "attention")
+
+
+def test_lm_and_attention_arguments_are_type_checked():
+    with pytest.raises(TypeError, match=r"LM: tie_embeddings must be a bool .*got 'false'"):
+        LM(10, 8, 1, tie_embeddings="false")
+    with pytest.raises(TypeError, match=r"LM: d_model must be an int, got 8.0"):
+        LM(10, 8.0, 1)
+    with pytest.raises(TypeError, match=r"cell 'mamba': allow_neg_eigval must be a bool"):
+        LM(10, 8, 1, cell="mamba", cell_options={"allow_neg_eigval": "no"})
+    with pytest.raises(ValueError, match=r"LM: cell_options apply to recurrent layers"):
+        LM(10, 8, 1, cell="attention", cell_options={"heads": 2})
+    with pytest.raises(ValueError, match=r"LM: window applies to attention layers"):
+        LM(10, 8, 2, cell="gru", window=4)
+    with pytest.raises(TypeError, match=r"CausalSelfAttention: heads must be an int, got 2.0"):
+        CausalSelfAttention(8, heads=2.0)
+
+
+# ---- item 10: clearer API errors -------------------------------------------------------------
+
+@pytest.fixture
+def lm():
+    torch.manual_seed(0)
+    return LM(10, 8, 1)
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_lm_ids_out_of_range_name_ids(lm, bad):
+    ids = torch.tensor([[1, bad]])
+    match = r"LM: ids must be token ids in \[0, vocab_size=10\), got min"
+    with pytest.raises(ValueError, match=match):
+        lm(ids)
+    with pytest.raises(ValueError, match=match):
+        lm(ids, lm.initial_state(1))
+    with pytest.raises(ValueError, match=match):
+        lm.generate(ids, 3)
+    with pytest.raises(ValueError, match=match):
+        lm.generate(ids, 0)
+
+
+def test_lm_ids_shape_and_type(lm):
+    with pytest.raises(ValueError, match=r"LM: ids must hold at least one token.*\(1, 0\)"):
+        lm(torch.zeros(1, 0, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"LM: ids must be an integer tensor \(B, T\), got list"):
+        lm([[1, 2]])
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(temperature=float("nan")), ValueError, r"temperature must be a number, got nan"),
+    (dict(temperature=float("inf")), ValueError, r"temperature must be a finite number >= 0"),
+    (dict(temperature=-0.5), ValueError, r"temperature must be a finite number >= 0"),
+    (dict(temperature="1"), TypeError, r"temperature must be a number, got '1'"),
+    (dict(top_k=True), TypeError, r"top_k must be an int or None, got True"),
+    (dict(top_k=0), ValueError, r"top_k must be None or an int >= 1"),
+    (dict(max_new_tokens=2.0), TypeError, r"max_new_tokens must be an int, got 2.0"),
+    (dict(generator=5), TypeError, r"generator must be a torch.Generator or None, got int"),
+])
+def test_generate_arguments(lm, kwargs, err, match):
+    with pytest.raises(err, match=rf"generate: {match}"):
+        lm.generate(torch.tensor([[1, 2]]), **{"max_new_tokens": 2, **kwargs})
+
+
+def test_state_on_another_device_is_named(lm):
+    ids = torch.tensor([[1, 2]])
+    with pytest.raises(ValueError, match=r"LM: state\[0\] is on meta but ids are on cpu"):
+        lm(ids, lm.initial_state(1, "meta"))
+    with pytest.raises(ValueError, match=r"LM: state\[0\] holds 2 sequences but ids hold B=1"):
+        lm(ids, lm.initial_state(2))
+    layer = rnnlab.Recurrent("lstm", input_size=3, hidden_size=4)
+    x = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match=r"initial_state\[1\]: expected the device of x \(cpu\), "
+                                         r"got meta"):
+        layer(x, (torch.zeros(2, 4), torch.zeros(2, 4, device="meta")))
+    with pytest.raises(ValueError, match=r"state\[0\]: expected the device of x"):
+        layer.step(x, layer.initial_state(2, "meta"))
+    with pytest.raises(ValueError, match=r"x: expected the device of the layer's parameters"):
+        layer(x.to("meta"))
+
+
+@pytest.mark.parametrize("call, err, match", [
+    (lambda m: m(torch.randn(0, 2, 3)), ValueError,
+     (r"GRU: input must have at least one time step \(T >= 1\); \(T, B, D\) shape expected, "
+      r"got \(0, 2, 3\)")),
+    (lambda m: m(torch.randn(4, 0, 3)), ValueError, r"GRU: input must have at least one sequence"),
+    (lambda m: m(torch.randn(4, 2, 3), torch.zeros(1, 2, 5, dtype=torch.long)), TypeError,
+     r"GRU: hx h_0 must have a floating dtype, got torch.int64"),
+    (lambda m: m(torch.randn(4, 2, 3), torch.zeros(1, 2, 5, device="meta")), ValueError,
+     r"GRU: hx h_0 is on meta but input is on cpu"),
+    (lambda m: m(torch.randn(4, 2, 3, device="meta")), ValueError,
+     r"GRU: input is on meta but the module's parameters are on cpu"),
+])
+def test_drop_in_errors_use_torch_names(call, err, match):
+    with pytest.raises(err, match=match) as info:
+        call(rnn.GRU(3, 5))
+    assert "x:" not in str(info.value) and "initial_state" not in str(info.value)
+
+
+def test_recurrent_with_positional_sizes_says_how_to_call_it():
+    with pytest.raises(TypeError, match=r"engine \(the second argument\) must be .*got 4; give "
+                                        r"the sizes by name: Recurrent\('gru', input_size=4, "
+                                        r"hidden_size=8\)"):
+        rnnlab.Recurrent("gru", 4, 8)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: cells.get("gur", 3, 4), r"cell: unknown name 'gur' \(did you mean 'gru'\?\)"),
+    (lambda: tasks.get("partiy"), r"task: unknown name 'partiy' \(did you mean 'parity'\?\)"),
+    (lambda: tasks.get("parity", supervize="all"), r"\(did you mean 'supervise'\?\)"),
+    (lambda: spec.model("lsmt"), r"--models: unknown model 'lsmt' \(did you mean 'lstm'\?\)"),
+    (lambda: spec.task("partiy"), r"--tasks: unknown task 'partiy' \(did you mean 'parity'\?\)"),
+    (lambda: spec.cell_options("a=1", "mambaa"),
+     r"--cell: unknown cell 'mambaa' \(did you mean 'mamba'\?\)"),
+    (lambda: LM(10, 8, 1, cell="gur"), r"LM: cell must be .*\(did you mean 'gru'\?\)"),
+])
+def test_unknown_names_suggest_the_closest(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def _pretrained_cases(tmp_path, lm):
+    lm.save_pretrained(tmp_path / "full")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "config_only").mkdir()
+    (tmp_path / "config_only" / "config.json").write_text(json.dumps({"vocab_size": 10}))
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "config.json").write_text('{"vocab_')
+    (tmp_path / "torn" / "model.safetensors").write_bytes(b"")
+    return tmp_path
+
+
+def test_from_pretrained_says_what_is_missing(tmp_path, lm):
+    root = _pretrained_cases(tmp_path, lm)
+    for path, match in [
+        ("/no/such/dir", r"LM.from_pretrained: directory '/no/such/dir' does not exist"),
+        (root / "nothing", r"directory '.*nothing' does not exist"),
+        (root / "empty", r"directory '.*empty' has no config.json and no model.safetensors"),
+        (root / "config_only", r"directory '.*config_only' has no model.safetensors"),
+        (root / "full" / "config.json", r"config.json' is a file; expected the directory"),
+        (root / "torn", r"torn/config.json' is not a JSON object"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            LM.from_pretrained(path)
+    with pytest.raises(OSError, match=r"does not exist"):  # what huggingface users catch
+        LM.from_pretrained("/no/such/dir")
+    back = LM.from_pretrained(root / "full")
+    assert all(torch.equal(a, b) for a, b in zip(lm.state_dict().values(),
+                                                 back.state_dict().values()))
+
+
+def test_hf_wrappers_say_what_is_missing(tmp_path):
+    pytest.importorskip("transformers")
+    from rnnlab.hf import RnnlabConfig, RnnlabForCausalLM
+    with pytest.raises(ValueError, match=r"RnnlabForCausalLM.from_pretrained: directory "
+                                         r"'/no/such/dir' does not exist"):
+        RnnlabForCausalLM.from_pretrained("/no/such/dir")
+    with pytest.raises(ValueError, match=r"RnnlabConfig.from_pretrained: directory "
+                                         r"'/no/such/dir' does not exist"):
+        RnnlabConfig.from_pretrained("/no/such/dir")
+    RnnlabConfig(vocab_size=10, d_model=8, n_layers=1).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"has no model.safetensors or .*pytorch_model.bin"):
+        RnnlabForCausalLM.from_pretrained(tmp_path)
+    model = RnnlabForCausalLM(RnnlabConfig(vocab_size=10, d_model=8, n_layers=1))
+    with pytest.raises(ValueError, match=r"LM: ids must be token ids in \[0, vocab_size=10\)"):
+        model(torch.tensor([[3, 10]]))
