@@ -21,8 +21,9 @@ def test_write_atomic_leaves_no_temp_and_keeps_old_file_on_a_full_disk(tmp_path,
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as info:
         write_atomic(path, "new")
+    assert info.value.filename == str(path)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

@@ -43,9 +43,11 @@ def write_atomic(path: Path, data) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.errno and err.filename != str(path):  # name the file
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     return path
 
