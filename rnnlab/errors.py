@@ -14,6 +14,12 @@ class ConvergenceError(RuntimeError):
         self.history = list(history)
 
 
+class OptionTypeError(TypeError, ValueError):
+    """An argument or option of the wrong type (``allow_neg_eigval="false"``): a TypeError, as
+    torch.nn raises for a wrongly typed size or flag, and a ValueError, as every rnnlab user error
+    is (so ``except ValueError`` and the CLI's one-line errors still catch it)."""
+
+
 class DirectoryLocked(ValueError):
     """Another process writes the output directory asked for (one writer per directory)."""
 

@@ -12,20 +12,32 @@ Covers:
 - LM: ids outside ``[0, vocab)`` (forward, streaming, generate), bad ``generate`` arguments, a
   state on another device; ``Recurrent`` and the drop-ins: state/input on another device, their
   own argument names in messages; ``Recurrent('gru', 4, 8)``; ``from_pretrained`` of a missing
-  directory or file.
+  directory or file;
+- a cell built directly (``Mamba(4, 8, allow_neg_eigval='false')``) is checked as ``cells.get``
+  checks it, once per construction, and still pickles, copies and runs with given parameters;
+- every numeric option of every cell, given 0, -1, NaN, inf or a huge value, is either refused
+  naming the option or gives finite parameters and a finite forward (``key_dim=0`` used to mean
+  the default, ``dt_min > dt_max`` a raw RuntimeError, ``max_phase=0`` non-finite parameters);
+- engines name the state as their caller does (``state`` for ``Recurrent.step``), and the
+  sequential engine's outputs for all-empty sequences backpropagate zero gradients.
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
+import pickle
 
 import pytest
 import torch
 
 import rnnlab
-from rnnlab import cells, tasks
+from rnnlab import cells, engines, tasks
 from rnnlab import nn as rnn
 from rnnlab.arena import spec
-from rnnlab.cells.registry import option_types
+from rnnlab.cells import base as cell_base
+from rnnlab.cells.base import as_tuple
+from rnnlab.cells.registry import constructor, option_types
 from rnnlab.models.attention import CausalSelfAttention
 from rnnlab.models.lm import LM
 
@@ -159,6 +171,162 @@ def test_lm_and_attention_arguments_are_type_checked():
         LM(10, 8, 2, cell="gru", window=4)
     with pytest.raises(TypeError, match=r"CausalSelfAttention: heads must be an int, got 2.0"):
         CausalSelfAttention(8, heads=2.0)
+
+
+# ---- direct construction is checked as cells.get checks ----------------------------------------
+
+@pytest.mark.parametrize("name, option, accepted", list(_cell_options()))
+def test_direct_construction_refuses_a_wrong_type(name, option, accepted):
+    cls, wrong = constructor(name), WRONG[accepted[0]]
+    with pytest.raises(TypeError, match=rf"{cls.__name__}: {option} must be .*got {wrong!r}"):
+        cls(4, 8, device="meta", **{option: wrong})
+
+
+def test_direct_construction_checks_positional_unknown_and_missing_arguments():
+    from rnnlab.cells.mamba import Mamba
+    with pytest.raises(TypeError, match=r"Mamba: allow_neg_eigval must be a bool .*got 'false'"):
+        Mamba(4, 8, allow_neg_eigval="false")
+    with pytest.raises(TypeError, match=r"Mamba: dt_min must be a number, got 'x' \(str\)"):
+        Mamba(4, 8, 16, None, "x")  # by position
+    with pytest.raises(ValueError, match=r"Mamba: unknown option 'allow_neg_eigvals' \(did you "
+                                         r"mean 'allow_neg_eigval'\?\); valid options: state_"):
+        Mamba(4, 8, allow_neg_eigvals=True)
+    with pytest.raises(TypeError, match=r"Mamba: missing a required argument: 'hidden_size'"):
+        Mamba(4)
+    with pytest.raises(TypeError, match=r"LSTM: hidden_size must be an int >= 1, got '8'"):
+        cells.LSTM(4, "8", proj_size=2)  # sizes are checked before the constructor uses them
+
+
+def test_each_construction_is_checked_once_in_its_own_terms(monkeypatch):
+    calls = []
+    real = cell_base.check_call
+
+    def counted(owner, *args, **kwargs):
+        calls.append(owner)
+        return real(owner, *args, **kwargs)
+
+    monkeypatch.setattr(cell_base, "check_call", counted)
+    cells.GatedDeltaNet(4, 8, heads=2)  # three constructors deep
+    cells.get("gated_deltanet", 4, 8)
+    assert calls == ["GatedDeltaNet", "cell 'gated_deltanet'"]
+
+    class Plain(cells.GRU):  # inherits GRU's constructor and its checks
+        pass
+
+    class Square(cells.GRU):  # a constructor of its own: checked against its own signature
+        def __init__(self, width: int, bias: bool = True):
+            super().__init__(width, width, bias=bias)
+
+    with pytest.raises(TypeError, match=r"Plain: bias must be a bool"):
+        Plain(4, 8, bias="no")
+    with pytest.raises(TypeError, match=r"Square: width must be an int, got 2.5"):
+        Square(2.5)
+    calls.clear()
+    assert Square(3).hidden_size == 3 and calls == ["Square"]
+    with pytest.raises(TypeError, match=r"^GRU: bias"):  # the registry's name does not linger
+        cells.GRU(4, 8, bias="no")
+
+
+def test_checked_cells_still_pickle_copy_and_run_with_given_parameters():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 4)
+    for cell in (cells.get("mamba", 4, 8), cells.Mamba(4, 8, state_size=4), cells.LSTM(4, 8)):
+        want = engines.Sequential()(cell, x)[0]
+        for twin in (pickle.loads(pickle.dumps(cell)), copy.deepcopy(cell)):
+            assert type(twin) is type(cell) and torch.equal(engines.Sequential()(twin, x)[0], want)
+        params = {k: v.detach().clone().requires_grad_() for k, v in cell.named_parameters()}
+        y = engines.Sequential()(cell, x, params=params)[0]
+        torch.autograd.grad(y.sum(), list(params.values()))
+        assert torch.equal(y, want)
+
+
+# ---- option ranges: meaningful or refused ------------------------------------------------------
+
+HOSTILE = {int: [0, -1, 100, -10 ** 9],
+           float: [0.0, -1.0, math.nan, math.inf, -math.inf, 1e30, -1e30]}
+
+
+def _hostile_options():
+    for name in cells.available():
+        for option, accepted in option_types(constructor(name)).items():
+            kind = next((t for t in (int, float) if t in (accepted or ())), None)
+            if option in FIXED or kind is None:
+                continue
+            for value in HOSTILE[kind]:
+                yield pytest.param(name, option, value, id=f"{name}-{option}-{value}")
+
+
+@pytest.mark.parametrize("name, option, value", list(_hostile_options()))
+def test_every_numeric_option_is_meaningful_or_refused(name, option, value):
+    torch.manual_seed(0)
+    try:
+        cell = cells.get(name, 4, 8, **{option: value})
+    except (ValueError, TypeError) as e:
+        assert option in str(e) and repr(value) in str(e), str(e)  # names both
+        return
+    for pname, p in cell.named_parameters():
+        assert torch.isfinite(p).all(), f"{name}({option}={value}): {pname} is not finite"
+    x = torch.randn(2, 3, 4)
+    for engine in {engines.Sequential(), engines.auto(cell)}:
+        y, h = engine(cell, x)
+        assert torch.isfinite(y).all(), f"{name}({option}={value}) on {engine.name}"
+        assert all(torch.isfinite(t).all() for t in as_tuple(h))
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("gla", dict(key_dim=0), r"GLA: key_dim must be in \[1, inf\) or None, got 0"),
+    ("deltanet", dict(key_dim=-1), r"DeltaNet: key_dim must be in \[1, inf\) or None, got -1"),
+    ("mamba", dict(dt_rank=0), r"Mamba: dt_rank must be in \[1, inf\) or None, got 0"),
+    ("mamba2", dict(head_dim=0), r"Mamba2: head_dim must be in \[1, inf\) or None, got 0"),
+    ("mamba2", dict(state_size=-1), r"Mamba2: state_size must be in \[1, inf\), got -1"),
+    ("dlr", dict(state_size=0), r"DLR: state_size must be in \[1, inf\), got 0"),
+    ("mamba", dict(dt_min=0.5), r"Mamba: dt_min must be in \(0, 0.1\] \(at most dt_max\), "
+                                r"got 0.5"),
+    ("s4d", dict(dt_max=math.inf), r"S4D: dt_max must be in \(0, inf\), got inf"),
+    ("mamba", dict(dt_floor=-1e-3), r"Mamba: dt_floor must be in \[0, inf\), got -0.001"),
+    ("gla", dict(tau=0.0), r"GLA: tau must be in \(0, inf\), got 0.0"),
+    ("lru", dict(max_phase=0.0), r"LRU: max_phase must be in \(0, inf\), got 0.0"),
+    ("lru", dict(r_min=0.5, r_max=0.5), r"LRU: r_max must be in \(0.5, 1\] \(above r_min\)"),
+    ("lstm", dict(forget_bias=math.inf), r"LSTM: forget_bias must be in \(-inf, inf\), got inf"),
+])
+def test_out_of_range_options_name_the_range_and_the_value(name, options, match):
+    with pytest.raises(ValueError, match=match):
+        cells.get(name, 4, 8, **options)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("s4d", dict(dt_min=1e-300)), ("lssl", dict(dt_min=1e-300)), ("mamba2", dict(dt_min=1e-300)),
+    ("gated_deltanet", dict(dt_min=1e-300)), ("lru", dict(r_max=1e-300)),
+    ("lru", dict(max_phase=1e-300)), ("lru", dict(r_min=1 - 1e-12)),
+])
+def test_tiny_steps_radii_and_phases_give_finite_parameters(name, options):
+    cell = cells.get(name, 4, 8, **options)  # they round to the smallest normal number, not 0
+    assert all(torch.isfinite(p).all() for p in cell.parameters())
+
+
+# ---- engines: the caller's names; empty sequences ----------------------------------------------
+
+def test_recurrent_step_errors_can_name_the_state():
+    layer = rnnlab.Recurrent("lstm", input_size=3, hidden_size=4)
+    x, bad = torch.randn(2, 5, 3), (torch.zeros(2, 4), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"^state\[1\]: expected shape \(2, 4\)"):
+        layer.engine(layer.cell, x, bad, state_name="state")
+    with pytest.raises(ValueError, match=r"^x_chunk: expected feature size D=3"):
+        layer.engine(layer.cell, x[..., :2], input_name="x_chunk")
+    with pytest.raises(ValueError, match=r"^initial_state\[1\]: expected shape"):
+        layer(x, bad)  # the default names stay the forward's
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm", "mamba", "s4d"])
+def test_sequential_engine_backpropagates_through_all_empty_sequences(name):
+    torch.manual_seed(0)
+    cell = cells.get(name, 3, 4)
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    y, h = engines.Sequential()(cell, x, lengths=torch.tensor([0, 0]))
+    assert torch.equal(y, torch.zeros_like(y))
+    (y.sum() + sum(t.real.sum() for t in as_tuple(h))).backward()  # raised: no grad_fn
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in cell.parameters())
 
 
 # ---- item 10: clearer API errors -------------------------------------------------------------

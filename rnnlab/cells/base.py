@@ -22,19 +22,19 @@ through this contract:
 """
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from ..errors import OptionTypeError  # noqa: F401 - re-exported: its home before errors.py
+from .options import check_call
+
 State = Union[torch.Tensor, Tuple[torch.Tensor, ...]]
-
-
-class OptionTypeError(TypeError, ValueError):
-    """An argument or option of the wrong type (``allow_neg_eigval="false"``): a TypeError, as
-    torch.nn raises for a wrongly typed size or flag, and a ValueError, as every rnnlab user error
-    is (so ``except ValueError`` and the CLI's one-line errors still catch it)."""
 
 
 # ---- declared structure of the step Jacobian dh_t/dh_{t-1} -------------------------------------
@@ -100,25 +100,80 @@ def map_state(fn: Callable[..., torch.Tensor], *states: State) -> State:
     return fn(*states)
 
 
+# ---- every constructor checks its arguments ------------------------------------------------------
+
+SIZES = ("input_size", "hidden_size")  # every cell's first two arguments (not options)
+
+# How the cell being built names itself in option errors: its class name, or what ``named`` says
+# (``cells.get`` says "cell 'mamba'"). Cleared while a constructor runs, so that cells built
+# inside it name themselves.
+_NAME: ContextVar[Optional[str]] = ContextVar("rnnlab_cell_name", default=None)
+
+
+@contextmanager
+def named(name: str) -> Iterator[None]:
+    """Within: the cell constructed next names itself ``name`` in its option errors."""
+    token = _NAME.set(name)
+    try:
+        yield
+    finally:
+        _NAME.reset(token)
+
+
+def check_sizes(owner: str, input_size, hidden_size) -> None:
+    """``input_size`` (D) and ``hidden_size`` (H) must be ints >= 1."""
+    for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise OptionTypeError(f"{owner}: {name} must be an int >= 1, got {v!r}")
+        if v < 1:
+            raise ValueError(f"{owner}: {name} must be an int >= 1, got {v!r}")
+
+
+def _checked(init: Callable) -> Callable:
+    """``init`` (a Cell subclass's ``__init__``) checking its arguments against its signature
+    first, as ``cells.get`` does: sizes, then each option's name and type. Only the constructor
+    actually called checks; its ``super().__init__`` calls do not check again. (Construction
+    only: pickling, ``copy.deepcopy`` and ``torch.func`` never call ``__init__``.)"""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if type(self).__init__ is not __init__:
+            return init(self, *args, **kwargs)
+        owner = _NAME.get() or type(self).__name__
+        token = _NAME.set(None)
+        try:
+            given = check_call(owner, type(self), args, kwargs, fixed=SIZES)
+            # Sizes before any constructor code uses them (LSTM compares proj_size with H before
+            # Cell.__init__, which checks them again for cells built without this wrapper).
+            if all(n in given for n in SIZES):
+                check_sizes(type(self).__name__, *(given[n] for n in SIZES))
+            init(self, *args, **kwargs)
+        finally:
+            _NAME.reset(token)
+    return __init__
+
+
 # ---- the base class -----------------------------------------------------------------------------
 
 class Cell(nn.Module):
     """Base class of every cell. Subclasses set ``structure`` and implement ``step``.
 
     Every constructor takes ``input_size`` (D) and ``hidden_size`` (H) first, then options of its
-    own with defaults, so any registered cell can be built from those two numbers alone.
+    own with defaults, so any registered cell can be built from those two numbers alone. A
+    subclass's constructor checks its arguments' names and plain types against its signature
+    before it runs (``Mamba(4, 8, allow_neg_eigval="false")`` is a TypeError, as through
+    ``cells.get``); ranges are each constructor's own to check (``options.check_range``).
     """
 
     structure: Structure = Dense()
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # built directly or by cells.get, checked the same
+            cls.__init__ = _checked(cls.__dict__["__init__"])
+
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise OptionTypeError(f"{type(self).__name__}: {name} must be an int >= 1, "
-                                      f"got {v!r}")
-            if v < 1:
-                raise ValueError(f"{type(self).__name__}: {name} must be an int >= 1, got {v!r}")
+        check_sizes(type(self).__name__, input_size, hidden_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
 

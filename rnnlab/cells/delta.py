@@ -19,7 +19,7 @@ from torch import nn
 from .base import Linear
 from .linear import LinearCell
 from .registry import register
-from .ssm_init import inverse_softplus, log_uniform
+from .ssm_init import check_dt_range, inverse_softplus, log_uniform
 
 
 class DeltaCell(LinearCell):
@@ -102,6 +102,7 @@ class GatedDeltaNet(DeltaNet):
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, allow_neg_eigval: bool = False,
                  dt_min: float = 1e-3, dt_max: float = 1e-1, device=None, dtype=None):
+        check_dt_range("GatedDeltaNet", dt_min, dt_max)
         super().__init__(input_size, hidden_size, heads, key_dim, allow_neg_eigval, device, dtype)
         kw = dict(device=device, dtype=dtype)
         self.decay = nn.Linear(input_size, heads, bias=False, **kw)

@@ -16,6 +16,7 @@ from torch import nn
 from .base import Linear
 from .factors import TimeInvariant
 from .linear import LinearCell
+from .options import check_range
 from .registry import register
 from .ssm_init import farange, log_uniform
 
@@ -29,6 +30,7 @@ class DLR(LinearCell):
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 64,
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
+        check_range("DLR", "state_size", state_size, 1)
         kw = dict(device=device, dtype=dtype)
         H, N = hidden_size, state_size
         self.state_size = N

@@ -16,6 +16,7 @@ from torch import nn
 from .base import Linear
 from .factors import OuterProduct
 from .linear import LinearCell
+from .options import check_range
 from .registry import register
 
 
@@ -30,7 +31,10 @@ class GLA(LinearCell):
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         self.init_heads(heads, key_dim)
-        self.key_dim = key_dim or max(1, self.value_dim // 2)  # d_k = d_v / 2 as the paper
+        check_range("GLA", "gate_rank", gate_rank, 1)
+        check_range("GLA", "tau", tau, 0, low_open=True)
+        if key_dim is None:
+            self.key_dim = max(1, self.value_dim // 2)  # d_k = d_v / 2 as the paper
         kw = dict(device=device, dtype=dtype)
         self.tau = tau
         nk = heads * self.key_dim

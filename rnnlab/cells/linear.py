@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from .base import Cell, Linear, State, map_state
+from .options import check_range
 
 
 def expand_decay(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -60,8 +61,9 @@ class LinearCell(Cell):
         if not (isinstance(heads, int) and heads >= 1) or self.hidden_size % heads:
             raise ValueError(f"{type(self).__name__}: heads must be an int >= 1 dividing "
                              f"hidden_size={self.hidden_size}, got {heads!r}")
+        check_range(type(self).__name__, "key_dim", key_dim, 1, optional=True)
         self.heads, self.value_dim = heads, self.hidden_size // heads
-        self.key_dim = key_dim or self.value_dim
+        self.key_dim = self.value_dim if key_dim is None else key_dim
 
     def factors(self, u: torch.Tensor):
         """The factored transition for the whole sequence ``u: (B, T, P)`` (a ``Factors``), or

@@ -17,6 +17,7 @@ from torch import nn
 
 from .base import Linear
 from .linear import LinearCell
+from .options import check_range
 from .registry import register
 
 
@@ -30,17 +31,22 @@ class LRU(LinearCell):
                  r_min: float = 0.0, r_max: float = 1.0, max_phase: float = 2 * math.pi,
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if not 0 <= r_min < r_max <= 1:
-            raise ValueError(f"LRU: need 0 <= r_min < r_max <= 1, got r_min={r_min}, "
-                             f"r_max={r_max}")
+        check_range("LRU", "state_size", state_size, 1)
+        check_range("LRU", "r_min", r_min, 0, 1, high_open=True)
+        check_range("LRU", "r_max", r_max, r_min, 1, low_open=True, note=" (above r_min)")
+        check_range("LRU", "max_phase", max_phase, 0, low_open=True)
         kw = dict(device=device, dtype=dtype)
         D, H, N = input_size, hidden_size, state_size
         self.state_size = N
         u1, u2 = torch.rand(N, **kw), torch.rand(N, **kw)
-        nu = -0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2)
+        # Radius^2, nu and phase kept >= the smallest normal number, so that the logs stored are
+        # finite (a draw of 0, a tiny r_max or max_phase, or r_min near 1 would round them to 0).
+        tiny = torch.finfo(u1.dtype).tiny
+        nu = -0.5 * torch.log((u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2).clamp_min(tiny))
+        nu = nu.clamp_min(tiny)
         self.nu_log = nn.Parameter(torch.log(nu))
-        self.theta_log = nn.Parameter(torch.log(u2 * max_phase))
-        self.gamma_log = nn.Parameter(0.5 * torch.log1p(-torch.exp(-2 * nu)))  # sqrt(1-|lam|^2)
+        self.theta_log = nn.Parameter(torch.log((u2 * max_phase).clamp_min(tiny)))
+        self.gamma_log = nn.Parameter(0.5 * torch.log(-torch.expm1(-2 * nu)))  # sqrt(1-|lam|^2)
         self.b_re = nn.Parameter(torch.randn(N, D, **kw) / math.sqrt(2 * D))
         self.b_im = nn.Parameter(torch.randn(N, D, **kw) / math.sqrt(2 * D))
         self.c_re = nn.Parameter(torch.randn(H, N, **kw) / math.sqrt(N))

@@ -15,8 +15,9 @@ from torch import nn
 from .base import Linear
 from .factors import TimeInvariant
 from .linear import LinearCell
+from .options import check_range
 from .registry import register
-from .ssm_init import hippo_legs, log_uniform
+from .ssm_init import check_dt_range, hippo_legs, log_uniform
 
 
 @register("lssl")
@@ -29,6 +30,8 @@ class LSSL(LinearCell):
                  dt_min: float = 1e-3, dt_max: float = 1e-1, learn_A: bool = True,
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
+        check_range("LSSL", "state_size", state_size, 1)
+        check_dt_range("LSSL", dt_min, dt_max)
         kw = dict(device=device, dtype=dtype)
         H, N = hidden_size, state_size
         self.state_size = N

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Dense
+from .options import check_range
 from .registry import register
 from .torch_style import TorchStyleCell
 
@@ -34,6 +35,7 @@ class LSTM(TorchStyleCell):
         if proj_size >= hidden_size:
             raise ValueError(f"LSTM: proj_size must be smaller than hidden_size={hidden_size}, "
                              f"got {proj_size}")
+        check_range("LSTM", "forget_bias", forget_bias)
         super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype,
                          recurrent_size=proj_size or hidden_size)
         self.proj_size = proj_size

@@ -60,7 +60,7 @@ class M2RNN(Cell):
             raise TypeError(f"M2RNN: shared_qk must be a bool, got {shared_qk!r}")
         kw = dict(device=device, dtype=dtype)
         self.heads, self.value_dim = heads, hidden_size // heads
-        self.key_dim = key_dim or self.value_dim
+        self.key_dim = self.value_dim if key_dim is None else key_dim
         self.qk_heads = 1 if shared_qk else heads
         self.structure = Heads(heads * self.key_dim, self.value_dim)
         nk = self.qk_heads * self.key_dim

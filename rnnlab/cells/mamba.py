@@ -20,8 +20,9 @@ from torch import nn
 from .base import Linear
 from .factors import Selective
 from .linear import LinearCell
+from .options import check_range
 from .registry import register
-from .ssm_init import farange, inverse_softplus, log_uniform
+from .ssm_init import check_dt_range, farange, inverse_softplus, log_uniform
 
 
 @register("mamba")
@@ -34,9 +35,13 @@ class Mamba(LinearCell):
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  dt_floor: float = 1e-4, allow_neg_eigval: bool = False, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
+        check_range("Mamba", "state_size", state_size, 1)
+        check_range("Mamba", "dt_rank", dt_rank, 1, optional=True)
+        check_dt_range("Mamba", dt_min, dt_max)
+        check_range("Mamba", "dt_floor", dt_floor, 0)
         kw = dict(device=device, dtype=dtype)
         H, N = hidden_size, state_size
-        R = dt_rank or math.ceil(input_size / 16)
+        R = math.ceil(input_size / 16) if dt_rank is None else dt_rank
         self.state_size, self.dt_rank, self.allow_neg_eigval = N, R, allow_neg_eigval
         self.in_proj = nn.Linear(input_size, H, **kw)
         self.x_proj = nn.Linear(H, R + 2 * N, bias=False, **kw)

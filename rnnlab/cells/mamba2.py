@@ -16,8 +16,9 @@ from torch import nn
 from .base import Linear
 from .factors import OuterProduct
 from .linear import LinearCell
+from .options import check_range
 from .registry import register
-from .ssm_init import inverse_softplus, log_uniform
+from .ssm_init import check_dt_range, inverse_softplus, log_uniform
 
 
 @register("mamba2")
@@ -30,7 +31,10 @@ class Mamba2(LinearCell):
                  head_dim: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  allow_neg_eigval: bool = False, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        P = head_dim or (hidden_size if hidden_size <= 64 else 64)
+        check_range("Mamba2", "state_size", state_size, 1)
+        check_range("Mamba2", "head_dim", head_dim, 1, optional=True)
+        check_dt_range("Mamba2", dt_min, dt_max)
+        P = min(hidden_size, 64) if head_dim is None else head_dim
         if hidden_size % P:
             raise ValueError(f"Mamba2: head_dim must divide hidden_size={hidden_size}, got {P}")
         kw = dict(device=device, dtype=dtype)

@@ -19,7 +19,7 @@ from .base import Linear
 from .factors import TimeInvariant
 from .linear import LinearCell
 from .registry import register
-from .ssm_init import farange, log_uniform
+from .ssm_init import check_dt_range, farange, log_uniform
 
 INITS = ("lin", "inv", "real")
 DISCRETIZATIONS = ("zoh", "bilinear")
@@ -53,6 +53,7 @@ class S4D(LinearCell):
                              f"got {discretization!r}")
         if state_size < 2 or state_size % 2:
             raise ValueError(f"S4D: state_size must be even and >= 2, got {state_size}")
+        check_dt_range("S4D", dt_min, dt_max)
         kw = dict(device=device, dtype=dtype)
         H, M = hidden_size, state_size // 2
         self.n_modes, self.discretization = M, discretization

@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .options import check_range
+
 
 def farange(n: int, device=None, dtype=None) -> torch.Tensor:
     """``0., 1., ..., n-1`` as floats (``torch.arange`` with ``dtype=None`` gives integers)."""
@@ -12,8 +14,16 @@ def farange(n: int, device=None, dtype=None) -> torch.Tensor:
 
 
 def log_uniform(shape, low: float, high: float, **kw) -> torch.Tensor:
-    """Samples whose log is uniform in [log low, log high] (SSM step sizes)."""
-    return torch.exp(torch.empty(shape, **kw).uniform_(math.log(low), math.log(high)))
+    """Samples whose log is uniform in [log low, log high] (SSM step sizes), within the dtype's
+    positive normal numbers: a step below them would round to 0, whose log is -inf."""
+    x = torch.exp(torch.empty(shape, **kw).uniform_(math.log(low), math.log(high)))
+    return x.clamp(torch.finfo(x.dtype).tiny, torch.finfo(x.dtype).max)
+
+
+def check_dt_range(owner: str, dt_min: float, dt_max: float) -> None:
+    """The range of the init's step sizes: ``0 < dt_min <= dt_max``, both finite."""
+    check_range(owner, "dt_max", dt_max, 0, low_open=True)
+    check_range(owner, "dt_min", dt_min, 0, dt_max, low_open=True, note=" (at most dt_max)")
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,8 @@ class Engine:
       output zeros; whatever they hold (NaN, inf, 1e30) reaches no output and no gradient, and
       their inputs get a gradient of exactly 0.
     - ``params``: optional ``{name: tensor}`` used instead of the cell's own parameters.
+    - ``input_name``, ``state_name``: what the caller calls ``x`` and ``initial_state``, for
+      error messages (``Recurrent.step(x_chunk, state)``).
     """
 
     name = "engine"
@@ -84,15 +86,16 @@ class Engine:
         raise NotImplementedError
 
     def __call__(self, cell: Cell, x: torch.Tensor, initial_state: Optional[State] = None,
-                 lengths=None, params: Optional[Dict[str, torch.Tensor]] = None):
-        check_input(cell, x)
+                 lengths=None, params: Optional[Dict[str, torch.Tensor]] = None, *,
+                 input_name: str = "x", state_name: str = "initial_state"):
+        check_input(cell, x, input_name)
         if not self.supports(cell):
             raise ValueError(f"engine {self.name!r} cannot run {type(cell).__name__} "
                              f"(structure {cell.structure})")
         B, T, _ = x.shape
         lengths = check_lengths(lengths, B, T, x.device)
         if initial_state is not None:
-            check_state(cell, initial_state, B)
+            check_state(cell, initial_state, B, state_name)
         tensors = dict(cell.named_parameters()) if params is None else dict(params)
         tensors.update({k: v for k, v in cell.named_buffers()
                         if k not in tensors and v.is_floating_point()})

@@ -9,31 +9,34 @@ import torch
 from ..cells.base import Cell, State, as_tuple
 
 
-def check_input(cell: Cell, x) -> None:
-    """``x`` must be a floating tensor ``(B, T, D)``, ``T >= 1``, ``D == cell.input_size``."""
+def check_input(cell: Cell, x, name: str = "x") -> None:
+    """``x`` must be a floating tensor ``(B, T, D)``, ``T >= 1``, ``D == cell.input_size``.
+    ``name``: the argument's name in the caller's terms (errors start with it)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a torch.Tensor of shape (B, T, D={cell.input_size}), "
+        raise TypeError(f"{name}: expected a torch.Tensor of shape (B, T, D={cell.input_size}), "
                         f"got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"x: expected a floating dtype (float16/bfloat16/float32/float64), "
+        raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), "
                         f"got {x.dtype}")
     if x.dim() != 3:
-        raise ValueError(f"x: expected shape (B, T, D={cell.input_size}) (3 dims), "
+        raise ValueError(f"{name}: expected shape (B, T, D={cell.input_size}) (3 dims), "
                          f"got {tuple(x.shape)} ({x.dim()} dims)")
     B, T, D = x.shape
     if D != cell.input_size:
-        raise ValueError(f"x: expected feature size D={cell.input_size} in (B, T, D), "
+        raise ValueError(f"{name}: expected feature size D={cell.input_size} in (B, T, D), "
                          f"got shape {tuple(x.shape)}")
     if T == 0:
-        raise ValueError(f"x: expected at least one time step (T >= 1), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: expected at least one time step (T >= 1), "
+                         f"got shape {tuple(x.shape)}")
     if B == 0:
-        raise ValueError(f"x: expected a batch of at least one (B >= 1), "
+        raise ValueError(f"{name}: expected a batch of at least one (B >= 1), "
                          f"got shape {tuple(x.shape)}")
 
 
 def check_state(cell: Cell, state: State, batch: int, name: str = "initial_state") -> None:
     """``state`` must have the layout of ``cell.init_state(batch)``: same tuple arity, shapes, and
-    real or complex leaves where the cell's are."""
+    real or complex leaves where the cell's are. ``name``: the argument's name in the caller's
+    terms (``Recurrent.step`` calls it ``state``)."""
     template = as_tuple(cell.init_state(batch, torch.float32, "meta"))
     shapes = [tuple(t.shape) for t in template]
     want = shapes[0] if len(shapes) == 1 else tuple(shapes)

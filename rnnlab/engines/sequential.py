@@ -26,9 +26,12 @@ class Sequential(Engine):
         # unbind, not u[:, t]: its backward is one stack, where T slices would each scatter into
         # a zero tensor the size of u (O(T^2) memory traffic).
         us = cell.project(x).unbind(1)  # (B, T, D) -> T x (B, P)
-        # Steps where every sequence is alive need no masking; after the longest ends, none run.
+        # Steps where every sequence is alive need no masking; after the longest ends, none run,
+        # but at least one (masked) step does, so that even when every sequence is empty the
+        # outputs and state hang on the graph (zero gradients, as the other engines give,
+        # rather than fresh zeros that cannot backward).
         t_all = T if lengths is None else int(lengths.min())
-        t_any = T if lengths is None else int(lengths.max())
+        t_any = T if lengths is None else max(int(lengths.max()), 1)
         ys = []
         for t in range(t_any):
             if t < t_all:

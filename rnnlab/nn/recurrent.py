@@ -102,7 +102,7 @@ class Recurrent(nn.Module):
     def step(self, x_chunk: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """Run one chunk ``(B, t, D)`` (t >= 1) from ``state``: ``(y_chunk, state)``."""
         self._check_devices(x_chunk, state, "state")
-        return self.engine(self.cell, x_chunk, state)
+        return self.engine(self.cell, x_chunk, state, input_name="x_chunk", state_name="state")
 
     def extra_repr(self) -> str:
         return f"engine={self.engine_name}"
