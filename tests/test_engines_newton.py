@@ -4,6 +4,8 @@ state; a false structure declaration is caught; divergence raises or falls back,
 wrong numbers."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -115,11 +117,11 @@ def test_drop_in_gru_on_newton_matches_torch():
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    (dict(tol=0), r"tol must be > 0"), (dict(max_iters=0), r"max_iters must be an int >= 1"),
+    (dict(tol=0), r"tol must be a finite number > 0"), (dict(max_iters=0), r"max_iters must be an int >= 1"),
     (dict(damping=1.5), r"damping must be in \(0, 1\]"), (dict(init="ones"), r"init must be"),
     (dict(on_fail="ignore"), r"on_fail must be 'raise' or 'sequential'"),
     (dict(damping="lm"), r"damping must be in \(0, 1\], 'elk' or 'quasi-elk'"),
-    (dict(elk_sigma2=0), r"elk_sigma2 must be a number > 0"),
+    (dict(elk_sigma2=0), r"elk_sigma2 must be a finite number > 0"),
     (dict(compile="yes"), r"compile must be True, False or 'auto'"),
 ])
 def test_bad_options(kwargs, pattern):
@@ -360,3 +362,12 @@ def test_the_structure_probe_leaves_the_global_rng_alone():
     torch.manual_seed(0)
     rnnlab.engines.Sequential()(cell, x)
     assert torch.equal(after_newton, torch.rand(4))
+
+
+@pytest.mark.parametrize("option", [dict(tol=math.inf), dict(tol=float("nan")), dict(tol=True),
+                                    dict(elk_sigma2=math.inf), dict(dense_budget_bytes=-1),
+                                    dict(dense_budget_bytes=1.5), dict(max_iters=True)])
+def test_newton_refuses_meaningless_options(option):
+    name = next(iter(option))
+    with pytest.raises(ValueError, match=f"Newton: {name} must be"):
+        Newton(**option)

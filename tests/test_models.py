@@ -58,3 +58,10 @@ def test_sequence_model_streams(mixer):
         out, state = model(chunk, state)
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 1), model(x))
+
+
+@pytest.mark.parametrize("hidden", [0, -3, 2.5, True])
+def test_gated_mlp_refuses_a_meaningless_width(hidden):
+    from rnnlab.models.blocks import GatedMLP
+    with pytest.raises(ValueError, match="GatedMLP: hidden must be an int >= 1"):
+        GatedMLP(8, hidden)

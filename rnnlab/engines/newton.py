@@ -84,9 +84,10 @@ class Newton(Engine):
     def __init__(self, tol: Optional[float] = None, max_iters: int = 50, damping: float = 1.0,
                  init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 30,
                  compile="auto", elk_sigma2: float = 100.0):
-        if tol is not None and not tol > 0:
-            raise ValueError(f"Newton: tol must be > 0 or None, got {tol!r}")
-        if not (isinstance(max_iters, int) and max_iters >= 1):
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
+                                or not 0 < tol < math.inf):
+            raise ValueError(f"Newton: tol must be a finite number > 0 or None, got {tol!r}")
+        if isinstance(max_iters, bool) or not (isinstance(max_iters, int) and max_iters >= 1):
             raise ValueError(f"Newton: max_iters must be an int >= 1, got {max_iters!r}")
         if damping not in ("elk", "quasi-elk") and (
                 isinstance(damping, bool) or not isinstance(damping, (int, float))
@@ -94,8 +95,13 @@ class Newton(Engine):
             raise ValueError(f"Newton: damping must be in (0, 1], 'elk' or 'quasi-elk', got "
                              f"{damping!r}")
         if isinstance(elk_sigma2, bool) or not isinstance(elk_sigma2, (int, float)) \
-                or not elk_sigma2 > 0:
-            raise ValueError(f"Newton: elk_sigma2 must be a number > 0, got {elk_sigma2!r}")
+                or not 0 < elk_sigma2 < math.inf:
+            raise ValueError(f"Newton: elk_sigma2 must be a finite number > 0, got "
+                             f"{elk_sigma2!r}")
+        if isinstance(dense_budget_bytes, bool) or not isinstance(dense_budget_bytes, int) \
+                or dense_budget_bytes < 0:
+            raise ValueError(f"Newton: dense_budget_bytes must be an int >= 0, got "
+                             f"{dense_budget_bytes!r}")
         if init not in ("step", "zeros"):
             raise ValueError(f"Newton: init must be 'step' or 'zeros', got {init!r}")
         if on_fail not in ("raise", "sequential"):

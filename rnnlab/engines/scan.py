@@ -65,7 +65,7 @@ def _householder(cell, u, h0, alive, chunk_size: Optional[int]):
         beta = _keep(sub, beta, 0.0)
         g = None if g is None else _keep(sub, g, 0.0)
     o, S = delta_rule(q, k, v, beta, g, initial_state=h0, output_final_state=True,
-                      chunk_size=chunk_size or 64)
+                      chunk_size=64 if chunk_size is None else chunk_size)
     o = o.unflatten(1, (T, n))[:, :, -1]  # the last sub-step of each token: (B, T, heads, V)
     return o.flatten(2), S
 

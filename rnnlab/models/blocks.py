@@ -24,7 +24,9 @@ class GatedMLP(nn.Module):
 
     def __init__(self, d_model: int, hidden: Optional[int] = None):
         super().__init__()
-        hidden = hidden or 8 * d_model // 3
+        hidden = 8 * d_model // 3 if hidden is None else hidden
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+            raise ValueError(f"GatedMLP: hidden must be an int >= 1 or None, got {hidden!r}")
         self.gate = nn.Linear(d_model, hidden, bias=False)
         self.up = nn.Linear(d_model, hidden, bias=False)
         self.down = nn.Linear(hidden, d_model, bias=False)

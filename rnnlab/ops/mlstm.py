@@ -165,7 +165,7 @@ def mlstm_chunkwise(q: Tensor, k: Tensor, v: Tensor, i: Tensor, log_f: Tensor,
     cu, (q, k, v, i, log_f), state, out_dtype = _prepare(
         q, k, v, i, log_f, initial_state, cu_seqlens, chunk_size)
     T = q.shape[1]
-    C = chunk_size or max(1, min(DEFAULT_CHUNK, T))
+    C = max(1, min(DEFAULT_CHUNK, T)) if chunk_size is None else chunk_size
     if T == 0:
         h = v.new_zeros(v.shape)
     elif cu is None:
