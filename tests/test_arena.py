@@ -109,7 +109,7 @@ def test_presets_resolve():
             assert m in cfg.models and t in cfg.tasks, (name, m, t)
     with pytest.raises(ValueError, match="--preset: unknown preset"):
         preset("fast")
-    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+    with pytest.raises(ValueError, match="--steps: expected an int >= 1"):
         run_arena(tiny(steps=0), None, quiet())
 
 
@@ -127,6 +127,20 @@ def test_cli_arena_and_tasks_show(tmp_path):
     assert shown.exit_code == 0 and "sample 1" in shown.output
     listed = runner.invoke(app, ["tasks", "list"])
     assert listed.exit_code == 0 and "mqar" in listed.output
+
+
+def test_a_bad_model_option_writes_nothing_and_the_corrected_command_runs(tmp_path):
+    """Issue 12: ``gru(heads=2)`` used to fail in a run after config.json was written, and the
+    corrected command was then refused for that directory."""
+    out = tmp_path / "res"
+    for bad in ("gru(heads=2)", "deltanet(heads=3)"):  # a wrong name, a wrong value
+        result = CliRunner().invoke(app, ["arena", "--models", f"lstm,{bad}", "--tasks",
+                                          "parity", "--out", str(out)])
+        assert result.exit_code == 2 and "heads" in result.output, result.output
+        with pytest.raises(ValueError, match="heads"):
+            run_arena(tiny(models=["lstm", bad]), out, quiet())
+        assert not out.exists(), "nothing is written before everything is checked"
+    assert len(run_arena(tiny(models=["lstm", "deltanet(heads=2)"]), out, quiet())) == 2 * 7
 
 
 def test_seed_aggregation():

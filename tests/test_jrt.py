@@ -99,3 +99,51 @@ def test_evaluation_errors_name_the_field(tmp_path):
         run(JRTConfig(tasks=["parity"], out=str(tmp_path)), Console())
     with pytest.raises(ValueError, match="length"):
         run(JRTConfig(tasks=["mqar(pairs=8)"], length=10, out=str(tmp_path)), Console())
+
+
+# --- reliability (issue 12) ---------------------------------------------------------------
+
+def _tiny(out, **kw) -> JRTConfig:
+    return JRTConfig(**{**dict(models=["gru"], tasks=["mqar(vocab=16, pairs=2)"], length=10,
+                               d_model=8, n_layers=1, steps=2, batch=4, eval_examples=8,
+                               out=str(out)), **kw})
+
+
+def _files(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}
+
+
+def test_runs_of_other_sizes_are_refused_before_any_write(tmp_path):
+    quiet = Console(file=open("/dev/null", "w"))
+    run(_tiny(tmp_path), quiet)
+    before = _files(tmp_path)
+    # the run directories are named by model, task, length and seed, not by size: resuming
+    # them with another width would mix two models
+    with pytest.raises(ValueError, match=r"--out: .* other settings \(d_model 8 there, 16 now"):
+        run(_tiny(tmp_path, d_model=16), quiet)
+    assert _files(tmp_path) == before
+    assert run(_tiny(tmp_path, steps=3), quiet)["rows"][0]["steps_once"] == 3  # a raised budget
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(models=[]), r"--models: expected a comma-separated list of distinct specs, got none"),
+    (dict(models=["gru", "gru"]), r"--models: .* distinct"),
+    (dict(models=["deltanet(heads=3)"]), r"--models: cannot build 'deltanet\(heads=3\)'"),
+    (dict(lr=float("nan")), r"--lr: expected a finite number > 0, got nan"),
+    (dict(seed=-1), r"--seed: expected an integer >= 0, got -1"),
+    (dict(n_layers=2 ** 30), r"--d-model/--layers/--length: a training step needs"),
+    (dict(device="cuda:99"), r"--device"),
+])
+def test_bad_settings_are_refused_with_nothing_written(tmp_path, change, match):
+    with pytest.raises(ValueError, match=match):
+        run(_tiny(tmp_path / "out", **change), Console(file=open("/dev/null", "w")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    from rnnlab.tools.files import directory_lock
+    with directory_lock(tmp_path, "test"):
+        with pytest.raises(ValueError, match="in use by another rnnlab process"):
+            run(_tiny(tmp_path), Console(file=open("/dev/null", "w")))
+    assert not (tmp_path / "runs").exists()

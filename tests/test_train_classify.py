@@ -129,5 +129,63 @@ def test_resume_after_a_kill_equals_one_run(tmp_path, monkeypatch):
 def test_bad_config_names_the_field(tmp_path):
     with pytest.raises(ValueError, match="steps"):
         run(ClassifyConfig(steps=0, out=str(tmp_path)), Console())
-    with pytest.raises(ValueError, match="max_chars"):
+    with pytest.raises(ValueError, match="--max-chars"):
         run(ClassifyConfig(max_chars=0, out=str(tmp_path)), Console())
+
+
+# --- reliability (issue 12) ---------------------------------------------------------------
+
+def _model_tensors(directory):
+    from safetensors.torch import load_file
+    return load_file(str(directory / "model" / "model.safetensors"))
+
+
+def _files(directory):
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}
+
+
+@needs_corpus
+def test_a_time_budget_that_does_not_end_the_run_changes_no_bit(tmp_path):
+    # the learning rate follows the step only; the clock used to set it at step 0
+    a = run(_tiny(tmp_path / "a", steps=3, minutes=60), Console(file=io.StringIO()))
+    b = run(_tiny(tmp_path / "b", steps=3, minutes=None), Console(file=io.StringIO()))
+    ta, tb = _model_tensors(tmp_path / "a"), _model_tensors(tmp_path / "b")
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+
+
+@needs_corpus
+def test_resume_with_other_settings_is_refused_and_a_damaged_checkpoint_restarts(tmp_path):
+    quiet = Console(file=io.StringIO())
+    run(_tiny(tmp_path, steps=2), quiet)
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match=r"--out: .* other settings \(d_model 8 there, 16 now"):
+        run(_tiny(tmp_path, steps=2, d_model=16), quiet)
+    with pytest.raises(ValueError, match=r"other settings \(data .*limit 60 there, 40 now"):
+        run(_tiny(tmp_path, steps=2, limit=40), quiet)
+    assert _files(tmp_path) == before
+    with pytest.raises(ValueError, match="step 2, past the step budget 1"):
+        run(_tiny(tmp_path, steps=1), quiet)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"\0" * 64)
+    console = Console(record=True, width=300, file=io.StringIO())
+    assert run(_tiny(tmp_path, steps=2), console)["resumed_from"] == 0
+    assert "unusable checkpoint" in console.export_text()
+    assert (tmp_path / "checkpoint.safetensors.corrupt").exists()
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(minutes=float("nan")), r"--minutes: expected a number > 0, got nan"),
+    (dict(minutes=-1.0), r"--minutes"),
+    (dict(lr=0.0), r"--lr: expected a finite number > 0, got 0.0"),
+    (dict(dropout=1.0), r"--dropout"),
+    (dict(pooling="min"), r"--pooling: expected max, mean or last, got 'min'"),
+    (dict(cell="lsmt"), r"--cell: .* got 'lsmt' \(did you mean 'lstm'\?\)"),
+    (dict(conv=-1), r"--conv: expected an integer >= 0, got -1"),
+    (dict(n_layers=2 ** 30), r"--d-model/--layers/--batch/--max-chars: a training step needs"),
+    (dict(device="cuda:99"), r"--device"),
+])
+def test_bad_settings_are_refused_with_nothing_written(tmp_path, change, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        run(_tiny(tmp_path / "out", **change), Console(file=io.StringIO()))
+    assert not (tmp_path / "out").exists()

@@ -7,6 +7,7 @@ not. ``rnnlab arena`` runs ``quick`` by default; options on the command line ove
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Dict, List, Tuple
 
 
@@ -117,21 +118,43 @@ def preset(name: str, **overrides) -> ArenaConfig:
     return ArenaConfig(**fields)
 
 
+# the fields that ``rnnlab arena`` sets from an option of the same name
+CLI_OPTIONS = ("models", "tasks", "seeds", "steps", "device", "threads", "jobs")
+
+
+def _name(field: str) -> str:
+    """How an error names a field: the CLI option, or ``arena: field`` for the others."""
+    return f"--{field}" if field in CLI_OPTIONS else f"arena: {field}"
+
+
 def validate(cfg: ArenaConfig) -> None:
     """Raise naming the field when a value is out of range (before anything is written)."""
     for name in ("d_model", "n_layers", "steps", "batch", "eval_every", "eval_examples",
                  "checkpoint_every", "threads", "jobs"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"arena: {name} must be an int >= 1, got {value!r}")
-    if not cfg.models or not cfg.tasks or not cfg.seeds:
-        raise ValueError(f"arena: models, tasks and seeds must be non-empty, got "
-                         f"{cfg.models!r}, {cfg.tasks!r}, {cfg.seeds!r}")
+            raise ValueError(f"{_name(name)}: expected an int >= 1, got {value!r}")
+    for name in ("models", "tasks", "seeds"):
+        values = getattr(cfg, name)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"{_name(name)}: expected a non-empty list, got {values!r}")
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:  # two runs of one name would share a run directory and a record key
+            raise ValueError(f"{_name(name)}: each entry must appear once, got "
+                             f"{', '.join(repeated)} more than once in {values!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in cfg.seeds):
+        raise ValueError(f"--seeds: expected ints >= 0, got {cfg.seeds!r}")
     if cfg.aggregate not in ("mean", "best"):
         raise ValueError(f"arena: aggregate must be 'mean' or 'best', got {cfg.aggregate!r}")
-    if not (cfg.lr > 0):
-        raise ValueError(f"arena: lr must be > 0, got {cfg.lr!r}")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in cfg.seeds):
-        raise ValueError(f"arena: seeds must be ints >= 0, got {cfg.seeds!r}")
-
-
+    if not isinstance(cfg.mlp, bool):
+        raise TypeError(f"arena: mlp must be a bool, got {cfg.mlp!r}")
+    for name, strict in (("lr", True), ("clip", True), ("weight_decay", False)):
+        value = getattr(cfg, name)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and (value > 0 if strict else value >= 0)):
+            raise ValueError(f"arena: {name} must be a finite number {'> 0' if strict else '>= 0'}"
+                             f", got {value!r}")
+    stop = cfg.early_stop
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, (int, float))
+                             or not 0 < stop <= 1):
+        raise ValueError(f"arena: early_stop must be None or a number in (0, 1], got {stop!r}")

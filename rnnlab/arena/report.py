@@ -58,7 +58,8 @@ def _fmt(value) -> str:
 
 def _title(cfg: ArenaConfig, task: str, metric: str) -> str:
     seeds = len(cfg.seeds)
-    how = "" if seeds == 1 else f", {'best' if cfg.aggregate == 'best' else 'mean'} of {seeds} seeds"
+    how = ("" if seeds == 1
+           else f", {'best' if cfg.aggregate == 'best' else 'mean'} of {seeds} seeds")
     return f"{task} — {metric}{how}"
 
 

@@ -1,31 +1,41 @@
 """``rnnlab arena``: train every model on every task for every seed, then report.
 
-Readable top to bottom: resolve the specs (all errors before anything is written), tie the output
+Readable top to bottom: check everything (specs and their options, device, ``--out``) before
+anything is written, take the output directory's lock (one arena per directory), tie the
 directory to the configuration, skip the runs that already have records, train the rest with a
 progress bar per run and one for the grid, and rewrite the records and reports after each run.
+
+When things go wrong: a run that raises is reported in one line and the others go on (then
+``ArenaFailed`` names the failed runs; running the command again retries them). Ctrl-C or
+SIGTERM ends the workers within seconds, keeps every finished run and says how to resume. An
+error writing the directory (a full disk) stops the arena with ``ArenaFailed``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
-import multiprocessing
-import os
 import platform
-import shutil
-import threading
+import signal
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import __version__
-from . import report, spec, store
+from ..tools.device import check_device
+from ..tools.files import directory_lock, remove_stale_temps
+from . import report, runs, spec, store
 from .config import ArenaConfig, validate
-from .train import run_ids, train_run
+from .train import build_model
+
+
+class ArenaFailed(RuntimeError):
+    """Runs failed (the others are recorded), or the results directory could not be written."""
 
 
 def _records(model: str, task_label: str, task, seed: int, result: dict, cfg: ArenaConfig,
@@ -42,127 +52,127 @@ def _records(model: str, task_label: str, task, seed: int, result: dict, cfg: Ar
     return [{**base, "length": n, "value": round(v, 6)} for n, v in result["scores"].items()]
 
 
-def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "custom") -> List[dict]:
-    """Run (or resume) the grid of ``cfg`` into ``out``; return all records."""
-    validate(cfg)
-    models = [spec.model(m) for m in cfg.models]
-    tasks = [spec.task(t) for t in cfg.tasks]
+def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "custom",
+              fresh: bool = False) -> List[dict]:
+    """Run (or resume) the grid of ``cfg`` into ``out``; return all records.
+
+    ``fresh`` first deletes the arena's files in ``out`` (holding its lock). Raises ValueError,
+    with nothing written, for a bad configuration, an unusable ``out``, or an ``out`` that
+    another process writes; ``ArenaFailed``; KeyboardInterrupt on Ctrl-C or SIGTERM, once the
+    finished runs are recorded.
+    """
+    models, tasks = _resolve(cfg)
+    out = Path(out)
+    store.check_out(out, fresh)
     cfg = dataclasses.replace(cfg, models=[m.label for m in models],
                               tasks=[label for label, _ in tasks])
-    store.check_config(out, cfg.training_fields())
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
     try:
-        return _run_grid(cfg, models, tasks, out, console, preset)
+        with runs.handling(signal.SIGTERM, _interrupt), directory_lock(out, "arena"):
+            ours = store.is_results_dir(out)  # before anything is written into it
+            if fresh:
+                store.clear(out)
+            records = store.load_records(out, _warner(console))
+            store.check_config(out, cfg.training_fields(), bool(records))
+            if ours:  # temporary files of writers killed or out of disk; never sweep `--out ~`
+                remove_stale_temps(out)
+            torch.set_num_threads(cfg.threads)
+            return _run_grid(cfg, models, tasks, out, console, preset, records)
+    except OSError as err:
+        raise ArenaFailed(f"arena: cannot write {err.filename or f'in {out}'}: "
+                          f"{err.strerror or err}; the finished runs are kept: fix this and run "
+                          f"the same command again to resume") from None
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_grid(cfg, models, tasks, out, console, preset) -> List[dict]:
-    records = store.load_records(out)
-    done = store.finished(records)
+def _resolve(cfg: ArenaConfig):
+    """The model and task specs, once every field is checked. Each model is built for each task
+    on the meta device (no memory, no compute), so an option that only its constructor checks
+    is refused here, not in a run after the directory is written."""
+    validate(cfg)
+    check_device(cfg.device)
+    models = [spec.model(m) for m in cfg.models]
+    tasks = [spec.task(t) for t in cfg.tasks]
+    for model in models:
+        for label, task in tasks:
+            try:
+                with torch.device("meta"):
+                    build_model(model, task, cfg)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"--models: cannot build {model.label!r} for the task "
+                                 f"{label!r}: {err}") from None
+    return models, tasks
+
+
+def _warner(console: Console):
+    return lambda message: console.print(f"[yellow]warning:[/yellow] {escape(message)}",
+                                         soft_wrap=True)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _run_grid(cfg, models, tasks, out, console, preset, records) -> List[dict]:
     grid = [(m, label, task, seed) for label, task in tasks for seed in cfg.seeds for m in models]
+    lengths = {label: task.test_lengths for label, task in tasks}
+    done = store.finished(records, lengths)
+    records = [r for r in records if (r["model"], r["task"], r["seed"]) in done]  # partial: again
     todo = [g for g in grid if (g[0].label, g[1], g[3]) not in done]
     console.print(f"arena: {len(grid)} runs ({len(models)} models × {len(tasks)} tasks × "
                   f"{len(cfg.seeds)} seeds), {len(grid) - len(todo)} already finished; "
                   f"results in {out}")
     start = time.perf_counter()
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=True) as progress:
-        overall = progress.add_task("grid", total=len(grid), completed=len(grid) - len(todo))
-        execute = _parallel if cfg.jobs > 1 and len(todo) > 1 else _serial
-        for (model, task_label, task, seed), result in execute(todo, cfg, out, progress):
-            records += _records(model.label, task_label, task, seed, result, cfg, model.mixer,
-                                preset)
-            store.save_records(out, records)
-            report.write_all(out, cfg, records, _meta(cfg, preset, start))
-            progress.advance(overall)
-            console.print(f"  {model.label} on {task_label} (seed {seed}): {result['steps']} "
-                          f"steps in {result['train_seconds']:.0f}s"
-                          f"{' (early stop)' if result['stopped_early'] else ''}; "
-                          + ", ".join(f"T={n}: {v:.3f}" for n, v in result["scores"].items()))
-    if not todo:
+    failed: List[str] = []
+    try:
+        trained = _train(todo, len(grid), cfg, out, console, preset, records, failed, start)
+    except KeyboardInterrupt:
+        console.print(f"arena: interrupted; {len(store.finished(records, lengths))} of "
+                      f"{len(grid)} runs are recorded in {out}; run the same command again to "
+                      f"resume", markup=False, soft_wrap=True)
+        raise
+    if not trained:  # the reports are rewritten after each run; else write them now
         report.write_all(out, cfg, records, _meta(cfg, preset, start))
     for table in report.rich_tables(cfg, records):
         console.print(table)
     console.print(f"arena: {time.perf_counter() - start:.0f}s; wrote results.jsonl, results.csv, "
                   f"results.md, plots/, report.html in {out}")
+    if failed:
+        raise ArenaFailed(f"arena: {len(failed)} of {len(todo)} runs failed ({'; '.join(failed)})"
+                          f"; the others are recorded in {out}; run the same command again to "
+                          f"retry the failed ones")
     return records
 
 
-def _run_dir(out: Path, model, task_label: str, seed: int) -> Path:
-    return out / "runs" / run_ids([model.label, task_label, str(seed)])
-
-
-def _serial(todo, cfg, out, progress):
-    """Runs one after another in this process, a progress bar each."""
-    for item in todo:
-        model, task_label, task, seed = item
-        title = f"{model.label} on {task_label} (seed {seed})"
-        job = progress.add_task(title, total=cfg.steps)
-
-        def on_step(step, loss, val, job=job, title=title):
-            extra = f" val {val:.3f}" if val is not None else ""
-            progress.update(job, completed=step, description=f"{title} loss {loss:.3f}{extra}")
-
-        result = train_run(model, task, seed, cfg, _run_dir(out, model, task_label, seed),
-                           on_step)
-        progress.remove_task(job)
-        yield item, result
-
-
-_PROGRESS = None  # in a worker process: the queue its progress goes back through
-
-
-def _init_worker(parent: int, queue) -> None:
-    """Worker initializer: keep the progress queue, and end this process when the arena's
-    process is gone (killed), so no orphan keeps training and writing checkpoints."""
-    global _PROGRESS
-    _PROGRESS = queue
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _worker(model, task_label: str, seed: int, cfg: ArenaConfig, run_dir: Path):
-    """One run in a worker process."""
-    torch.set_num_threads(cfg.threads)
-    _, task = spec.task(task_label)
-    key = (model.label, task_label, seed)
-    return train_run(model, task, seed, cfg, run_dir,
-                     lambda step, loss, val: _PROGRESS.put((key, step)))
-
-
-def _parallel(todo, cfg, out, progress):
-    """``cfg.jobs`` runs at a time in worker processes (same results as serial: every run is
-    seeded on its own); results come back as runs finish."""
-    ctx = multiprocessing.get_context("spawn")  # fork would copy torch/numba thread pools
-    queue = ctx.Queue()
-    pool = ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_init_worker,
-                               initargs=(os.getpid(), queue))
-    with pool:
-        jobs, bars = {}, {}
-        for item in todo:
-            model, task_label, _, seed = item
-            key = (model.label, task_label, seed)
-            bars[key] = progress.add_task(f"{model.label} on {task_label} (seed {seed})",
-                                          total=cfg.steps)
-            jobs[pool.submit(_worker, model, task_label, seed, cfg,
-                             _run_dir(out, model, task_label, seed))] = item
-        pending = set(jobs)
-        while pending:
-            finished, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            while not queue.empty():
-                key, step = queue.get()
-                progress.update(bars[key], completed=step)
-            for future in finished:
-                model, task_label, _, seed = jobs[future]
-                progress.remove_task(bars[(model.label, task_label, seed)])
-                yield jobs[future], future.result()
+def _train(todo, n_grid, cfg, out, console, preset, records, failed, start) -> int:
+    """Train ``todo``, appending to ``records`` (saved after each run) and to ``failed`` (the
+    runs that raised); returns how many runs were recorded."""
+    trained = 0
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()]
+    execute = runs.parallel if cfg.jobs > 1 and len(todo) > 1 else runs.serial
+    with Progress(*columns, console=console, transient=True) as progress, \
+            contextlib.closing(execute(todo, cfg, out, progress, _warner(console))) as results:
+        overall = progress.add_task("grid", total=n_grid, completed=n_grid - len(todo))
+        for (model, task_label, task, seed), result, error in results:
+            progress.advance(overall)
+            title = runs.title(model, task_label, seed)
+            if error is not None:
+                failed.append(title)
+                console.print(f"  {escape(title)}: [red]failed[/red]: {escape(error)}",
+                              soft_wrap=True)
+                continue
+            records.extend(_records(model.label, task_label, task, seed, result, cfg,
+                                    model.mixer, preset))
+            store.save_records(out, records)
+            report.write_all(out, cfg, records, _meta(cfg, preset, start))
+            trained += 1
+            console.print(f"  {title}: {result['steps']} steps in {result['train_seconds']:.0f}s"
+                          f"{' (early stop)' if result['stopped_early'] else ''}; "
+                          + ", ".join(f"T={n}: {v:.3f}" for n, v in result["scores"].items()),
+                          markup=False)
+    return trained
 
 
 def _meta(cfg: ArenaConfig, preset: str, start: float) -> dict:
@@ -172,9 +182,3 @@ def _meta(cfg: ArenaConfig, preset: str, start: float) -> dict:
             "machine": f"{platform.machine()} {platform.processor() or ''}, "
                        f"{torch.get_num_threads()} threads, torch {torch.__version__}",
             "wall time so far": f"{time.perf_counter() - start:.0f}s"}
-
-
-def remove_results(out: Optional[Path]) -> None:
-    """``--fresh``: delete a previous results directory."""
-    if out is not None and out.exists():
-        shutil.rmtree(out)

@@ -11,46 +11,141 @@ Layout of ``--out DIR``::
     runs/<id>/         checkpoint.safetensors of a run in progress / the trained weights
 
 Every file is written to a temporary name and renamed, so a kill never leaves a partial file.
+Files that are damaged all the same (by hand, by another program, by an older rnnlab) are
+refused in one line naming the file and what to do, never read as something else.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List
 
-from ..tools.files import write_atomic  # noqa: F401  (re-exported for the arena)
+from ..tools.files import LOCK_NAME, TEMP_SUFFIX, write_atomic
 
 FIELDS = ["model", "task", "seed", "length", "metric", "value", "train_length", "steps",
           "stopped_early", "train_seconds", "eval_seconds", "parameters", "engine", "mixer",
           "d_model", "n_layers", "preset", "rnnlab_version", "torch_version", "finished_at"]
+# what a line of results.jsonl must hold for the tables: field -> accepted types
+REQUIRED = {"model": (str,), "task": (str,), "seed": (int,), "length": (int,),
+            "metric": (str,), "value": (int, float)}
+# what the arena writes into --out, and all that --fresh deletes
+OWN_ENTRIES = ("config.json", "results.jsonl", "results.csv", "results.md", "report.html",
+               "plots", "runs")
 
 
-def check_config(out: Path, training_fields: dict) -> None:
+def check_out(out: Path, fresh: bool) -> None:
+    """Refuse an ``--out`` the arena cannot write, or (with ``fresh``) one it must not delete,
+    before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: expected a directory, got the file {str(out)!r}")
+    existing = out
+    while not existing.exists():  # the directory that the arena would create ``out`` in
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out: cannot create {str(out)!r}: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: {str(existing)!r} is not writable; choose another --out")
+    if fresh and out.exists() and not is_results_dir(out):
+        raise ValueError(f"--fresh: {str(out)!r} is not an arena results directory (it has no "
+                         f"config.json or results.jsonl, but other files); refusing to delete "
+                         f"it: choose another --out")
+
+
+def is_results_dir(out: Path) -> bool:
+    """An arena wrote ``out``, or it holds nothing but the arena's lock and temporary files."""
+    if (out / "config.json").exists() or (out / "results.jsonl").exists():
+        return True
+    return all(p.name.startswith(LOCK_NAME) or p.name.endswith(TEMP_SUFFIX)
+               for p in out.iterdir())
+
+
+def clear(out: Path) -> None:
+    """``--fresh``: delete the arena's files in ``out`` (call it holding the directory's lock,
+    which stays in place; files the arena does not write are left alone)."""
+    for name in OWN_ENTRIES:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def check_config(out: Path, training_fields: dict, has_records: bool) -> None:
     """Tie ``out`` to a configuration: refuse to mix results of different ones."""
     path = out / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(training_fields)):
-            changed = sorted(k for k in set(old) | set(training_fields)
-                             if old.get(k) != json.loads(json.dumps(training_fields)).get(k))
-            raise ValueError(f"--out: {out} holds results of a different configuration "
-                             f"(differs in {changed}); choose another --out or delete it")
-    else:
+    fields = json.loads(json.dumps(training_fields))  # as it reads back (tuples -> lists)
+    if not path.exists():
+        if has_records:
+            raise ValueError(f"--out: {path.parent}/results.jsonl has records but there is no "
+                             f"config.json saying what produced them; use --fresh to start "
+                             f"over, or choose another --out")
         write_atomic(path, json.dumps(training_fields, indent=1, sort_keys=True))
+        return
+    try:
+        old = json.loads(path.read_bytes())
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        raise ValueError(f"--out: {path} is not a JSON object (a torn write, or another "
+                         f"program's file?); use --fresh to start over, or choose another --out")
+    if old != fields:
+        changed = sorted(k for k in set(old) | set(fields) if old.get(k) != fields.get(k))
+        raise ValueError(f"--out: {out} holds results of a different configuration "
+                         f"(differs in {changed}); choose another --out or delete it")
 
 
-def load_records(out: Path) -> List[dict]:
+def load_records(out: Path, warn: Callable[[str], None]) -> List[dict]:
+    """The records of ``out/results.jsonl``. A torn last line (a write cut short, by an older
+    rnnlab or a full disk) is dropped after ``warn``: its run runs again. Any other line that is
+    not a record is an error naming it."""
     path = out / "results.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_bytes().split(b"\n"), 1)
+             if line.strip()]
+    records = []
+    for i, line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # also undecodable bytes
+            if i == lines[-1][0]:
+                warn(f"{path}: its last line (line {i}) is not a complete JSON record (torn "
+                     f"write?); ignoring it, so that run runs again")
+                break
+            raise ValueError(f"{path}: line {i} is not a JSON record (torn write?); delete that "
+                             f"line or use --fresh") from None
+        problem = _record_problem(record)
+        if problem:
+            raise ValueError(f"{path}: line {i} is not an arena record ({problem}); delete that "
+                             f"line or use --fresh")
+        records.append(record)
+    return records
 
 
-def finished(records: Iterable[dict]) -> set:
-    """``(model, task, seed)`` of the runs that have records."""
-    return {(r["model"], r["task"], r["seed"]) for r in records}
+def _record_problem(record) -> str:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key, types in REQUIRED.items():
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"{key!r} is {value!r}"
+    return ""
+
+
+def finished(records: Iterable[dict], test_lengths: Dict[str, Iterable[int]]) -> set:
+    """``(model, task, seed)`` of the runs whose records cover every test length of their task
+    (``test_lengths``: task label -> lengths); a run with only some records runs again."""
+    covered: Dict[tuple, set] = {}
+    for r in records:
+        covered.setdefault((r["model"], r["task"], r["seed"]), set()).add(r["length"])
+    return {key for key, lengths in covered.items()
+            if key[1] in test_lengths and lengths >= set(test_lengths[key[1]])}
 
 
 def save_records(out: Path, records: List[dict]) -> None:

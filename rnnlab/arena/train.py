@@ -7,6 +7,7 @@ evaluate ``eval_examples`` fresh test sequences at each of the task's test lengt
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -15,11 +16,15 @@ import torch
 from .. import tasks as _tasks
 from ..models.sequence import SequenceModel
 from ..tools import checkpoint
-from ..tools.schedule import optimizer_step, warmup_cosine
+from ..tools.schedule import lr_at, optimizer_step
 from .config import ArenaConfig
 from .spec import ModelSpec
 
 EVAL_CHUNK = 256  # test sequences per forward pass
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> SequenceModel:
@@ -30,7 +35,7 @@ def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> Sequenc
 
 def learning_rate(cfg: ArenaConfig, step: int) -> float:
     """Linear warm-up over the first 5% of steps, then cosine decay to 10% of ``lr``."""
-    return warmup_cosine(cfg.lr, step / cfg.steps)
+    return lr_at(cfg.lr, step, cfg.steps)
 
 
 def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,
@@ -49,8 +54,12 @@ def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: i
 
 
 def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, run_dir: Path,
-              on_step: Optional[Callable[[int, float, Optional[float]], None]] = None) -> dict:
+              on_step: Optional[Callable[[int, float, Optional[float]], None]] = None,
+              warn: Callable[[str], None] = _warn) -> dict:
     """Train (resuming from ``run_dir/checkpoint.safetensors`` if present) and test one run.
+
+    A damaged checkpoint is moved aside and the run restarts from step 0 after ``warn``; one
+    past ``cfg.steps`` raises ``CheckpointError`` (it is never taken as a finished run).
 
     Returns ``{"scores": {length: value}, "steps": n, "stopped_early": bool, "train_seconds": s,
     "eval_seconds": s, "parameters": n, "engine": name, "resumed_from": step}``.
@@ -63,10 +72,11 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
             "val": torch.Generator().manual_seed(2_000_003 * (seed + 1))}
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / "checkpoint.safetensors"
-    meta = checkpoint.load(ckpt, model, opt, gens) or {"step": 0, "hits": 0, "seconds": 0.0}
-    resumed_from, step, hits = meta["step"], meta["step"], meta["hits"]
+    meta = checkpoint.load_or_restart(ckpt, model, opt, gens, warn, max_step=cfg.steps) or {}
+    resumed_from = step = int(meta.get("step", 0))
+    hits = meta.get("hits", 0)
     lo, hi = task.train_lengths
-    start = time.perf_counter() - meta["seconds"]
+    start = time.perf_counter() - meta.get("seconds", 0.0)
     done = meta.get("done", False)
     while not done and step < cfg.steps:
         length = int(torch.randint(lo, hi + 1, (1,), generator=gens["length"]))

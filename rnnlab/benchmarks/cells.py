@@ -48,12 +48,14 @@ import torch
 from .. import cells as _cells
 from .. import engines as _engines
 from ..nn.recurrent import Recurrent
+from ..tools.device import check_device
 from .memory import held_bytes
 from .timing import machine
 
 DEFAULT_SIZES = ((8, 1024, 128), (32, 128, 256))
 REFERENCE_CELL = "gru"  # every row's second ratio is against this cell's sequential engine
 MIB = 2 ** 20
+SIZE_MAX = 2 ** 31 - 1  # beyond, torch cannot even allocate the input
 
 
 def parse_sizes(text: str) -> Tuple[Tuple[int, int, int], ...]:
@@ -61,9 +63,9 @@ def parse_sizes(text: str) -> Tuple[Tuple[int, int, int], ...]:
     sizes = []
     for item in (s.strip() for s in text.split(",") if s.strip()):
         parts = item.lower().split("x")
-        if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts):
-            raise ValueError(f"--sizes: expected comma-separated BxTxD with positive integers, "
-                             f"e.g. '8x1024x128', got {item!r}")
+        if len(parts) != 3 or not all(p.isdigit() and 1 <= int(p) <= SIZE_MAX for p in parts):
+            raise ValueError(f"--sizes: expected comma-separated BxTxD with integers in [1, "
+                             f"{SIZE_MAX}], e.g. '8x1024x128', got {item!r}")
         sizes.append(tuple(int(p) for p in parts))
     if not sizes:
         raise ValueError(f"--sizes: expected at least one BxTxD, got {text!r}")
@@ -272,7 +274,7 @@ def run(sizes: Sequence[Tuple[int, int, int]] = DEFAULT_SIZES,
         raise ValueError(f"--threads: expected an int >= 1 or None, got {threads!r}")
     if not max_seconds > 0:
         raise ValueError(f"--max-seconds: expected a number > 0, got {max_seconds!r}")
-    dev = torch.device(device)
+    dev = check_device(device)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

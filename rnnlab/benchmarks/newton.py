@@ -11,8 +11,10 @@ import time
 
 import torch
 
+from ..cells import available
 from ..cells import get as get_cell
 from ..cells.base import as_tuple
+from ..cells.registry import did_you_mean
 from ..engines import Newton, Sequential
 from .timing import machine
 
@@ -49,10 +51,20 @@ def _interleaved_best_ms(fns: dict, repeats: int) -> dict:
     return best
 
 
+def check_cells(names) -> list:
+    """``names`` if each is a registered cell; else a ValueError naming ``--cells``."""
+    unknown = [n for n in names if n not in available()]
+    if unknown or not names:
+        raise ValueError(f"--cells: expected names from {', '.join(available())}, got "
+                         f"{', '.join(map(repr, unknown)) or 'none'}"
+                         f"{did_you_mean(unknown[0], available()) if unknown else ''}")
+    return list(names)
+
+
 def run(cells=("paragru", "paralstm"), batch: int = 8, hidden: int = 64,
         lengths=(1024, 4096, 16384), repeats: int = 3, seed: int = 0) -> dict:
     rows = []
-    for name in cells:
+    for name in check_cells(cells):
         torch.manual_seed(seed)
         cell = get_cell(name, hidden, hidden)
         for T in lengths:

@@ -1,4 +1,8 @@
-"""Learning-rate schedule and the optimizer step shared by the arena and the trainers."""
+"""Learning-rate schedule and the optimizer step shared by the arena and the trainers.
+
+The learning rate of a step is a function of the step and the step budget only (``lr_at``),
+never of the time elapsed: a run stopped and resumed, or run again with the same seed, takes
+bit-identical steps. A time budget may stop a run early; it does not bend the schedule."""
 from __future__ import annotations
 
 import math
@@ -14,6 +18,11 @@ def warmup_cosine(lr: float, progress: float, warmup: float = 0.05, floor: float
         return lr * (progress + 1e-3) / warmup
     rest = (progress - warmup) / max(1e-9, 1 - warmup)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * rest)))
+
+
+def lr_at(lr: float, step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (counted from 0) of ``steps``: ``warmup_cosine``."""
+    return warmup_cosine(lr, step / steps)
 
 
 def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor,

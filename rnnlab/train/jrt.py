@@ -4,8 +4,11 @@ context twice, side by side (``rnnlab.tools.jrt``; Arora et al. 2024, "Just read
 Readable top to bottom: for every task × model, train two runs with the arena's ``train_run``
 (same seed, same budget, same model size): the task as is ("read once") and the task with its
 context repeated (``RepeatedContext(task, 2)``, "read twice"), then test both on fresh
-sequences of the same length. Runs resume from ``out/runs/<id>/checkpoint.safetensors``; the
-table goes to ``out/results.json`` (atomically).
+sequences of the same length. Every setting, spec and model is checked before anything is
+written; the output directory is then taken with ``rundir.claim`` (refused when its runs were
+trained with other sizes or optimizer settings, locked against a second writer). Runs resume
+from ``out/runs/<id>/checkpoint.safetensors`` (a damaged one restarts its run, with a warning);
+the table goes to ``out/results.json`` (atomically).
 
 Set disjointness is the task JRT was built for: with the larger set first, a model reading once
 must store the large set before it knows it is the large one; reading twice, it can keep the
@@ -26,13 +29,18 @@ from typing import List
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..arena import spec as _spec
 from ..arena.config import ArenaConfig
-from ..arena.train import run_ids, train_run
+from ..arena.train import build_model, run_ids, train_run
+from ..tools.device import check_device
 from ..tools.files import write_atomic
 from ..tools.jrt import RepeatedContext
+from . import options as _options
+from .rundir import claim, record, warner
+
 
 @dataclasses.dataclass
 class JRTConfig:
@@ -61,29 +69,67 @@ def make_task(label: str, times: int, cfg: JRTConfig):
     return task
 
 
-def check_config(cfg: JRTConfig) -> None:
-    for name in ("length", "d_model", "n_layers", "steps", "batch", "eval_examples"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"jrt: {name} must be an int >= 1, got {value!r}")
-    if not cfg.models or not cfg.tasks:
-        raise ValueError(f"jrt: models and tasks must be non-empty, got {cfg.models!r} and "
-                         f"{cfg.tasks!r}")
-    for label in cfg.tasks:
-        make_task(label, 1, cfg)
-    for label in cfg.models:
-        _spec.model(label)
+# Recorded in OUT/config.json (see rundir): the settings a run's directory name leaves out.
+# Models, tasks, length and seed are in every run's name; the step budget may be raised.
+RECORDED = ("d_model", "n_layers", "batch", "lr", "eval_examples")
 
 
-def run(cfg: JRTConfig, console: Console) -> dict:
-    """Train every (task, model) read once and read twice; returns (and writes) the table."""
-    check_config(cfg)
-    out = Path(cfg.out)
+def check_config(cfg: JRTConfig) -> ArenaConfig:
+    """Raise naming the option for any value out of range, any spec that does not parse or any
+    model that cannot be built; the arena configuration every run trains with."""
+    for field in ("length", "d_model", "n_layers", "steps", "batch", "eval_examples"):
+        _options.integer(cfg, field, 1)
+    _options.integer(cfg, "seed", 0, _options.SEED_MAX)
+    _options.number(cfg, "lr")
+    check_device(cfg.device)
+    for field in ("models", "tasks"):
+        labels = getattr(cfg, field)
+        if not isinstance(labels, list) or not labels or len(set(labels)) < len(labels):
+            raise ValueError(f"--{field}: expected a comma-separated list of distinct specs, "
+                             f"got {', '.join(map(str, labels)) if labels else 'none'}")
     arena = ArenaConfig(models=cfg.models, tasks=cfg.tasks, seeds=[cfg.seed],
                         d_model=cfg.d_model, n_layers=cfg.n_layers, steps=cfg.steps,
                         batch=cfg.batch, lr=cfg.lr, eval_every=50, early_stop=0.99,
                         eval_examples=cfg.eval_examples, checkpoint_every=200,
                         device=cfg.device)
+    tasks = [make_task(label, times, cfg) for label in cfg.tasks for times in (1, 2)]
+    for label in cfg.models:
+        model = _spec.model(label)
+        for task in tasks:
+            check_model(model, task, arena)
+    return arena
+
+
+def check_model(model: _spec.ModelSpec, task, arena: ArenaConfig) -> None:
+    """Build ``model`` for ``task`` on the meta device (an option only its constructor checks is
+    refused now, for free) and check a lower bound of a training step's memory fits."""
+    def make(n_layers: int):
+        return build_model(model, task, dataclasses.replace(arena, n_layers=n_layers))
+    try:
+        params = _options.parameter_count(make, arena.n_layers)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"--models: cannot build {model.label!r} for {task.describe()!r}: "
+                         f"{err}") from None
+    tokens = arena.batch * 2 * max(task.train_lengths)  # read twice: up to twice as long
+    _options.check_memory(params, 4 * tokens * arena.d_model * arena.n_layers,
+                          check_device(arena.device), "--d-model/--layers/--length")
+
+
+def run(cfg: JRTConfig, console: Console) -> dict:
+    """Train every (task, model) read once and read twice; returns (and writes) the table."""
+    arena = check_config(cfg)
+    settings = {field: getattr(cfg, field) for field in RECORDED}
+    with claim(Path(cfg.out), settings, "runs/*/checkpoint.safetensors", "eval jrt") as out:
+        record(out, settings)
+        result = run_grid(cfg, arena, out, console)
+        write_atomic(out / "results.json", json.dumps(result, indent=1))
+    print_table(result, console)
+    console.print(f"wrote {out / 'results.json'}", markup=False)
+    return result
+
+
+def run_grid(cfg: JRTConfig, arena: ArenaConfig, out: Path, console: Console) -> dict:
+    """Train and test every (task, model) read once and read twice; the table."""
     grid = [(t, m, times) for t in cfg.tasks for m in cfg.models for times in (1, 2)]
     rows, start = {}, time.perf_counter()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -91,11 +137,13 @@ def run(cfg: JRTConfig, console: Console) -> dict:
     with Progress(*columns, console=console, transient=True) as progress:
         job = progress.add_task("jrt", total=len(grid))
         for task_label, model_label, times in grid:
-            progress.update(job, description=f"{model_label} on {task_label}, read {times}x")
+            progress.update(job, description=escape(f"{model_label} on {task_label}, "
+                                                    f"read {times}x"))
             task = make_task(task_label, times, cfg)
             run_dir = out / "runs" / run_ids([model_label, task_label, f"x{times}",
                                               f"L{cfg.length}", str(cfg.seed)])
-            result = train_run(_spec.model(model_label), task, cfg.seed, arena, run_dir)
+            result = train_run(_spec.model(model_label), task, cfg.seed, arena, run_dir,
+                               warn=warner(console))
             row = rows.setdefault((task_label, model_label),
                                   {"task": task_label, "model": model_label})
             key = "once" if times == 1 else "twice"
@@ -105,12 +153,8 @@ def run(cfg: JRTConfig, console: Console) -> dict:
             progress.advance(job)
     for row in rows.values():
         row["gain"] = round(row["twice"] - row["once"], 4)
-    result = {"rows": list(rows.values()), "seconds": round(time.perf_counter() - start, 1),
-              "config": dataclasses.asdict(cfg)}
-    write_atomic(out / "results.json", json.dumps(result, indent=1))
-    print_table(result, console)
-    console.print(f"wrote {out / 'results.json'}")
-    return result
+    return {"rows": list(rows.values()), "seconds": round(time.perf_counter() - start, 1),
+            "config": dataclasses.asdict(cfg)}
 
 
 def print_table(result: dict, console: Console) -> None:

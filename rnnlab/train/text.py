@@ -32,26 +32,48 @@ def stdlib_corpus(max_chars: int) -> Tuple[str, str]:
         if total >= max_chars:
             break
     if not parts:
-        raise FileNotFoundError(f"no Python sources found under {root}")
+        raise ValueError(f"--data: not given, and the default corpus, the Python sources "
+                         f"under {root}, is not on this machine; give a text file")
     return "".join(parts)[:max_chars], f"python-stdlib ({root})"
 
 
 def load_text(path: Optional[Path], max_chars: int) -> Tuple[str, str]:
-    """The text of ``path`` (a file, or a folder of ``*.txt``/``*.py`` files), or the default
-    corpus when ``path`` is None; at most ``max_chars`` characters."""
+    """The text of ``path`` (a file, or a folder of ``*.txt``/``*.py``/``*.md`` files, in sorted
+    order), or the default corpus when ``path`` is None; at most ``max_chars`` characters (only
+    those are read). Bytes that are not UTF-8 become ``UNKNOWN`` (see ``undecodable_share``)."""
     if path is None:
         return stdlib_corpus(max_chars)
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".py", ".md"))
-        text = "".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".py", ".md")
+                       and p.is_file())
     elif path.is_file():
-        text = path.read_text(encoding="utf-8", errors="replace")
+        files = [path]
     else:
-        raise ValueError(f"--data: {path} is neither a file nor a folder")
+        raise ValueError(f"--data: expected a text file or a folder, got {str(path)!r}, which "
+                         f"does not exist")
+    parts, total = [], 0
+    for file in files:
+        if total >= max_chars:
+            break
+        try:
+            with open(file, encoding="utf-8", errors="replace") as f:
+                parts.append(f.read(max_chars - total))
+        except OSError as err:
+            raise ValueError(f"--data: cannot read {str(file)!r}: {err.strerror}") from None
+        total += len(parts[-1])
+    text = "".join(parts)
     if len(text) < 1000:
-        raise ValueError(f"--data: {path} holds {len(text)} characters; need at least 1000")
-    return text[:max_chars], str(path)
+        raise ValueError(f"--data: {str(path)!r} holds {len(text)} characters"
+                         f"{'' if files else ' (no *.txt, *.py or *.md files)'}; need at least "
+                         f"1000")
+    return text, str(path)
+
+
+def undecodable_share(text: str) -> float:
+    """The fraction of ``text`` that is NUL or was not UTF-8: near 0 for text, large for a
+    binary file."""
+    return (text.count(UNKNOWN) + text.count("\0")) / max(1, len(text))
 
 
 class Vocab:
@@ -79,7 +101,16 @@ class Vocab:
 
     @classmethod
     def load(cls, path: Path) -> "Vocab":
-        return cls(json.loads(Path(path).read_text())[1:])
+        """The vocabulary ``save`` wrote; a ValueError naming the file when it is damaged."""
+        try:
+            chars = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            chars = None
+        if not (isinstance(chars, list) and chars[:1] == [UNKNOWN]
+                and all(isinstance(c, str) and len(c) == 1 for c in chars)):
+            raise ValueError(f"{path} is not a vocabulary written by rnnlab (damaged?); train "
+                             f"again to rewrite it")
+        return cls(chars[1:])
 
 
 def windows(data: torch.Tensor, batch: int, length: int, gen: torch.Generator
