@@ -42,8 +42,8 @@ def test_tiny_grid_end_to_end(tmp_path):
 
 def test_rerun_skips_finished_runs(tmp_path, monkeypatch):
     first = run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
-    import rnnlab.arena.runner as runner
-    monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("retrained"))
+    import rnnlab.arena.runs as runs
+    monkeypatch.setattr(runs, "train_run", lambda *a, **k: pytest.fail("retrained"))
     again = run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
     assert again == first
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from rnnlab.arena import ArenaConfig, ArenaFailed, run_arena, spec
-from rnnlab.arena import runner as arena_runner
+from rnnlab.arena import runs as arena_runs
 from rnnlab.arena.train import run_ids, train_run
 from rnnlab.cli import app
 from rnnlab.errors import CheckpointError
@@ -33,10 +33,10 @@ LENGTHS = len(spec.task("parity")[1].test_lengths)  # records per run
 
 DRIVER = f"""
 import dataclasses, os
-from rnnlab.arena import config, runner
+from rnnlab.arena import config, runs
 
 config.PRESETS["faults"] = {FAULTS!r}
-real_train_run = runner.train_run
+real_train_run = runs.train_run
 
 
 def planted(model, task, seed, cfg, *args, **kwargs):
@@ -53,7 +53,7 @@ def planted(model, task, seed, cfg, *args, **kwargs):
     return real_train_run(model, task, seed, cfg, *args, **kwargs)
 
 
-runner.train_run = planted
+runs.train_run = planted
 if __name__ == "__main__":
     from rnnlab.cli import app
     app()
@@ -182,16 +182,16 @@ def test_failing_and_dying_runs_in_workers_are_reported_and_the_others_recorded(
     out = tmp_path / "out"
     assert set(recorded(out)) == {(m, s) for m in FAULTS["models"] for s in (0, 3)}
     retried = []
-    real = arena_runner.train_run
+    real = arena_runs.train_run
 
     def spy(model, task, seed, cfg, *args, **kwargs):
         retried.append((model.label, seed))
         return real(model, task, seed, cfg, *args, **kwargs)
-    arena_runner.train_run = spy
+    arena_runs.train_run = spy
     try:
         run_arena(faults(), out, quiet(), preset="faults")
     finally:
-        arena_runner.train_run = real
+        arena_runs.train_run = real
     assert sorted(retried) == sorted((m, s) for m in FAULTS["models"] for s in (1, 2))
     assert recorded(out) == {(m, s): LENGTHS for m in FAULTS["models"] for s in range(4)}
 
@@ -207,26 +207,26 @@ def test_a_full_disk_in_a_worker_stops_the_arena_in_one_line(tmp_path, start):
 
 
 def test_a_failing_run_in_the_serial_arena(tmp_path, monkeypatch):
-    real = arena_runner.train_run
+    real = arena_runs.train_run
 
     def planted(model, task, seed, cfg, *args, **kwargs):
         if (model.label, seed) == ("gru", 0):
             raise FloatingPointError("non-finite loss at step 3")
         return real(model, task, seed, cfg, *args, **kwargs)
-    monkeypatch.setattr(arena_runner, "train_run", planted)
+    monkeypatch.setattr(arena_runs, "train_run", planted)
     with pytest.raises(ArenaFailed, match=r"1 of 2 runs failed \(gru on parity \(seed 0\)\)"):
         run_arena(faults(seeds=[0], jobs=1), tmp_path, quiet())
     assert set(recorded(tmp_path)) == {("lstm", 0)}
 
 
 def test_ctrl_c_in_the_serial_arena_keeps_finished_runs(tmp_path, monkeypatch):
-    real = arena_runner.train_run
+    real = arena_runs.train_run
 
     def planted(model, task, seed, cfg, *args, **kwargs):
         if seed == 1:
             raise KeyboardInterrupt
         return real(model, task, seed, cfg, *args, **kwargs)
-    monkeypatch.setattr(arena_runner, "train_run", planted)
+    monkeypatch.setattr(arena_runs, "train_run", planted)
     result = CliRunner().invoke(app, ["arena", "--models", "gru", "--tasks", "parity",
                                       "--seeds", "0,1", "--steps", "2", "--jobs", "1",
                                       "--out", str(tmp_path)])
