@@ -86,3 +86,31 @@ def assert_agrees(cell, engine, x, h0, lengths, what):
     assert_close(h_n, h_s, what=f"{what} final state")
     for i, (a, b) in enumerate(zip(g_n, g_s)):
         assert_close(a, b, what=f"{what} gradient #{i}")
+
+
+def cell_engine_pairs(input_size: int = 3, hidden_size: int = 4):
+    """Every ``(cell name, engine name)`` whose structure the engine can run."""
+    pairs = []
+    for name in rnnlab.cells.available():
+        cell = rnnlab.cells.get(name, input_size, hidden_size, device="meta")
+        for engine in rnnlab.engines.available():
+            try:
+                rnnlab.engines.resolve(engine, cell)
+            except ValueError:  # the cell's structure does not allow this engine
+                continue
+            pairs.append((name, engine))
+    return pairs
+
+
+def fill_disk(monkeypatch, where: str = "") -> None:
+    """Simulate a full disk: ``os.fsync`` of a file whose path contains ``where`` raises ENOSPC
+    (undo with ``monkeypatch.undo()``)."""
+    import errno
+    import os
+    real_fsync = os.fsync
+
+    def full(fd):
+        if where in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", full)

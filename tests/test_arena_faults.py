@@ -25,6 +25,7 @@ from rnnlab.arena.train import run_ids, train_run
 from rnnlab.cli import app
 from rnnlab.errors import CheckpointError
 from rnnlab.tools.files import directory_lock
+from .helpers import fill_disk
 
 # 2 models x 4 seeds of a few steps each: a run takes well under a second
 FAULTS = dict(models=["gru", "lstm"], tasks=["parity"], seeds=[0, 1, 2, 3], d_model=8, batch=4,
@@ -351,18 +352,12 @@ def test_full_disk_in_the_arena_is_one_error_and_the_next_run_cleans_up(tmp_path
     out = tmp_path / "out"
     stale = [out / ".results.jsonl.999.deadbeef.rnnlab-tmp",
              out / "runs" / "x" / ".checkpoint.safetensors.999.0badf00d.rnnlab-tmp"]
-    real_fsync = os.fsync
-
-    def full(fd):
-        if "results" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_fsync(fd)
-    monkeypatch.setattr(os, "fsync", full)
+    fill_disk(monkeypatch, "results")
     cfg = faults(models=["gru"], seeds=[0])
     with pytest.raises(ArenaFailed, match="cannot write .*out/results.jsonl: No space left on "
                                           "device.*run the same command again"):
         run_arena(cfg, out, quiet())
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.undo()
     for path in stale:  # as a killed writer or an older rnnlab would leave them
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("partial")

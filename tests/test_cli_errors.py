@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from rnnlab import cli
 from rnnlab.cli import app
+from .helpers import fill_disk
 
 TEXT = "The quick brown fox jumps over the lazy dog; sphinx of black quartz, judge my vow.\n"
 LM = ["train", "lm", "--d-model", "8", "--layers", "1", "--length", "8", "--batch", "2",
@@ -144,17 +145,11 @@ def test_out_that_is_a_file_or_not_writable(tmp_path, text, monkeypatch):
 
 def test_a_full_disk_is_one_line_exit_1_and_the_next_run_cleans_up(tmp_path, text, monkeypatch):
     out = tmp_path / "out"
-    real_fsync = os.fsync
-
-    def full(fd):
-        if "checkpoint" in os.readlink(f"/proc/self/fd/{fd}"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_fsync(fd)
-    monkeypatch.setattr(os, "fsync", full)
+    fill_disk(monkeypatch, "checkpoint")
     assert_one_error_line(invoke(LM + ["--data", text, "--out", out]), 1,
                           f"error: cannot write {out / 'checkpoint.safetensors'}: No space left "
                           f"on device", alone=False)
-    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.undo()
     stale = out / ".metrics.json.999.deadbeef.rnnlab-tmp"  # as a killed writer leaves one
     stale.write_text("partial")
     assert invoke(LM + ["--data", text, "--out", out]).exit_code == 0

@@ -25,10 +25,10 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab import cells, engines
+from rnnlab import cells
 from rnnlab.cells import as_tuple, map_state
 
-from .helpers import rel_err, sq_norm, widen
+from .helpers import cell_engine_pairs, rel_err, sq_norm, widen
 
 CASES = 40  # per cell x engine pair: ~25 s for all pairs on one core
 TOL64 = {"scan": 1e-9, "newton": 1e-7}
@@ -36,18 +36,7 @@ TOL32 = {"scan": 1e-4, "newton": 1e-4}
 RATIO = 10.0
 
 
-def _pairs():
-    for name in cells.available():
-        cell = cells.get(name, 3, 4, device="meta")
-        for engine in engines.available():
-            try:
-                engines.resolve(engine, cell)
-            except ValueError:  # the cell's structure does not allow this engine
-                continue
-            yield name, engine
-
-
-EVERY = list(_pairs())
+EVERY = cell_engine_pairs(3, 4)
 PAIRS = [(name, engine) for name, engine in EVERY if engine != "sequential"]
 
 

@@ -9,29 +9,18 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab import cells, engines
+from rnnlab import cells
 from rnnlab.cells import as_tuple, map_state
 from rnnlab.models.classifier import Classifier
 from rnnlab.ops import ssm_convolution, ssm_convolution_reference
 
-from .helpers import sq_norm
+from .helpers import cell_engine_pairs, sq_norm
 
 D, H = 5, 6
 FILLS = [float("nan"), float("inf"), -float("inf"), 1e30]
 
 
-def _pairs():
-    for name in cells.available():
-        cell = cells.get(name, D, H, device="meta")
-        for engine in engines.available():
-            try:
-                engines.resolve(engine, cell)
-            except ValueError:  # the cell's structure does not allow this engine
-                continue
-            yield name, engine
-
-
-PAIRS = list(_pairs())
+PAIRS = cell_engine_pairs(D, H)
 
 
 def _run(name, engine, x, lengths, h0=None):
