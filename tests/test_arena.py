@@ -205,3 +205,14 @@ def test_killing_the_arena_ends_its_workers(tmp_path):
         time.sleep(0.2)
     alive = [c for c in children if running(c)]
     assert not alive, f"workers {alive} outlived the arena"
+
+
+def test_plot_names_never_collide():
+    from rnnlab.arena.report import plot_name
+    taken = set()
+    names = []
+    for label in ["parity", "mod_arith(p=3)", "mod_arith[p=3]", "mod_arith(p=3)x"]:
+        names.append(plot_name(label, taken))
+        taken.add(names[-1])
+    assert names[0] == "parity" and names[1] == "mod_arith_p_3_"
+    assert len(set(names)) == len(names)

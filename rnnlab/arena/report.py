@@ -7,6 +7,7 @@ value and whether the run agrees with it within ``TOLERANCE``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 from pathlib import Path
@@ -119,14 +120,25 @@ def plot_png(task: str, metric: str, lengths: List[int], rows: List[list]) -> by
     return buf.getvalue()
 
 
+def plot_name(task: str, taken: set) -> str:
+    """The file name of ``task``'s plot: the label with every character but letters, digits,
+    ``_`` and ``-`` replaced by ``_``; a hash of the label is appended where two labels would
+    share a name (``mod_arith(p=3)`` and ``mod_arith[p=3]``), so no plot overwrites another."""
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in task)
+    if name in taken:
+        name += "-" + hashlib.sha1(task.encode()).hexdigest()[:8]
+    return name
+
+
 def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
               meta: Optional[Dict[str, str]] = None) -> None:
     """results.md, plots/<task>.png and report.html (each written atomically)."""
     write_atomic(out / "results.md", markdown(cfg, records))
-    sections = []
+    sections, names = [], set()
     for task, metric, lengths, rows in task_tables(cfg, records):
         png = plot_png(task, metric, lengths, rows)
-        name = "".join(c if c.isalnum() or c in "_-" else "_" for c in task)
+        name = plot_name(task, names)
+        names.add(name)
         write_atomic(out / "plots" / f"{name}.png", png)
         cells = "".join(f"<th>{html.escape(h)}</th>" for h in _header(lengths))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
