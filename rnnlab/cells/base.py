@@ -12,6 +12,14 @@ through this contract:
 - ``init_state(batch, dtype, device)``: the zero state.
 - ``structure``: what ``dh_t/dh_{t-1}`` looks like (``Diagonal``, ``Block``, ``Heads``, ``Dense``,
   ``Linear``); engines pick what they can do from it.
+- optionally ``jacobian(u_t, h) -> (step(u_t, h), cols)``: the step and its Jacobian in closed
+  form, which the Newton engine then uses instead of one JVP per column. ``cols`` holds one
+  tensor per state leaf (in ``h``'s order), ``(B, M, S_l)``, in ``engines/linearize.py``'s
+  column layout for the structure: ``cols[l][:, m, s] = d new_l[s] / d h[src[m, s]]`` (``M``
+  and ``src`` as that module defines them: 1 column for ``Diagonal``, leaf l' of ``Block(k)``'s
+  channel at m = l', member ``l' d + k`` of the head for ``Heads(n, d)``). The engine's
+  structure probe checks it against torch.func's JVPs at a random state and raises if they
+  differ.
 - linear cells (``structure`` is ``Linear``) also give ``transition(u) -> (A, b)`` for the whole
   sequence, so a scan engine never calls ``step``; or, better, their **factors**
   (``factors(u)`` and ``finish(o, u)``, see ``factors.py`` and ``linear.py``): "decay times state

@@ -179,5 +179,18 @@ class ParaGRU(Cell):
         h_hat = torch.tanh(a_h * (h * r) + u_h)
         return h + z * (h_hat - h)  # = (1 - z) * h + z * h^
 
+    def jacobian(self, u_t: torch.Tensor, h: torch.Tensor):
+        """``step`` and its diagonal Jacobian (the formula above) in closed form, in
+        ``linearize``'s column layout for ``Diagonal``: ``(h', (B, 1, H))``."""
+        a_z, a_r, a_h = self.recurrent()  # 3 x (H,)
+        u_z, u_r, u_h = u_t.chunk(3, dim=-1)  # 3 x (B, H)
+        z = torch.sigmoid(a_z * h + u_z)
+        r = torch.sigmoid(a_r * h + u_r)
+        h_hat = torch.tanh(a_h * (h * r) + u_h)
+        gap = h_hat - h
+        d_hat = (1 - h_hat * h_hat) * a_h * (r + h * r * (1 - r) * a_r)  # d h^ / d h
+        jac = (1 - z) + gap * z * (1 - z) * a_z + z * d_hat
+        return h + z * gap, jac.unsqueeze(1)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, heads={self.heads}, a_max={self.a_max}"

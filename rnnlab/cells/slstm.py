@@ -116,6 +116,63 @@ class SLSTM(Cell):
         h_new = torch.sigmoid(o_pre) * c_new / n_new.clamp(min=1.0)
         return h_new, c_new, n_new, m_new
 
+    def jacobian(self, u_t: torch.Tensor, state: Tuple[torch.Tensor, ...]):
+        """``step`` and its Jacobian in closed form, in ``linearize``'s column layout for
+        ``Heads(n, d)``: ``(new state, cols)`` with ``cols[l]: (B, 4d, H)``,
+        ``cols[l][:, l' d + k, g d + j] = d new_l[g d + j] / d state_l'[g d + k]`` (leaves
+        h, c, n, m). One pass instead of 4d JVPs. Every output depends on the gates' pre-
+        activations (through R, the only mixing inside a head) and elementwise on c, n, m; m
+        and log f enter only as ``b = log f + m``. The derivative takes the branches torch's
+        autograd takes: a tie of ``maximum`` splits evenly, ``clamp`` passes at its bound, the
+        empty-memory test ``n == 0`` is a constant."""
+        h, c, n, m = state  # (B, H) each
+        i_pre, f_pre, z_pre, o_pre = (u_t + self.recur(h)).chunk(4, dim=-1)  # 4 x (B, H)
+        log_f = F.logsigmoid(f_pre)
+        b = log_f + m
+        empty = n == 0
+        m_new = torch.where(empty, i_pre, torch.maximum(i_pre, b))
+        x = b - m_new
+        i_gate = torch.exp(i_pre - m_new)
+        f_gate = torch.exp(x.clamp(max=0.0))
+        tz, so = torch.tanh(z_pre), torch.sigmoid(o_pre)
+        c_new = f_gate * c + i_gate * tz
+        n_new = f_gate * n + i_gate
+        q = n_new.clamp(min=1.0)
+        h_new = so * c_new / q
+        # d m_new = s_a d i_pre + s_b d b (the weights autograd gives torch.where/maximum)
+        s_a = torch.where(empty | (i_pre > b), 1.0, 0.5 * (i_pre == b).to(h.dtype))
+        s_b = torch.where(empty, 0.0, 1.0 - s_a)
+        fk = f_gate * (x <= 0)  # d f_gate = fk (d b - d m_new)
+        di = (i_gate * (1 - s_a), -i_gate * s_b)  # d i_gate over (d i_pre, d b)
+        df = (-fk * s_a, fk * (1 - s_b))  # d f_gate over (d i_pre, d b)
+        dc = [c * df[k] + tz * di[k] for k in range(2)]  # d c_new over (d i_pre, d b)
+        dn = [n * df[k] + di[k] for k in range(2)]
+        dcz = i_gate * (1 - tz * tz)  # d c_new / d z_pre
+        p, qn = so / q, h_new / q * (n_new >= 1)  # d h_new = p d c_new - qn d n_new + ...
+        zero = torch.zeros_like(h)
+        # per output leaf: coefficients on (d i_pre, d b, d z_pre, d o_pre, d c, d n)
+        coef = [(p * dc[0] - qn * dn[0], p * dc[1] - qn * dn[1], p * dcz, (1 - so) * h_new,
+                 p * f_gate, -qn * f_gate),
+                (dc[0], dc[1], dcz, zero, f_gate, zero),
+                (dn[0], dn[1], zero, zero, zero, f_gate),
+                (s_a, s_b, zero, zero, zero, zero)]
+        return (h_new, c_new, n_new, m_new), self._columns(coef, torch.sigmoid(-f_pre))
+
+    def _columns(self, coef, g: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The columns of every output leaf from its coefficients on (d i_pre, d b, d z_pre,
+        d o_pre, d c, d n), each (B, H), and ``g = d b / d f_pre``: one buffer
+        ``(B, out leaf, in leaf, k, head, j)``, the h block through R, the c, n and m blocks
+        on their diagonal k == j (m's coefficient is b's), everything else zero."""
+        n, d, B = self.heads, self.head_dim, g.shape[0]
+        out = g.new_zeros(B, 4, 4, d, n, d)
+        gates = torch.stack([torch.stack((k[0], k[1] * g, k[2], k[3]), 1) for k in coef], 1)
+        out[:, :, 0] = torch.einsum("bxqgj,qgjk->bxkgj", gates.unflatten(-1, (n, d)),
+                                    self.weight_hh)  # (B, 4, 4, n, d) @ R -> (B, 4, d, n, d)
+        for leaf, slot in ((1, 4), (2, 5), (3, 1)):  # c, n, m
+            diag = out[:, :, leaf].diagonal(dim1=2, dim2=4)  # (B, 4, n, d): k == j
+            diag.copy_(torch.stack([k[slot] for k in coef], 1).unflatten(-1, (n, d)))
+        return tuple(out[:, i].reshape(B, 4 * d, n * d) for i in range(4))
+
     def readout(self, h, u_t: torch.Tensor) -> torch.Tensor:
         return h[0]  # the h of (h, c, n, m): (B, H)
 

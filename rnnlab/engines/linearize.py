@@ -140,7 +140,29 @@ def linearize_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
 
     Few tangents run as separate JVPs (what ``torch.compile`` fuses best); many (Dense, wide
     heads) as one vmapped JVP, so the step's primal part runs once. The parts of prev must not
-    be views into a larger tensor (forward AD on such a view touches, or trips over, the base)."""
+    be views into a larger tensor (forward AD on such a view touches, or trips over, the base).
+
+    A cell with a closed-form ``jacobian(u_t, h)`` (the cell contract, ``cells/base.py``) gives
+    both in one pass instead; ``probe`` has checked it against the JVPs."""
+    if closed_form(cell) is not None:
+        return closed_leaves(cell, u, prev, lay)
+    return jvp_leaves(cell, u, prev, lay)
+
+
+def closed_form(cell: Cell):
+    """The cell's ``jacobian`` hook, or None."""
+    return getattr(cell, "jacobian", None)
+
+
+def closed_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
+    """``linearize_leaves`` from the cell's closed-form ``jacobian``, flattened to leaves."""
+    new, cols = cell.jacobian(u, from_leaves(prev, lay))
+    f = tuple(t.reshape(t.shape[0], -1) for t in as_tuple(new))
+    return f, tuple(a.reshape(a.shape[0], lay.width, -1) for a in as_tuple(cols))
+
+
+def jvp_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
+    """``linearize_leaves`` by JVPs of ``cell.step``, one per column."""
     fn = lambda *parts: step_leaves(cell, u, parts, lay)  # noqa: E731
     eye = identity_columns(lay, prev[0].dtype, prev[0].device).split(sizes(lay), -1)  # L x (M, S_l)
     if lay.width <= 4:
@@ -150,7 +172,11 @@ def linearize_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
             f, col = torch.func.jvp(fn, tuple(prev), tangent)
             cols.append(col)
         return f, tuple(torch.stack([c[i] for c in cols], 1) for i in range(len(prev)))
-    tangents = tuple(e[:, None, :].expand(-1, *p.shape) for e, p in zip(eye, prev))  # (M, N, S_l)
+    # Contiguous, laid out as prev: forward AD would otherwise copy each tangent into a tensor
+    # shaped like its primal, and that copy (aten._new_zeros_with_same_feature_meta) reads a
+    # concrete storage offset, which torch.compile cannot trace once N is a symbolic size.
+    tangents = tuple(e[:, None, :].expand(-1, *p.shape).contiguous()
+                     for e, p in zip(eye, prev))  # (M, N, S_l)
 
     def column(*t):
         return torch.func.jvp(fn, tuple(prev), t)
@@ -159,11 +185,12 @@ def linearize_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
     return f, tuple(c.transpose(0, 1) for c in cols)  # (M, N, S_l) -> (N, M, S_l)
 
 
-def linearize(cell: Cell, u: torch.Tensor, h_prev: torch.Tensor, lay: Layout):
+def linearize(cell: Cell, u: torch.Tensor, h_prev: torch.Tensor, lay: Layout, jvp=False):
     """``f = step(u, h_prev)`` and its Jacobian columns: u ``(N, P)``, h_prev ``(N, S)`` ->
-    f ``(N, S)``, A ``(N, M, S)`` with ``A[n, m, s] = d f[n, s] / d h_prev[n, src[m, s]]``."""
+    f ``(N, S)``, A ``(N, M, S)`` with ``A[n, m, s] = d f[n, s] / d h_prev[n, src[m, s]]``
+    (by JVPs even where the cell has a closed form when ``jvp``)."""
     prev = tuple(p.clone() for p in h_prev.split(sizes(lay), -1))
-    f, cols = linearize_leaves(cell, u, prev, lay)
+    f, cols = (jvp_leaves if jvp else linearize_leaves)(cell, u, prev, lay)
     return torch.cat(f, -1), torch.cat(cols, -1)
 
 
@@ -177,19 +204,44 @@ def probe(cell: Cell, u: torch.Tensor, like: torch.Tensor, lay: Layout) -> None:
     like ``like (B, S)``), a random tangent's full JVP must equal the block-structured product
     (relative difference <= 1e-3; rounding stays near 1e-6 in fp32, a false declaration gives
     O(1)). The draws come from a private, fixed-seed generator: probing must not move the
-    global RNG (a seeded run would then differ from the same run on another engine)."""
+    global RNG (a seeded run would then differ from the same run on another engine).
+
+    A cell's closed-form ``jacobian`` must then give the same step and the same columns as the
+    JVPs (same tolerance, over the whole of f and A), else a wrong hook is as loud an error."""
     gen = torch.Generator(device=like.device).manual_seed(PROBE_SEED)
     h_prev, tangent = (torch.randn(like.shape, generator=gen, dtype=like.dtype,
                                    device=like.device) for _ in range(2))
     fn = lambda v: flatten(cell.step(u, unflatten(v, lay)), lay)  # noqa: E731
     with torch.no_grad():
-        _, A = linearize(cell, u, h_prev, lay)
+        f, A = linearize(cell, u, h_prev, lay, jvp=True)
         _, full = torch.func.jvp(fn, (h_prev.clone(),), (tangent,))
-    err = (full - matvec(A, tangent, lay)).norm() / (full.norm() + 1e-30)
-    if not err <= 1e-3:
-        raise ValueError(f"{type(cell).__name__} declares structure {cell.structure}, but its "
-                         f"step mixes state entries outside it (relative mismatch {err:.2e} on a "
-                         f"random tangent); declare a wider structure (e.g. Dense())")
+        err = (full - matvec(A, tangent, lay)).norm() / (full.norm() + 1e-30)
+        if not err <= 1e-3:
+            raise ValueError(f"{type(cell).__name__} declares structure {cell.structure}, but "
+                             f"its step mixes state entries outside it (relative mismatch "
+                             f"{err:.2e} on a random tangent); declare a wider structure "
+                             f"(e.g. Dense())")
+        if closed_form(cell) is not None:
+            _check_closed_form(cell, u, h_prev, lay, f, A)
+
+
+def _check_closed_form(cell: Cell, u, h_prev, lay: Layout, f, A) -> None:
+    """Raise unless ``cell.jacobian`` gives f and the columns A (the JVPs') at h_prev."""
+    name = type(cell).__name__
+    try:
+        f2, A2 = linearize(cell, u, h_prev, lay)
+    except RuntimeError as err:  # a wrong layout: a reshape or cat that does not fit
+        raise ValueError(f"{name}.jacobian: expected per state leaf columns (B, {lay.width}, "
+                         f"leaf size) for structure {cell.structure}, got an error: {err}") from err
+    if A2.shape != A.shape:
+        raise ValueError(f"{name}.jacobian: expected columns (B, M, S) = (B, {lay.width}, "
+                         f"{lay.size}) for structure {cell.structure}, got {tuple(A2.shape)}")
+    for what, got, ref in (("state", f2, f), ("Jacobian", A2, A)):
+        err = (got - ref).norm() / (ref.norm() + 1e-30)
+        if not err <= 1e-3:
+            raise ValueError(f"{name}.jacobian: its closed-form {what} differs from "
+                             f"torch.func's on a random state (relative mismatch {err:.2e}); "
+                             f"fix the hook or delete it to use JVPs")
 
 
 # ---- the Newton engine's hot functions (run eagerly or through torch.compile) ----------------

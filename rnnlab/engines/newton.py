@@ -153,7 +153,7 @@ class Newton(Engine):
                                               < lengths[:, None])  # (B, T)
         use_compile = self.compile is True or (self.compile == "auto"
                                                and B * T * lay.size >= COMPILE_MIN_ELEMS)
-        fns = self._fns.get(use_compile)
+        fns = self._fns.get(use_compile, cell)
         use_compile = use_compile and not self._fns.broken
         guess = None if self._guess is None else self._guess_states(cell, h0, B, T, lay)
         with torch.no_grad():
@@ -170,17 +170,16 @@ class Newton(Engine):
     @staticmethod
     def _bounds(B: int, T: int, lay: Layout, like: torch.Tensor,
                 compiled: bool) -> List[Tuple[int, int]]:
-        """Chunks of time, a power of two of steps each (so many lengths share one compiled
-        shape). CPU, compiled: about ``CHUNK_BYTES`` of Jacobian, so a chunk is still in cache
-        when its sweep runs. CPU, eager: about ``EAGER_CHUNK_ELEMS`` state numbers, as few
-        chunks as keep each op's temporaries under the allocator's mmap threshold. Other
-        devices: one chunk."""
+        """Chunks of time. CPU, compiled: about ``CHUNK_BYTES`` of Jacobian, so a chunk is
+        still in cache when its sweep runs, a power of two of steps each (``_power_chunks``).
+        CPU, eager: about ``EAGER_CHUNK_ELEMS`` state numbers, as few chunks as keep each op's
+        temporaries under the allocator's mmap threshold. Other devices: one chunk."""
         if like.device.type != "cpu":
             return [(0, T)]
         if compiled:
             per = CHUNK_BYTES // (B * lay.width * lay.size * like.element_size())
-        else:
-            per = EAGER_CHUNK_ELEMS // (B * lay.size)
+            return _power_chunks(T, 1 << (max(1, per).bit_length() - 1))
+        per = EAGER_CHUNK_ELEMS // (B * lay.size)
         per = min(T, 1 << (max(1, per).bit_length() - 1))
         return [(t0, min(t0 + per, T)) for t0 in range(0, T, per)]
 
@@ -320,6 +319,19 @@ class Newton(Engine):
                 warnings.warn(f"Newton: Dense Jacobians of {type(cell).__name__} need "
                               f"{need / 2 ** 20:.0f} MiB (B={B}, T={T}, S={lay.size}) > budget "
                               f"{self.dense_budget_bytes / 2 ** 20:.0f} MiB", RuntimeWarning)
+
+
+def _power_chunks(T: int, per: int) -> List[Tuple[int, int]]:
+    """Chunks of ``per`` steps (a power of two), then what is left in falling powers of two
+    (T = 100, per = 64: 64, 32, 4): whatever T, a chunk has one of log2(per) + 1 lengths, so
+    the compiled linearization meets few shapes (a cell whose JVPs pin the chunk length, where
+    symbolic sizes do not hold, compiles once per length instead of once per T)."""
+    bounds, t0 = [], 0
+    while t0 < T:
+        n = min(per, 1 << ((T - t0).bit_length() - 1))
+        bounds.append((t0, t0 + n))
+        t0 += n
+    return bounds
 
 
 def _finals(steps, start: torch.Tensor, alive: Optional[torch.Tensor],
