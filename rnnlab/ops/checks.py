@@ -8,13 +8,15 @@ from typing import Tuple
 import torch
 
 
-def check_tensor(name: str, x, shape: tuple, pattern: str, device, like: str = "q") -> None:
-    """TypeError/ValueError naming ``name`` unless ``x`` is a float tensor of ``shape`` on
-    ``device`` (that of the input named ``like``)."""
+def check_tensor(name: str, x, shape: tuple, pattern: str, device, like: str = "q",
+                 complex_ok: bool = False) -> None:
+    """TypeError/ValueError naming ``name`` unless ``x`` is a float (or, with ``complex_ok``,
+    complex) tensor of ``shape`` on ``device`` (that of the input named ``like``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor {pattern}, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating dtype, got {x.dtype}")
+    if not (x.is_floating_point() or (complex_ok and x.is_complex())):
+        kind = "a floating or complex dtype" if complex_ok else "a floating dtype"
+        raise TypeError(f"{name}: expected {kind}, got {x.dtype}")
     if tuple(x.shape) != tuple(shape):
         raise ValueError(f"{name}: expected shape {pattern} = {tuple(shape)}, "
                          f"got {tuple(x.shape)}")

@@ -26,8 +26,9 @@ Gradients by autograd (torch.fft is differentiable) to u, A, B, C and initial_st
 leaves included.
 
 Variable lengths: ``lengths (B,)`` ends row b at step ``lengths[b]`` (its final state is x
-there; y past it is unspecified: the caller masks it; u past it has no influence), or ``cu_seqlens`` (B == 1, packed
-sequences, each from its row of initial_state; run as padded rows with lengths).
+there; y past it is unspecified: the caller masks it; u past it has no influence), or
+``cu_seqlens`` (B == 1, packed sequences, each from its row of initial_state; run as padded rows
+with lengths).
 
 Precision: computed in fp32 (fp64 if any input is fp64/complex128), FFT included; y comes back
 in u's dtype, the final state in the compute dtype (complex64/complex128 for the diagonal form).
@@ -43,6 +44,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .checks import check_tensor
 from .delta import _pack_rows
 from .varlen import check_cu_seqlens, segments
 
@@ -50,18 +52,10 @@ Tensor = torch.Tensor
 
 
 def _check_param(name: str, x, shape: tuple, pattern: str, dense: bool, device) -> None:
-    """TypeError/ValueError naming ``name`` unless ``x`` is a ``shape`` tensor of a floating
-    dtype (complex allowed in the diagonal form) on ``device``."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor {pattern}, got {type(x).__name__}")
-    if not (x.is_floating_point() or (x.is_complex() and not dense)):
-        kind = "a real floating dtype (dense form)" if dense else "a floating or complex dtype"
-        raise TypeError(f"{name}: expected {kind}, got {x.dtype}")
-    if tuple(x.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {pattern} = {tuple(shape)}, got "
-                         f"{tuple(x.shape)}")
-    if x.device != device:
-        raise ValueError(f"{name}: expected device {device} (that of u), got {x.device}")
+    """``check_tensor`` for a parameter: complex allowed in the diagonal form only."""
+    if dense and isinstance(x, torch.Tensor) and x.is_complex():
+        raise TypeError(f"{name}: expected a real floating dtype (dense form), got {x.dtype}")
+    check_tensor(name, x, shape, pattern, device, like="u", complex_ok=not dense)
 
 
 def _check_lengths(lengths, cu, Bsz: int, T: int, device) -> Optional[Tensor]:
