@@ -8,6 +8,8 @@ from .registry import register
 from .torch_style import TorchStyleCell
 
 _NONLINEARITIES = {"tanh": torch.tanh, "relu": torch.relu}
+# phi' from phi's output y, as autograd takes it (relu: 0 where y == 0, the kink included)
+_SLOPES = {"tanh": lambda y: 1 - y * y, "relu": lambda y: (y > 0).to(y.dtype)}
 
 
 @register("rnn_relu", nonlinearity="relu")
@@ -29,3 +31,10 @@ class Elman(TorchStyleCell):
 
     def step(self, u_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return _NONLINEARITIES[self.nonlinearity](u_t + self.recur(h))
+
+    def quasi_jacobian(self, u_t: torch.Tensor, h: torch.Tensor):
+        """``(step(u_t, h), (d,))`` with ``d: (B, 1, H)`` the diagonal of the step Jacobian,
+        ``d h'[c] / d h[c] = phi'(.)[c] W_hh[c, c]``."""
+        new = self.step(u_t, h)
+        d = _SLOPES[self.nonlinearity](new) * self.weight_hh.diagonal()
+        return new, (d.unsqueeze(1),)  # (B, H) -> (B, 1, H)

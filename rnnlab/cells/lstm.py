@@ -60,10 +60,41 @@ class LSTM(TorchStyleCell):
         return ((self.output_size,), (self.hidden_size,))
 
     def step(self, u_t: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]):
+        return self._step(u_t, state)[0]
+
+    def _step(self, u_t: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]):
+        """``(h', c')``, the activated gates ``(i, f, g, o)`` and ``tanh(c')``, each ``(B, H)``."""
         h, c = state
         i, f, g, o = (u_t + self.recur(h)).chunk(4, dim=-1)  # 4 x (B, H)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        gates = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c = gates[1] * c + gates[0] * gates[2]
+        tc = torch.tanh(c)
+        h = gates[3] * tc
         if self.weight_hr is not None:
             h = F.linear(h, self.weight_hr)  # (B, H) -> (B, P)
-        return h, c
+        return (h, c), gates, tc
+
+    def quasi_jacobian(self, u_t: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]):
+        """``(step(u_t, state), cols)``: the same-channel entries of the step Jacobian. The gate
+        pre-activations move with h[c] through W_hh[:, c]; c' and y = o tanh(c') are elementwise
+        in them (coefficients ``dc``, ``dy`` below) and in c (``dc'/dc = f``).
+
+        - ``proj_size == 0``: leaves h, c both H wide, channel blocks ``cols[l]: (B, 2, H)``
+          over (h, c): ``dh'/dh = sum_gates dy W_hh[gH + c, c]``, ``dh'/dc = o (1 - tanh^2 c')
+          f``, ``dc'/dh = sum_gates dc W_hh[gH + c, c]``, ``dc'/dc = f``.
+        - ``proj_size = P``: h' = W_hr y (P wide) and c (H wide) differ, so the diagonals,
+          ``(B, 1, P)`` and ``(B, 1, H)``: ``dh'[p]/dh[p] = sum_{gates, j} W_hr[p, j] dy[gH + j]
+          W_hh[gH + j, p]``, one matmul the size of the step's own ``W_hh h``; ``dc'/dc = f``."""
+        H, c = self.hidden_size, state[1]
+        (h_new, c_new), (i, f, g, o), tc = self._step(u_t, state)
+        dc = (g * i * (1 - i), c * f * (1 - f), i * (1 - g * g))  # d c' / d (i, f, g) pre-acts
+        e = o * (1 - tc * tc)  # d y / d c'
+        dy = torch.cat([e * k for k in dc] + [o * (1 - o) * tc], -1)  # (B, 4H) on (i, f, g, o)
+        w = self.weight_hh.unflatten(0, (4, H))  # (4H, R) -> (4, H, R)
+        if self.weight_hr is not None:
+            dh = dy @ (w * self.weight_hr.T).flatten(0, 1)  # (B, 4H) @ (4H, P) -> (B, P)
+            return (h_new, c_new), (dh.unsqueeze(1), f.unsqueeze(1))
+        wd = w.diagonal(dim1=1, dim2=2)  # (4, H): W_hh[gH + c, c]
+        dh = (dy.unflatten(-1, (4, H)) * wd).sum(1)  # (B, 4, H) -> (B, H)
+        dch = dc[0] * wd[0] + dc[1] * wd[1] + dc[2] * wd[2]
+        return (h_new, c_new), (torch.stack((dh, e * f), 1), torch.stack((dch, f), 1))

@@ -88,11 +88,24 @@ class M2RNN(Cell):
         return q, k, v, f
 
     def step(self, u_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        Z, f = self._mix(u_t, h)
+        return Z + f * (h - Z)  # = f H + (1 - f) Z
+
+    def _mix(self, u_t: torch.Tensor, h: torch.Tensor):
+        """The step's candidate Z ``(B, heads, K, V)`` and gate f ``(B, heads, 1, 1)``."""
         _, k, v, f = self.split(u_t)
         write = k.unsqueeze(-1) * v.unsqueeze(-2)  # (B, qk_heads, K, 1) * (B, heads, 1, V)
         Z = torch.tanh(h @ self.W + write)  # (B, heads, K, V) @ (heads, V, V) -> (B, heads, K, V)
-        f = f[..., None, None]  # (B, heads) -> (B, heads, 1, 1)
-        return Z + f * (h - Z)  # = f H + (1 - f) Z
+        return Z, f[..., None, None]  # f: (B, heads) -> (B, heads, 1, 1)
+
+    def quasi_jacobian(self, u_t: torch.Tensor, h: torch.Tensor):
+        """``(step(u_t, h), (d,))`` with ``d: (B, 1, heads K V)`` the diagonal of the step
+        Jacobian: ``(H W)[g, r, v]`` moves with ``H[g, r, v]`` by ``W[g, v, v]``, so
+        ``d H'[g, r, v] / d H[g, r, v] = f + (1 - f)(1 - Z^2) W[g, v, v]``."""
+        Z, f = self._mix(u_t, h)
+        wd = self.W.diagonal(dim1=-2, dim2=-1).unsqueeze(-2)  # (heads, V, V) -> (heads, 1, V)
+        d = f + (1 - f) * (1 - Z * Z) * wd  # (B, heads, K, V)
+        return Z + f * (h - Z), (d.flatten(1).unsqueeze(1),)  # -> (B, 1, heads K V)
 
     def readout(self, h: torch.Tensor, u_t: torch.Tensor) -> torch.Tensor:
         q, _, v, _ = self.split(u_t)

@@ -125,6 +125,25 @@ class SLSTM(Cell):
         and log f enter only as ``b = log f + m``. The derivative takes the branches torch's
         autograd takes: a tie of ``maximum`` splits evenly, ``clamp`` passes at its bound, the
         empty-memory test ``n == 0`` is a constant."""
+        new, coef, g = self._derivatives(u_t, state)
+        return new, self._columns(coef, g)
+
+    def quasi_jacobian(self, u_t: torch.Tensor, state: Tuple[torch.Tensor, ...]):
+        """``(step(u_t, state), cols)``: the same-channel entries of ``jacobian``'s, channel
+        blocks ``cols[l]: (B, 4, H)``, ``cols[l][:, k, c] = d new_l[c] / d state_k[c]`` (leaves
+        h, c, n, m), dropping R's within-head cross-channel terms. Through h only R's diagonal
+        ``R[gate, head, j, j]`` remains; c, n and m enter elementwise already (m as b's
+        coefficient)."""
+        new, coef, g = self._derivatives(u_t, state)
+        r = self.weight_hh.diagonal(dim1=-2, dim2=-1).flatten(1)  # (4, heads, d) -> (4, H)
+        cols = tuple(torch.stack((k[0] * r[0] + k[1] * g * r[1] + k[2] * r[2] + k[3] * r[3],
+                                  k[4], k[5], k[1]), 1) for k in coef)  # 4 x (B, 4, H)
+        return new, cols
+
+    def _derivatives(self, u_t: torch.Tensor, state: Tuple[torch.Tensor, ...]):
+        """The step ``(h, c, n, m)`` and, per output leaf, its coefficients on (d i_pre, d b,
+        d z_pre, d o_pre, d c, d n), each ``(B, H)``, with ``g = d b / d f_pre``: what
+        ``jacobian`` and ``quasi_jacobian`` build their columns from."""
         h, c, n, m = state  # (B, H) each
         i_pre, f_pre, z_pre, o_pre = (u_t + self.recur(h)).chunk(4, dim=-1)  # 4 x (B, H)
         log_f = F.logsigmoid(f_pre)
@@ -156,7 +175,7 @@ class SLSTM(Cell):
                 (dc[0], dc[1], dcz, zero, f_gate, zero),
                 (dn[0], dn[1], zero, zero, zero, f_gate),
                 (s_a, s_b, zero, zero, zero, zero)]
-        return (h_new, c_new, n_new, m_new), self._columns(coef, torch.sigmoid(-f_pre))
+        return (h_new, c_new, n_new, m_new), coef, torch.sigmoid(-f_pre)
 
     def _columns(self, coef, g: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """The columns of every output leaf from its coefficients on (d i_pre, d b, d z_pre,

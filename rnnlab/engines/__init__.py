@@ -3,7 +3,7 @@
 iterations). ``resolve`` turns a name into an engine; ``"auto"`` picks by the cell's structure."""
 from __future__ import annotations
 
-from typing import Dict, List, Type, Union
+from typing import Callable, Dict, List, Union
 
 from ..cells.base import Cell
 from .base import Engine, call_with_params, compute_dtype  # noqa: F401
@@ -11,7 +11,9 @@ from .newton import Newton
 from .scan import Scan
 from .sequential import Sequential
 
-_ENGINES: Dict[str, Type[Engine]] = {"sequential": Sequential, "scan": Scan, "newton": Newton}
+_ENGINES: Dict[str, Callable[[], Engine]] = {
+    "sequential": Sequential, "scan": Scan, "newton": Newton,
+    "quasi": lambda: Newton(quasi=True)}
 
 
 def available() -> List[str]:

@@ -2,10 +2,13 @@
 point, never through the iterations), and the pool of full-length buffers it reuses."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.autograd.function import once_differentiable
 
 from ..ops.block import column_adjoint_scan_
+from .linearize import state_vjp
 
 
 class Solution(torch.autograd.Function):
@@ -37,17 +40,72 @@ class Solution(torch.autograd.Function):
         B, T, S = s.shape
         g = gather_grads(s.buffers.take((B, T, S), hbuf), outs, s.split)
         lam = s.buffers.take((B, T, S), g)
-        carry = g.new_zeros(B, S)  # A_{t1}^T lambda_{t1}, sent back from the next chunk
-        for A, (t0, _) in zip(reversed(chunks), reversed(s.bounds)):
-            column_adjoint_scan_(lam, A, g, s.src, carry, t0)
+        if s.quasi:
+            grad_start = quasi_adjoint(s, u.detach(), hbuf, chunks, g, lam)
+        else:
+            grad_start = adjoint_sweep(lam, chunks, g, s)  # A_0^T lambda_0 = dL/dh0
         grads = s.vjp(s.step, s.names, u.detach(), hbuf, s.alive, lam.view(B * T, S),
                       tuple(t.detach() for t in tensors))
-        grad_start = carry  # A_0^T lambda_0: the adjoint's last carry is dL/dh0
         s.buffers.give(g)
         if not any(gr is not None and gr.untyped_storage().data_ptr()
                    == lam.untyped_storage().data_ptr() for gr in grads):
             s.buffers.give(lam)  # (unless a gradient is lam itself, as for a pass-through)
         return (None, grads[0], grad_start, *grads[1:])
+
+
+def adjoint_sweep(lam: torch.Tensor, chunks, g: torch.Tensor, s) -> torch.Tensor:
+    """``lam_t = g_t + A_{t+1}^T lam_{t+1}`` into lam ``(B, T, S)`` by one reverse sweep over
+    the Jacobian chunks; -> the last carry ``A_0^T lam_0`` ``(B, S)``."""
+    carry = g.new_zeros(g.shape[0], g.shape[2])  # A_{t1}^T lam_{t1}, from the next chunk
+    for A, (t0, _) in zip(reversed(chunks), reversed(s.bounds)):
+        column_adjoint_scan_(lam, A, g, s.src, carry, t0)
+    return carry
+
+
+def quasi_adjoint(s, u: torch.Tensor, hbuf: torch.Tensor, chunks, g: torch.Tensor,
+                  lam: torch.Tensor) -> torch.Tensor:
+    """The exact adjoint ``lam_t = g_t + J_{t+1}^T lam_{t+1}`` when only the kept part A of
+    each J was stored (quasi-Newton): the same iteration as the forward, transposed. The
+    residual ``rho_t = g_t + J_{t+1}^T lam_{t+1} - lam_t`` is exact (one batched VJP of the
+    step, ``state_vjp``), the correction solves ``delta_t = rho_t + A_{t+1}^T delta_{t+1}`` by
+    the cheap sweep; stop when ``max_t ||rho_t|| <= tol (||lam_t|| + 1e-6 max_t ||lam_t||)``.
+    Not converged in ``max_iters``: one exact sequential sweep of per-step VJPs (warned).
+    Writes lam ``(B, T, S)``; -> ``J_0^T lam_0`` ``(B, S)``, the gradient to h0."""
+    B, T, S = s.shape
+    prev, rows = hbuf[:T], lam.view(B * T, S)
+    delta = s.buffers.take((B, T, S), g)
+    adjoint_sweep(lam, chunks, g, s)  # the first iterate: the quasi solve from lam = 0
+    history = []
+    for _ in range(s.max_iters):
+        back = s.state_vjp(s.step, u, prev, s.alive, rows)  # (T, B, S): J_t^T lam_t
+        rho = delta
+        torch.sub(g, lam, out=rho)
+        rho[:, :-1] += back[1:].transpose(0, 1)  # (T-1, B, S) -> (B, T-1, S)
+        size = lam.norm(dim=-1)  # (B, T)
+        ratio = rho.norm(dim=-1) / (size + 1e-6 * size.amax() + 1e-30)
+        history.append(float(ratio.amax()))
+        if history[-1] <= s.tol:
+            s.buffers.give(delta)
+            s.stats["adjoint_iterations"], s.stats["adjoint_history"] = len(history), history
+            return back[0]
+        adjoint_sweep(rho, chunks, rho, s)  # rho <- delta (each step reads g_t before it writes)
+        lam += rho
+    s.buffers.give(delta)
+    s.stats["adjoint_iterations"], s.stats["adjoint_history"] = None, history
+    warnings.warn(f"Newton(quasi=True): the adjoint did not reach tol={s.tol:g} in "
+                  f"{s.max_iters} iterations (last residual {history[-1]:.2e}); finishing the "
+                  f"backward with a sequential sweep", RuntimeWarning, stacklevel=3)
+    return _sequential_adjoint(s, u, prev, g, lam)
+
+
+def _sequential_adjoint(s, u, prev, g, lam) -> torch.Tensor:
+    """``lam_t = g_t + J_{t+1}^T lam_{t+1}`` backwards in time, one VJP of the step per t."""
+    q = g.new_zeros(g.shape[0], g.shape[2])
+    for t in range(g.shape[1] - 1, -1, -1):
+        torch.add(g[:, t], q, out=lam[:, t])
+        alive = None if s.alive is None else s.alive[:, t:t + 1]
+        q = state_vjp(s.step, u[:, t:t + 1], prev[t:t + 1], alive, lam[:, t])[0]
+    return q
 
 
 def gather_grads(g: torch.Tensor, grads, split) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""The Newton engine's hot functions (``linearize.terms``, ``first_guess``, ``step_vjp``), run
-eagerly or through ``torch.compile``, with a fall-back to eager when the compiler fails.
+"""The Newton engine's hot functions (``linearize.terms``, ``first_guess``, ``step_vjp``,
+``state_vjp``), run eagerly or through ``torch.compile``, with a fall-back to eager when the
+compiler fails.
 
 A failed compile is rnnlab's to report: torch would log dozens of lines (fake tensors, dynamo,
 a C++ stack trace) before raising, so every call that may compile (one with arguments not yet
@@ -17,7 +18,7 @@ import warnings
 
 import torch
 
-from .linearize import first_guess, step_vjp, terms
+from .linearize import first_guess, state_vjp, step_vjp, terms
 
 QUIET = logging.CRITICAL + 1  # above every level torch logs at
 
@@ -87,7 +88,7 @@ def root_cause(err: BaseException) -> str:
 
 
 class HotFunctions:
-    """The three hot functions, eager or compiled. A compiled call that fails (no working
+    """The hot functions, eager or compiled. A compiled call that fails (no working
     compiler, an unsupported op) warns once, naming the cell, and the engine continues
     eagerly."""
 
@@ -96,7 +97,7 @@ class HotFunctions:
         self._seen: set = set()  # signatures already run compiled: no compile left to hide
         self.broken = False
 
-    EAGER = (terms, first_guess, step_vjp)
+    EAGER = (terms, first_guess, step_vjp, state_vjp)
 
     def get(self, use_compile: bool, cell):
         if not use_compile or self.broken:

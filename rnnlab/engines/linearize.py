@@ -45,6 +45,8 @@ class Layout:
     size: int  # S
     width: int  # M
     heads: Tuple[int, int]  # (n, d)
+    exact: Optional["Layout"] = None  # quasi-Newton: the true structure's layout (this one is
+    # the part of it kept: same-channel entries only, ``quasi_layout``)
 
     @property
     def groups(self) -> int:  # G
@@ -99,6 +101,21 @@ def layout(cell: Cell, template: State) -> Layout:
     raise ValueError(f"Newton: cannot linearize structure {s} of {type(cell).__name__}")
 
 
+def quasi_layout(lay: Layout) -> Layout:
+    """The part of ``lay``'s Jacobian that quasi-Newton keeps (the ELK paper's quasi-DEER,
+    widened to state tuples): the entries between the same channel of every state leaf,
+    ``d new_l[c] / d h_k[c]``, i.e. ``Block(L)`` when the L leaves are all C numbers, else the
+    diagonal. O(L S) numbers per step where ``Dense`` needs S^2 and ``Heads(n, d)`` L d S.
+    Returns ``lay`` itself when that is already its structure (Diagonal, Block), since then
+    quasi-Newton is Newton."""
+    split = sizes(lay)
+    L, C = len(split), split[0]
+    width, heads = (L, (C, 1)) if L > 1 and all(n == C for n in split) else (1, (lay.size, 1))
+    if (width, heads) == (lay.width, lay.heads):
+        return lay
+    return Layout(lay.shapes, lay.is_tuple, lay.size, width, heads, exact=lay)
+
+
 def sizes(lay: Layout) -> Tuple[int, ...]:
     """Numbers per sample in each state leaf."""
     return tuple(int(torch.Size(s).numel()) for s in lay.shapes)
@@ -143,7 +160,14 @@ def linearize_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
     be views into a larger tensor (forward AD on such a view touches, or trips over, the base).
 
     A cell with a closed-form ``jacobian(u_t, h)`` (the cell contract, ``cells/base.py``) gives
-    both in one pass instead; ``probe`` has checked it against the JVPs."""
+    both in one pass instead; ``probe`` has checked it against the JVPs. For a quasi-Newton
+    layout (``lay.exact`` set), the kept columns: from the cell's ``quasi_jacobian`` where it
+    has one, else picked out of the exact ones."""
+    if lay.exact is not None:
+        if getattr(cell, "quasi_jacobian", None) is not None:
+            return closed_leaves(cell, u, prev, lay, cell.quasi_jacobian)
+        f, cols = linearize_leaves(cell, u, prev, lay.exact)
+        return f, kept_columns(cols, lay)
     if closed_form(cell) is not None:
         return closed_leaves(cell, u, prev, lay)
     return jvp_leaves(cell, u, prev, lay)
@@ -154,11 +178,28 @@ def closed_form(cell: Cell):
     return getattr(cell, "jacobian", None)
 
 
-def closed_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
-    """``linearize_leaves`` from the cell's closed-form ``jacobian``, flattened to leaves."""
-    new, cols = cell.jacobian(u, from_leaves(prev, lay))
+def closed_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout, hook=None):
+    """``linearize_leaves`` from the cell's closed-form ``jacobian`` (or ``hook``), flattened
+    to leaves."""
+    new, cols = (hook or cell.jacobian)(u, from_leaves(prev, lay))
     f = tuple(t.reshape(t.shape[0], -1) for t in as_tuple(new))
     return f, tuple(a.reshape(a.shape[0], lay.width, -1) for a in as_tuple(cols))
+
+
+def kept_columns(cols, lay: Layout):
+    """The quasi layout ``lay``'s columns out of the exact ones ``cols`` (per leaf ``(N, M_e,
+    S_l)`` in ``lay.exact``'s layout) -> per leaf ``(N, M, S_l)``: the kept member m of s's
+    group is member ``within_e[src[m, s]]`` of its exact group (quasi groups lie inside the
+    exact ones)."""
+    device = cols[0].device
+    pick = lay.exact.within(device)[lay.src(device)]  # (M, S): exact column of each kept one
+    out, off = [], 0
+    for a in cols:
+        n = a.shape[-1]
+        idx = pick[:, off:off + n].expand(a.shape[0], -1, -1)  # (N, M, S_l)
+        out.append(a.gather(1, idx))
+        off += n
+    return tuple(out)
 
 
 def jvp_leaves(cell: Cell, u: torch.Tensor, prev, lay: Layout):
@@ -199,7 +240,8 @@ def matvec(A: torch.Tensor, v: torch.Tensor, lay: Layout) -> torch.Tensor:
     return (A * v[..., lay.src(v.device)]).sum(-2)  # v gathered (..., M, S)
 
 
-def probe(cell: Cell, u: torch.Tensor, like: torch.Tensor, lay: Layout) -> None:
+def probe(cell: Cell, u: torch.Tensor, like: torch.Tensor, lay: Layout,
+          quasi: Optional[Layout] = None) -> None:
     """Raise if the declared structure is false: at a random state (shaped, typed and placed
     like ``like (B, S)``), a random tangent's full JVP must equal the block-structured product
     (relative difference <= 1e-3; rounding stays near 1e-6 in fp32, a false declaration gives
@@ -207,7 +249,8 @@ def probe(cell: Cell, u: torch.Tensor, like: torch.Tensor, lay: Layout) -> None:
     global RNG (a seeded run would then differ from the same run on another engine).
 
     A cell's closed-form ``jacobian`` must then give the same step and the same columns as the
-    JVPs (same tolerance, over the whole of f and A), else a wrong hook is as loud an error."""
+    JVPs (same tolerance, over the whole of f and A), else a wrong hook is as loud an error;
+    so must its ``quasi_jacobian`` when a quasi-Newton layout ``quasi`` is given."""
     gen = torch.Generator(device=like.device).manual_seed(PROBE_SEED)
     h_prev, tangent = (torch.randn(like.shape, generator=gen, dtype=like.dtype,
                                    device=like.device) for _ in range(2))
@@ -222,26 +265,31 @@ def probe(cell: Cell, u: torch.Tensor, like: torch.Tensor, lay: Layout) -> None:
                              f"{err:.2e} on a random tangent); declare a wider structure "
                              f"(e.g. Dense())")
         if closed_form(cell) is not None:
-            _check_closed_form(cell, u, h_prev, lay, f, A)
+            _check_closed_form(cell, u, h_prev, lay, f, A, "jacobian")
+        if quasi is not None and quasi.exact is not None \
+                and getattr(cell, "quasi_jacobian", None) is not None:
+            kept = kept_columns(A.split(sizes(lay), -1), quasi)
+            _check_closed_form(cell, u, h_prev, quasi, f, torch.cat(kept, -1), "quasi_jacobian")
 
 
-def _check_closed_form(cell: Cell, u, h_prev, lay: Layout, f, A) -> None:
-    """Raise unless ``cell.jacobian`` gives f and the columns A (the JVPs') at h_prev."""
-    name = type(cell).__name__
+def _check_closed_form(cell: Cell, u, h_prev, lay: Layout, f, A, hook: str) -> None:
+    """Raise unless the cell's ``hook`` (``jacobian`` or ``quasi_jacobian``, per ``lay``) gives
+    f and the columns A (the JVPs') at h_prev."""
+    name, what = f"{type(cell).__name__}.{hook}", ("per-channel blocks of " if lay.exact else "")
     try:
         f2, A2 = linearize(cell, u, h_prev, lay)
     except RuntimeError as err:  # a wrong layout: a reshape or cat that does not fit
-        raise ValueError(f"{name}.jacobian: expected per state leaf columns (B, {lay.width}, "
-                         f"leaf size) for structure {cell.structure}, got an error: {err}") from err
+        raise ValueError(f"{name}: expected per state leaf columns (B, {lay.width}, leaf size) "
+                         f"for the {what}structure {cell.structure}, got an error: {err}") from err
     if A2.shape != A.shape:
-        raise ValueError(f"{name}.jacobian: expected columns (B, M, S) = (B, {lay.width}, "
-                         f"{lay.size}) for structure {cell.structure}, got {tuple(A2.shape)}")
-    for what, got, ref in (("state", f2, f), ("Jacobian", A2, A)):
+        raise ValueError(f"{name}: expected columns (B, M, S) = (B, {lay.width}, {lay.size}) "
+                         f"for the {what}structure {cell.structure}, got {tuple(A2.shape)}")
+    for part, got, ref in (("state", f2, f), ("Jacobian", A2, A)):
         err = (got - ref).norm() / (ref.norm() + 1e-30)
         if not err <= 1e-3:
-            raise ValueError(f"{name}.jacobian: its closed-form {what} differs from "
-                             f"torch.func's on a random state (relative mismatch {err:.2e}); "
-                             f"fix the hook or delete it to use JVPs")
+            raise ValueError(f"{name}: its closed-form {part} differs from torch.func's on a "
+                             f"random state (relative mismatch {err:.2e}); fix the hook or "
+                             f"delete it to use JVPs")
 
 
 # ---- the Newton engine's hot functions (run eagerly or through torch.compile) ----------------
@@ -325,3 +373,12 @@ def step_vjp(step: Step, names, u, hbuf, alive, lam, tensors):
 
     _, pull = torch.func.vjp(fn, u, *tensors)
     return pull(lam)
+
+
+def state_vjp(step: Step, u, prev, alive, lam):
+    """``J_t^T lambda_t`` for every t at the solution, the gradient of ``sum(lam * z)`` with
+    respect to the previous states: prev ``(T, B, S)`` = h0 then the solution up to
+    h*_{T-2}, lam ``(B*T, S)`` -> ``(T, B, S)`` (quasi-Newton's adjoint iterations: the exact
+    transposed Jacobian as one batched pass, never stored)."""
+    _, pull = torch.func.vjp(lambda p: step(u, p, alive), prev)
+    return pull(lam)[0]

@@ -45,12 +45,14 @@ from .adjoint import Buffers, Solution, Solved
 from .base import Engine
 from .compiled import HotFunctions
 from .elk import solve_elk
-from .linearize import Layout, Step, flatten, from_leaves, layout, probe, sizes
+from .linearize import (Layout, Step, flatten, from_leaves, layout, probe, quasi_layout,
+                        sizes)
 from .sequential import Sequential
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 CHUNK_BYTES = 2 ** 20  # compiled: Jacobian bytes per chunk of time (stays in cache)
 EAGER_CHUNK_ELEMS = 2 ** 21  # eager: state numbers (B * steps * S) per chunk of time
+MAX_ITERS, QUASI_MAX_ITERS = 50, 200  # the defaults of max_iters
 COMPILE_MIN_ELEMS = 2 ** 20  # compile="auto" compiles from this many state numbers (B * T * S)
 
 
@@ -59,7 +61,8 @@ class Newton(Engine):
 
     Args:
         tol: residual tolerance; default 1e-5 (fp32) or 1e-10 (fp64).
-        max_iters: the most iterations (linear solves) before giving up.
+        max_iters: the most iterations (linear solves) before giving up; default 50, or 200
+            with ``quasi`` (it converges linearly).
         damping: a relaxation weight w in (0, 1]: ``h <- h + w (h_newton - h)`` (1 = plain
             Newton); or ``"elk"`` / ``"quasi-elk"``: Levenberg-Marquardt iterations whose steps
             are ELK's Kalman smoother (``elk.py``), for cells where plain Newton blows up.
@@ -73,6 +76,14 @@ class Newton(Engine):
             and chunk shape, pays back). If compiling fails the engine warns once and runs
             eagerly; it never needs a compiler.
         elk_sigma2: ELK's starting sigma^2 = 1 / lambda (large: close to Newton's step).
+        quasi: quasi-Newton (the ELK paper's quasi-DEER, widened to state tuples): iterate with
+            only the same-channel part of each Jacobian (``linearize.quasi_layout``: the
+            diagonal, or ``Block(L)`` across the L state leaves; a cell's ``quasi_jacobian``
+            gives it in closed form), O(S) per step instead of O(S^2) for ``Dense`` or O(L d S)
+            for ``Heads``. More iterations (linear convergence), each cheap; the residual is
+            exact, so the solution is the same. The backward solves the exact adjoint by the
+            same iteration transposed (``adjoint.quasi_adjoint``). Where the structure already
+            is that part (``Diagonal``, ``Block``), it is plain Newton.
 
     After each call ``stats`` holds ``iterations``, ``residual``, ``converged``, ``history`` and
     ``compiled`` (and ``elk_sigma2``, the last one, for ELK). ``solve(cell, x, ...,
@@ -81,14 +92,17 @@ class Newton(Engine):
 
     name = "newton"
 
-    def __init__(self, tol: Optional[float] = None, max_iters: int = 50, damping: float = 1.0,
+    def __init__(self, tol: Optional[float] = None, max_iters: Optional[int] = None,
+                 damping: float = 1.0,
                  init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 30,
-                 compile="auto", elk_sigma2: float = 100.0):
+                 compile="auto", elk_sigma2: float = 100.0, quasi: bool = False):
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
                                 or not 0 < tol < math.inf):
             raise ValueError(f"Newton: tol must be a finite number > 0 or None, got {tol!r}")
-        if isinstance(max_iters, bool) or not (isinstance(max_iters, int) and max_iters >= 1):
-            raise ValueError(f"Newton: max_iters must be an int >= 1, got {max_iters!r}")
+        if max_iters is not None and (isinstance(max_iters, bool)
+                                      or not (isinstance(max_iters, int) and max_iters >= 1)):
+            raise ValueError(f"Newton: max_iters must be an int >= 1 or None, got "
+                             f"{max_iters!r}")
         if damping not in ("elk", "quasi-elk") and (
                 isinstance(damping, bool) or not isinstance(damping, (int, float))
                 or not 0 < damping <= 1):
@@ -106,13 +120,20 @@ class Newton(Engine):
             raise ValueError(f"Newton: init must be 'step' or 'zeros', got {init!r}")
         if on_fail not in ("raise", "sequential"):
             raise ValueError(f"Newton: on_fail must be 'raise' or 'sequential', got {on_fail!r}")
+        if not isinstance(quasi, bool):
+            raise ValueError(f"Newton: quasi must be True or False, got {quasi!r}")
         if compile not in (True, False, "auto"):
             raise ValueError(f"Newton: compile must be True, False or 'auto', got {compile!r}")
         self._elk = isinstance(damping, str)
         self.damping = damping if self._elk else float(damping)
         self.elk_sigma2 = float(elk_sigma2)
+        if max_iters is None:
+            max_iters = QUASI_MAX_ITERS if quasi else MAX_ITERS
         self.tol, self.max_iters, self.init = tol, max_iters, init
         self.on_fail, self.dense_budget_bytes, self.compile = on_fail, dense_budget_bytes, compile
+        self.quasi = quasi
+        if quasi:
+            self.name = "quasi"
         self._fns = HotFunctions()
         self._buffers = Buffers()
         self._guess: Optional[State] = None
@@ -135,19 +156,21 @@ class Newton(Engine):
 
     def __repr__(self) -> str:
         elk = f", elk_sigma2={self.elk_sigma2:g}" if self._elk else ""
+        quasi = ", quasi=True" if self.quasi else ""
         return (f"Newton(tol={self.tol}, max_iters={self.max_iters}, damping={self.damping!r}"
                 f"{elk}, init={self.init!r}, on_fail={self.on_fail!r}, "
-                f"compile={self.compile!r})")
+                f"compile={self.compile!r}{quasi})")
 
     def run(self, cell: Cell, x: torch.Tensor, h0: State,
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
         B, T, _ = x.shape
-        lay = layout(cell, h0)
+        exact = layout(cell, h0)
+        lay = quasi_layout(exact) if self.quasi else exact  # the Jacobian part iterated with
         u = cell.project(x)  # (B, T, D) -> (B, T, P)
         start = flatten(h0, lay)  # (B, S)
         self._check_budget(cell, B, T, lay)
         if cell not in self._probed:
-            probe(cell, u[:, 0].detach(), start, lay)
+            probe(cell, u[:, 0].detach(), start, exact, quasi=lay)
             self._probed.add(cell)
         alive = None if lengths is None else (torch.arange(T, device=x.device)[None, :]
                                               < lengths[:, None])  # (B, T)
@@ -280,7 +303,10 @@ class Newton(Engine):
             solved = Solved(shape=(B, T, lay.size), split=split, A=A, bounds=bounds,
                              src=lay.src(u.device), step=Step(cell, lay),
                              names=[f"cell.{n}" for n, _ in named], hbuf=hbuf, alive=alive,
-                             vjp=fns[2], buffers=self._buffers, outputs=steps + last)
+                             vjp=fns[2], buffers=self._buffers, outputs=steps + last,
+                             quasi=lay.exact is not None, state_vjp=fns[3], stats=self.stats,
+                             tol=self.tol or DEFAULT_TOL.get(start.dtype, 1e-5),
+                             max_iters=self.max_iters)
             out = Solution.apply(solved, u, start, *[t for _, t in named])
             steps, last = out[:len(split)], out[len(split):]
         else:
@@ -313,7 +339,7 @@ class Newton(Engine):
         return Sequential().run(cell, x, h0, lengths)
 
     def _check_budget(self, cell, B, T, lay):
-        if isinstance(cell.structure, Dense):
+        if isinstance(cell.structure, Dense) and lay.width == lay.size:
             need = B * T * lay.size ** 2 * 4
             if need > self.dense_budget_bytes:
                 warnings.warn(f"Newton: Dense Jacobians of {type(cell).__name__} need "
