@@ -29,8 +29,9 @@ work in O(log T) dependent steps, the form for GPUs). ``elk_step(parallel=None)`
 parallel form off CPU; on CPU numba's sweeps (fp32/fp64 with numba installed), else the
 parallel form for scalar groups (M = 1) and the torch loop for blocks (measured at T = 1024, one
 thread: M = 1 scan 29 ms, numba 1.8 ms, loop 109 ms; M = 2 scan 190 ms, numba 3.7 ms, loop
-118 ms: 2T small batched solves lose to the loop on a CPU). The module flag ``PARALLEL`` (None, True or False) overrides that default for every call that
-passes ``parallel=None``, so the Newton engine can be steered (tests monkeypatch it).
+118 ms: 2T small batched solves lose to the loop on a CPU). The module flag ``PARALLEL``
+(None, True or False) overrides that default for every call that passes ``parallel=None``, so
+the Newton engine can be steered (tests monkeypatch it).
 """
 from __future__ import annotations
 
