@@ -100,4 +100,4 @@ def test_recurrent_by_name_equals_recurrent_of_cell():
     b = rnnlab.Recurrent(cells.get("lstm", D, H))
     x = torch.randn(2, 4, D)
     assert torch.equal(a(x)[0], b(x)[0])
-    assert a.engine_name == "sequential"
+    assert a.engine_name == "auto" and a.engine.last == "sequential"  # short: sequential

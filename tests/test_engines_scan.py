@@ -134,7 +134,8 @@ def test_negative_eigenvalue_options_reach_below_zero():
 
 def test_auto_picks_scan_for_linear_and_sequential_otherwise():
     assert rnnlab.Recurrent("mamba", input_size=D, hidden_size=H).engine_name == "scan"
-    assert rnnlab.Recurrent("gru", input_size=D, hidden_size=H).engine_name == "sequential"
+    assert rnnlab.Recurrent("gru", input_size=D, hidden_size=H).engine_name == "auto"
+    assert rnnlab.Recurrent("slstm", input_size=D, hidden_size=H).engine_name == "sequential"
 
 
 def test_scan_refuses_nonlinear_cells():

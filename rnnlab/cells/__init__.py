@@ -1,6 +1,6 @@
 """Cells: one file per family, each registered by name. See ``base.py`` for the contract."""
-from .base import (Block, Cell, Dense, Diagonal, Heads, Linear, State, as_tuple,  # noqa: F401
-                   map_state)
+from .base import (Block, Cell, Dense, Diagonal, Heads, Linear, NewtonWins, State,  # noqa: F401
+                   as_tuple, map_state)
 from .registry import available, get, register  # noqa: F401
 
 # Importing a family's module registers its cells.

@@ -12,6 +12,13 @@ through this contract:
 - ``init_state(batch, dtype, device)``: the zero state.
 - ``structure``: what ``dh_t/dh_{t-1}`` looks like (``Diagonal``, ``Block``, ``Heads``, ``Dense``,
   ``Linear``); engines pick what they can do from it.
+- optionally ``newton_wins``: a ``NewtonWins``, the sizes where the Newton engine measured
+  faster than the sequential one, for ``engine="auto"``.
+- optionally ``quasi_jacobian(u_t, h) -> (step(u_t, h), cols)``: the part of the Jacobian that
+  quasi-Newton keeps (``engines/linearize.py``'s ``quasi_layout``), in closed form: when the L
+  state leaves all hold C numbers, ``cols[l]: (B, L, C)`` with ``cols[l][:, k, c] = d new_l[c] /
+  d h_k[c]`` (the same channel of every leaf), else the diagonal, ``cols[l]: (B, 1, S_l)``. The
+  probe checks it against torch.func's too.
 - optionally ``jacobian(u_t, h) -> (step(u_t, h), cols)``: the step and its Jacobian in closed
   form, which the Newton engine then uses instead of one JVP per column. ``cols`` holds one
   tensor per state leaf (in ``h``'s order), ``(B, M, S_l)``, in ``engines/linearize.py``'s
@@ -93,6 +100,21 @@ class Linear:
 
 
 Structure = Union[Diagonal, Block, Heads, Dense, Linear]
+
+
+@dataclass(frozen=True)
+class NewtonWins:
+    """Where the Newton engine measured faster than the sequential one for a cell, which
+    ``engine="auto"`` then uses (``engines/auto.py``): on CPU, for calls of at least
+    ``min_steps`` steps whose batch x state numbers (B * S, S the flat state size) are at most
+    ``train`` when the call builds a graph, or at most ``infer`` when it does not (0: never);
+    ``quasi``: in the quasi-Newton form. A cell without it always runs sequentially under
+    "auto". Fitted on ``rnnlab bench cells`` (fwd and fwd+bwd, fp32, 2-core CPU) with a margin:
+    Newton must have been >= 2x faster inside the region."""
+    min_steps: int
+    train: int
+    infer: int = 0
+    quasi: bool = False
 
 
 # ---- state trees: a state is a tensor or a tuple of tensors -------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Dense
+from .base import Dense, NewtonWins
 from .registry import register
 from .torch_style import TorchStyleCell
 
@@ -22,6 +22,9 @@ class GRU(TorchStyleCell):
     """GRU cell. State ``h: (B, H)``; ``u_t: (B, 3H)``."""
 
     structure = Dense()
+    # quasi-Newton (8 iterations at init), fwd+bwd: 2.9-7.1x the sequential engine at B*S =
+    # 64-128 from T = 1024, 1.3x at 512; fwd only: 3.5-4.2x at 64, 1.9-2.1x at 128 (H = 64)
+    newton_wins = NewtonWins(min_steps=1024, train=128, infer=64, quasi=True)
     gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,

@@ -1,11 +1,13 @@
 """Engines run a cell over a sequence: ``Sequential`` (the reference, every cell), ``Scan``
 (linear cells, in parallel over time) and ``Newton`` (nonlinear cells, parallel Newton
-iterations). ``resolve`` turns a name into an engine; ``"auto"`` picks by the cell's structure."""
+iterations). ``resolve`` turns a name into an engine; ``"auto"`` picks by the cell's structure
+and, for nonlinear cells, by what was measured faster at the sizes of each call (``auto.py``)."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Union
 
 from ..cells.base import Cell
+from .auto import Auto
 from .base import Engine, call_with_params, compute_dtype  # noqa: F401
 from .newton import Newton
 from .scan import Scan
@@ -22,10 +24,14 @@ def available() -> List[str]:
 
 
 def auto(cell: Cell) -> Engine:
-    """The scan engine for linear cells, else the sequential one. Newton is not picked yet: on
-    CPU it wins only for long sequences and some cells (see ``rnnlab bench newton``), and it has
-    not been measured on a GPU; pass ``engine="newton"`` to use it."""
-    return Scan() if Scan().supports(cell) else Sequential()
+    """The scan engine for linear cells; for a cell that declares where Newton measured faster
+    (``newton_wins``), ``Auto``, which picks Newton or the sequential engine per call
+    (``auto.py``); else the sequential engine."""
+    if Scan().supports(cell):
+        return Scan()
+    if getattr(cell, "newton_wins", None) is not None and Newton().supports(cell):
+        return Auto(cell)
+    return Sequential()
 
 
 def resolve(engine: Union[str, Engine], cell: Cell) -> Engine:

@@ -21,12 +21,13 @@ known: converged, ``cur`` is the solution and the f and Jacobians just computed 
 the two buffers swap. Both buffers (and the backward's) are reused across calls of one shape.
 
 Backward never goes through the iterations. ``adjoint.Solution`` returns z = f(h*_{t-1}, u_t)
-from the last linearization (no extra pass); its backward maps dL/dz to the adjoint ``lambda_t = g_t +
-A_{t+1}^T lambda_{t+1}`` by one reverse sweep (``column_adjoint_scan_``) over the Jacobians kept
-from that linearization, then one batched VJP of the step at h* (``linearize.step_vjp``,
-compiled with ``compile``, ``compiled.py``) pulls lambda back to the inputs and every parameter; the sweep's
-last carry ``A_0^T lambda_0`` is the gradient to h0. The implicit-function theorem, i.e. exact
-BPTT at the fixed point.
+from the last linearization (no extra pass); its backward maps dL/dz to the adjoint
+``lambda_t = g_t + A_{t+1}^T lambda_{t+1}`` by one reverse sweep (``column_adjoint_scan_``) over
+the Jacobians kept from that linearization, then one batched VJP of the step at h*
+(``linearize.step_vjp``, compiled with ``compile``, ``compiled.py``) pulls lambda back to the
+inputs and every parameter; the sweep's last carry ``A_0^T lambda_0`` is the gradient to h0.
+The implicit-function theorem, i.e. exact BPTT at the fixed point. Quasi-Newton keeps only part
+of each Jacobian, so its adjoint is iterated the same way as its forward (``quasi_adjoint``).
 """
 from __future__ import annotations
 
@@ -69,7 +70,11 @@ class Newton(Engine):
         init: initial guess, ``"step"`` (``f(0, u_t)`` at every t, as ParaRNN) or ``"zeros"``.
         on_fail: ``"raise"`` (``ConvergenceError``) or ``"sequential"`` (recompute that batch
             with the sequential engine, warn once, count it in ``fallbacks``).
-        dense_budget_bytes: warn when Dense Jacobians ``(B, T, S, S)`` would exceed this.
+        dense_budget_bytes: the most bytes the stored Jacobian columns ``(T, B, M, S)`` of one
+            call may take (default 4 GiB; ``Dense`` has M = S, the first to reach it, hence the
+            name, but a wide ``Heads`` gets there too). A call over it is refused before
+            anything is allocated: a ``ValueError`` that says what ``quasi=True`` would need,
+            or, with ``on_fail="sequential"``, the sequential engine (warned once).
         compile: fuse each pass's linearization (f, Jacobian, residual norms) and the backward's
             VJP with ``torch.compile``: ``True``, ``False``, or ``"auto"`` (the default: compile
             when B*T*S >= ``COMPILE_MIN_ELEMS``, where the one-off compile, ~20-60 s per cell
@@ -94,7 +99,7 @@ class Newton(Engine):
 
     def __init__(self, tol: Optional[float] = None, max_iters: Optional[int] = None,
                  damping: float = 1.0,
-                 init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 30,
+                 init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 32,
                  compile="auto", elk_sigma2: float = 100.0, quasi: bool = False):
         if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
                                 or not 0 < tol < math.inf):
@@ -166,9 +171,11 @@ class Newton(Engine):
         B, T, _ = x.shape
         exact = layout(cell, h0)
         lay = quasi_layout(exact) if self.quasi else exact  # the Jacobian part iterated with
+        over = self._over_budget(B, T, lay, exact, x.dtype)
+        if over:
+            return self._fail(cell, x, h0, lengths, over, memory=True)
         u = cell.project(x)  # (B, T, D) -> (B, T, P)
         start = flatten(h0, lay)  # (B, S)
-        self._check_budget(cell, B, T, lay)
         if cell not in self._probed:
             probe(cell, u[:, 0].detach(), start, exact, quasi=lay)
             self._probed.add(cell)
@@ -287,8 +294,8 @@ class Newton(Engine):
 
     def _outputs(self, cell, u, start, hbuf, A, f, bounds, alive, lay, fns):
         """The states z_t = f(h*_{t-1}, u_t), from the last linearization, per leaf and
-        batch-major, and the last of them; with a graph to build, through ``Solution`` (adjoint.py) (the
-        adjoint backward)."""
+        batch-major, and the last of them; with a graph to build, through ``Solution``
+        (``adjoint.py``: the adjoint backward)."""
         B, T = u.shape[:2]
         split = sizes(lay)
         steps = [hbuf.new_empty(B, T, n) for n in split]  # L x (B, T, S_l)
@@ -328,9 +335,11 @@ class Newton(Engine):
         flat = tuple(g.detach().flatten(0, 1).to(t.dtype) for g, t in zip(leaves, template))
         return flatten(flat if isinstance(h0, tuple) else flat[0], lay).unflatten(0, (B, T))
 
-    def _fail(self, cell, x, h0, lengths, why):
+    def _fail(self, cell, x, h0, lengths, why, memory=False):
         msg = f"Newton on {type(cell).__name__} (T={x.shape[1]}): {why}"
         if self.on_fail == "raise":
+            if memory:
+                raise ValueError(msg)
             raise ConvergenceError(msg, self.stats.get("history", []))
         if self.fallbacks == 0:
             warnings.warn(f"{msg}; recomputing with the sequential engine (warned once; see "
@@ -338,13 +347,20 @@ class Newton(Engine):
         self.fallbacks += 1
         return Sequential().run(cell, x, h0, lengths)
 
-    def _check_budget(self, cell, B, T, lay):
-        if isinstance(cell.structure, Dense) and lay.width == lay.size:
-            need = B * T * lay.size ** 2 * 4
-            if need > self.dense_budget_bytes:
-                warnings.warn(f"Newton: Dense Jacobians of {type(cell).__name__} need "
-                              f"{need / 2 ** 20:.0f} MiB (B={B}, T={T}, S={lay.size}) > budget "
-                              f"{self.dense_budget_bytes / 2 ** 20:.0f} MiB", RuntimeWarning)
+    def _over_budget(self, B, T, lay, exact, dtype) -> Optional[str]:
+        """Why the stored Jacobians of this call would not fit ``dense_budget_bytes``, or
+        None."""
+        size = torch.promote_types(dtype, torch.float32).itemsize
+        need = B * T * lay.width * lay.size * size
+        if need <= self.dense_budget_bytes:
+            return None
+        quasi = quasi_layout(exact)
+        hint = ("" if self.quasi or quasi is exact else
+                f"; quasi=True (engine='quasi') would store {lay.width // quasi.width}x less")
+        return (f"its Jacobian columns (B={B}, T={T}, {lay.width} of S={lay.size} per step) "
+                f"need {need / 2 ** 20:.0f} MiB > dense_budget_bytes "
+                f"({self.dense_budget_bytes / 2 ** 20:.0f} MiB); use the sequential engine, "
+                f"shorter sequences{hint}, or raise the budget")
 
 
 def _power_chunks(T: int, per: int) -> List[Tuple[int, int]]:
