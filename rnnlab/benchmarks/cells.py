@@ -2,8 +2,9 @@
 performance dashboard behind ``rnnlab bench cells``.
 
 For each size ``(B, T, D)``, cell (``rnnlab.cells.available()``) and engine (``sequential``,
-``scan``, ``newton``; only the pairs where ``rnnlab.engines.resolve(engine, cell)`` accepts the
-cell), the layer is built as a new user would, ``rnnlab.Recurrent(name, engine=engine,
+``scan``, ``newton``, ``quasi``, and ``auto`` where it chooses per call, i.e. for the cells that
+declare ``newton_wins``, its rows recording what it ran in ``auto_picked``; only the pairs where
+``rnnlab.engines.resolve(engine, cell)`` accepts the cell), the layer is built as a new user would, ``rnnlab.Recurrent(name, engine=engine,
 input_size=D, hidden_size=D)`` with the cell's default options, fp32, after
 ``torch.manual_seed(seed)`` (so every engine of a cell gets the same weights and the same
 ``x: (B, T, D)``, which requires grad as a layer's input inside a model would). Measured:
@@ -188,6 +189,7 @@ def _measure(row: dict, repeats: int, max_seconds: float, seed: int,
 
     warm = _timed_ms(fwd, device)
     row["fwd_ms"], row["fwd_runs"], over_fwd = _best_ms(fwd, warm, repeats, budget_ms, device)
+    picked = [getattr(layer.engine, "last", None)]  # what "auto" ran, per measurement
     counted = []  # the warm-up fwd+bwd also counts the saved bytes (not in its time)
     warm = _timed_ms(lambda: counted.append(_saved_bytes(layer, x)), device) - counted[0][1]
     row["saved_bytes"] = counted[0][0]
@@ -197,6 +199,8 @@ def _measure(row: dict, repeats: int, max_seconds: float, seed: int,
         _fwdbwd_call(layer, x), warm, repeats, budget_ms, device, peak)
     row["peak_bytes"] = peak[-1] if peak else None
     row["iterations"] = getattr(layer.engine, "stats", {}).get("iterations")
+    if isinstance(layer.engine, _engines.Auto):
+        row["auto_picked"] = {"fwd": picked[0], "fwdbwd": layer.engine.last}
     if over_fwd or over_fb:
         row["status"] = "over_budget"
         row["detail"] = (f"a call took over {max_seconds:g} s: fwd {row['fwd_runs']}, fwd+bwd "
@@ -233,10 +237,12 @@ def _supported(size: Tuple[int, int, int], cell: str, engine: str) -> Optional[s
     except Exception:  # noqa: BLE001 - measured (and reported) as an error row
         return None
     try:
-        _engines.resolve(engine, built)
-        return None
+        chosen = _engines.resolve(engine, built)
     except ValueError as err:
         return str(err)
+    if engine == "auto" and not isinstance(chosen, _engines.Auto):
+        return f"auto is {chosen.name} for this cell (its own row)"
+    return None
 
 
 def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
@@ -266,7 +272,7 @@ def run(sizes: Sequence[Tuple[int, int, int]] = DEFAULT_SIZES,
                             for s in sizes):
         raise ValueError(f"sizes: expected (B, T, D) triples of positive ints, got {sizes!r}")
     cell_names = _choose(cells, _cells.available(), "--cells", REFERENCE_CELL)
-    engine_names = _choose(engines, _engines.available(), "--engines", "sequential")
+    engine_names = _choose(engines, _engines.available() + ["auto"], "--engines", "sequential")
     engine_names.sort(key=lambda e: e != "sequential")  # the reference first within a cell
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"--repeats: expected an int >= 1, got {repeats!r}")
@@ -317,6 +323,8 @@ def _status(r: dict) -> str:
     text = "ok" if r["status"] == "ok" else f"[yellow]over budget ({r['fwdbwd_runs']} runs)[/]"
     if r["iterations"] is not None:
         text += f", {r['iterations']} it"
+    if r.get("auto_picked"):
+        text += ", ran {fwd} / {fwdbwd}".format(**r["auto_picked"])
     return text + (", warned" if r["warnings"] else "")
 
 
@@ -356,4 +364,5 @@ def print_table(result: dict, console) -> None:
     console.print(table)
     if result["unsupported"]:
         pairs = sorted({f"{u['cell']}/{u['engine']}" for u in result["unsupported"]})
-        console.print(f"[dim]not run (engine does not support the cell): {', '.join(pairs)}[/dim]")
+        console.print(f"[dim]not run (engine does not support the cell, or auto is another "
+                      f"row's engine): {', '.join(pairs)}[/dim]")

@@ -18,8 +18,10 @@ class Recurrent(nn.Module):
     Args:
         cell: a ``Cell`` or a registered cell name (then ``input_size`` and ``hidden_size`` are
             required and ``cell_kwargs`` go to the cell).
-        engine: ``"auto"`` (the fastest the cell's structure allows; see ``engine_name``),
-            ``"sequential"``, or an ``Engine`` object.
+        engine: ``"auto"`` (the scan engine for linear cells; for nonlinear ones Newton or
+            the sequential engine per call, whichever the cell's ``newton_wins`` says measured
+            faster at that call's sizes, ``engines/auto.py``), ``"sequential"``, ``"scan"``,
+            ``"newton"``, ``"quasi"``, or an ``Engine`` object.
 
     Shapes: ``x: (B, T, D)``, ``y: (B, T, H_out)``, ``lengths: (B,)``; the state is what
     ``cell.init_state`` gives (a tensor ``(B, H)`` or a tuple), kept in at least fp32.
@@ -55,7 +57,8 @@ class Recurrent(nn.Module):
 
     @property
     def engine_name(self) -> str:
-        """Name of the engine this layer runs on (what ``"auto"`` picked)."""
+        """Name of the engine this layer runs on (what ``"auto"`` picked: ``"auto"`` itself
+        when it picks per call, see ``engine.last``)."""
         return self.engine.name
 
     @property
