@@ -167,3 +167,26 @@ def test_the_engine_name_and_options():
     assert "quasi=True" in repr(layer.engine)
     with pytest.raises(ValueError, match=r"Newton: quasi must be True or False, got 'yes'"):
         Newton(quasi="yes")
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM", "RNN"])
+def test_the_drop_in_modules_on_quasi_equal_torch(kind):
+    """The drop-ins run their cells with ``params=`` (the module's own tensors swapped in), so
+    the adjoint's VJPs must use the forward's tensors, not the cells' placeholders."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(D, H, num_layers=2, batch_first=True)
+    mod = getattr(rnnlab.nn, kind)(D, H, num_layers=2, batch_first=True,
+                                   engine=Newton(quasi=True, tol=1e-7, max_iters=200))
+    mod.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 40, D, requires_grad=True)
+    grads = []
+    for m in (ref, mod):
+        x.grad = None
+        y, _ = m(x)
+        y.square().sum().backward()
+        grads.append((y.detach(), x.grad.clone(), [p.grad.clone() for p in m.parameters()]))
+    (y0, gx0, gp0), (y1, gx1, gp1) = grads
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-5)
+    for a, b in zip(gp1, gp0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

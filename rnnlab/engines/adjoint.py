@@ -41,7 +41,8 @@ class Solution(torch.autograd.Function):
         g = gather_grads(s.buffers.take((B, T, S), hbuf), outs, s.split)
         lam = s.buffers.take((B, T, S), g)
         if s.quasi:
-            grad_start = quasi_adjoint(s, u.detach(), hbuf, chunks, g, lam)
+            grad_start = quasi_adjoint(s, u.detach(), hbuf, chunks, g, lam,
+                                       tuple(t.detach() for t in tensors))
         else:
             grad_start = adjoint_sweep(lam, chunks, g, s)  # A_0^T lambda_0 = dL/dh0
         grads = s.vjp(s.step, s.names, u.detach(), hbuf, s.alive, lam.view(B * T, S),
@@ -63,21 +64,22 @@ def adjoint_sweep(lam: torch.Tensor, chunks, g: torch.Tensor, s) -> torch.Tensor
 
 
 def quasi_adjoint(s, u: torch.Tensor, hbuf: torch.Tensor, chunks, g: torch.Tensor,
-                  lam: torch.Tensor) -> torch.Tensor:
+                  lam: torch.Tensor, tensors) -> torch.Tensor:
     """The exact adjoint ``lam_t = g_t + J_{t+1}^T lam_{t+1}`` when only the kept part A of
     each J was stored (quasi-Newton): the same iteration as the forward, transposed. The
     residual ``rho_t = g_t + J_{t+1}^T lam_{t+1} - lam_t`` is exact (one batched VJP of the
     step, ``state_vjp``), the correction solves ``delta_t = rho_t + A_{t+1}^T delta_{t+1}`` by
     the cheap sweep; stop when ``max_t ||rho_t|| <= tol (||lam_t|| + 1e-6 max_t ||lam_t||)``.
     Not converged in ``max_iters``: one exact sequential sweep of per-step VJPs (warned).
-    Writes lam ``(B, T, S)``; -> ``J_0^T lam_0`` ``(B, S)``, the gradient to h0."""
+    ``tensors``: the cell's tensors of the forward (``s.names``). Writes lam ``(B, T, S)``;
+    -> ``J_0^T lam_0`` ``(B, S)``, the gradient to h0."""
     B, T, S = s.shape
     prev, rows = hbuf[:T], lam.view(B * T, S)
     delta = s.buffers.take((B, T, S), g)
     adjoint_sweep(lam, chunks, g, s)  # the first iterate: the quasi solve from lam = 0
     history = []
     for _ in range(s.max_iters):
-        back = s.state_vjp(s.step, u, prev, s.alive, rows)  # (T, B, S): J_t^T lam_t
+        back = s.state_vjp(s.step, s.names, u, prev, s.alive, rows, tensors)  # (T, B, S)
         rho = delta
         torch.sub(g, lam, out=rho)
         rho[:, :-1] += back[1:].transpose(0, 1)  # (T-1, B, S) -> (B, T-1, S)
@@ -95,16 +97,17 @@ def quasi_adjoint(s, u: torch.Tensor, hbuf: torch.Tensor, chunks, g: torch.Tenso
     warnings.warn(f"Newton(quasi=True): the adjoint did not reach tol={s.tol:g} in "
                   f"{s.max_iters} iterations (last residual {history[-1]:.2e}); finishing the "
                   f"backward with a sequential sweep", RuntimeWarning, stacklevel=3)
-    return _sequential_adjoint(s, u, prev, g, lam)
+    return _sequential_adjoint(s, u, prev, g, lam, tensors)
 
 
-def _sequential_adjoint(s, u, prev, g, lam) -> torch.Tensor:
+def _sequential_adjoint(s, u, prev, g, lam, tensors) -> torch.Tensor:
     """``lam_t = g_t + J_{t+1}^T lam_{t+1}`` backwards in time, one VJP of the step per t."""
     q = g.new_zeros(g.shape[0], g.shape[2])
     for t in range(g.shape[1] - 1, -1, -1):
         torch.add(g[:, t], q, out=lam[:, t])
         alive = None if s.alive is None else s.alive[:, t:t + 1]
-        q = state_vjp(s.step, u[:, t:t + 1], prev[t:t + 1], alive, lam[:, t])[0]
+        q = state_vjp(s.step, s.names, u[:, t:t + 1], prev[t:t + 1], alive, lam[:, t],
+                      tensors)[0]
     return q
 
 

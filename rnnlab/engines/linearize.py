@@ -375,10 +375,13 @@ def step_vjp(step: Step, names, u, hbuf, alive, lam, tensors):
     return pull(lam)
 
 
-def state_vjp(step: Step, u, prev, alive, lam):
+def state_vjp(step: Step, names, u, prev, alive, lam, tensors):
     """``J_t^T lambda_t`` for every t at the solution, the gradient of ``sum(lam * z)`` with
     respect to the previous states: prev ``(T, B, S)`` = h0 then the solution up to
-    h*_{T-2}, lam ``(B*T, S)`` -> ``(T, B, S)`` (quasi-Newton's adjoint iterations: the exact
-    transposed Jacobian as one batched pass, never stored)."""
-    _, pull = torch.func.vjp(lambda p: step(u, p, alive), prev)
+    h*_{T-2}, lam ``(B*T, S)`` -> ``(T, B, S)``, with the cell's tensors named ``names`` (those
+    of the forward: a layer run with ``params=`` has others than its own) (quasi-Newton's
+    adjoint iterations: the exact transposed Jacobian as one batched pass, never stored)."""
+    swap = dict(zip(names, tensors))
+    _, pull = torch.func.vjp(lambda p: torch.func.functional_call(step, swap, (u, p, alive)),
+                             prev)
     return pull(lam)[0]
