@@ -24,7 +24,8 @@ def _invoke(tmp_path, *options):
 
 
 def _supported(cell):
-    """The engines that ``resolve`` accepts for the cell (what a user could build)."""
+    """The engines that ``resolve`` accepts for the cell (what a user could build), and
+    "auto" where it chooses per call."""
     built, names = rnnlab.cells.get(cell, 8, 8), []
     for engine in rnnlab.engines.available():
         try:
@@ -32,6 +33,8 @@ def _supported(cell):
             names.append(engine)
         except ValueError:
             pass
+    if isinstance(rnnlab.engines.resolve("auto", built), rnnlab.engines.Auto):
+        names.append("auto")
     return names
 
 
@@ -58,6 +61,9 @@ def test_rows_ratios_and_memory(tmp_path):
         assert r["saved_bytes_per_token"] == pytest.approx(r["saved_bytes"] / (2 * 9))
         assert r["peak_bytes"] is None  # CPU
     assert rows[("paragru", "newton")]["iterations"] >= 1
+    assert rows[("paragru", "auto")]["auto_picked"] == {"fwd": "sequential",
+                                                         "fwdbwd": "sequential"}  # T = 9
+    assert ("mamba", "auto") not in rows  # auto is the scan engine there: its own row
     assert rows[("gru", "sequential")]["x_gru_sequential_fwdbwd"] == 1.0
     assert "x own" in output and "paragru" in output and "wrote" in output
 
