@@ -216,3 +216,26 @@ def test_plot_names_never_collide():
         taken.add(names[-1])
     assert names[0] == "parity" and names[1] == "mod_arith_p_3_"
     assert len(set(names)) == len(names)
+
+
+def test_every_model_stays_visible_in_the_length_plot():
+    """Seven models, four with equal scores at every length (as in the quick preset): each has
+    its own marker and its own x positions, and the legend lies outside the axes."""
+    import matplotlib.pyplot as plt
+
+    from rnnlab.arena.report import figure
+
+    lengths = [40, 64, 128, 256]
+    rows = [[f"m{i}", *([1.0] * 4 if i < 4 else [0.1 * i] * 4)] for i in range(7)]
+    fig = figure("parity", "scaled_accuracy", lengths, rows)
+    try:
+        ax = fig.axes[0]
+        lines = [ln for ln in ax.get_lines() if ln.get_label() in {r[0] for r in rows}]
+        assert len(lines) == 7 and len({ln.get_marker() for ln in lines}) == 7
+        firsts = [ln.get_xdata()[0] for ln in lines]
+        assert len(set(firsts)) == 7 and all(abs(x / 40 - 1) < 0.15 for x in firsts)
+        fig.canvas.draw()
+        legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= axes.x1  # right of the data, never over it
+    finally:
+        plt.close(fig)

@@ -95,26 +95,45 @@ def markdown(cfg: ArenaConfig, records: List[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_png(task: str, metric: str, lengths: List[int], rows: List[list]) -> bytes:
-    """Metric vs test length, one line per model, as PNG bytes."""
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":")
+DODGE = 0.035  # log2 units between neighbouring models at one length (lengths double: 1.0)
+
+
+def figure(task: str, metric: str, lengths: List[int], rows: List[list]):
+    """Metric vs test length, one line per model, as a matplotlib figure. Models with equal
+    values would hide each other (in the quick preset four score 1.0 at every length): each gets
+    its own marker and line style and a small sideways offset (a dodge, ``DODGE`` in log2 units;
+    the ticks stay at the true lengths), and the legend sits outside the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    for row in rows:
-        pts = [(n, v) for n, v in zip(lengths, row[1:1 + len(lengths)]) if v is not None]
+    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=100)
+    middle = (len(rows) - 1) / 2
+    for i, row in enumerate(rows):
+        shift = 2.0 ** ((i - middle) * DODGE)  # x * shift: an offset in log space
+        pts = [(n * shift, v) for n, v in zip(lengths, row[1:1 + len(lengths)]) if v is not None]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=row[0])
+            ax.plot(*zip(*pts), marker=MARKERS[i % len(MARKERS)], markersize=5,
+                    linestyle=LINESTYLES[i // len(MARKERS) % len(LINESTYLES)], label=row[0])
     ax.axvline(lengths[0], color="grey", linestyle=":", linewidth=1)  # longest train length
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
     ax.set_xlabel("test length (dotted: longest train length)")
     ax.set_ylabel(metric)
     ax.set_title(task)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    buf = io.BytesIO()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
+    return fig
+
+
+def plot_png(task: str, metric: str, lengths: List[int], rows: List[list]) -> bytes:
+    """``figure`` as PNG bytes."""
+    import matplotlib.pyplot as plt
+    fig = figure(task, metric, lengths, rows)
+    buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
