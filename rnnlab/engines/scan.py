@@ -19,14 +19,14 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..cells.base import Cell, Linear, State, map_state
+from ..cells.base import LINEAR_KINDS, Cell, Linear, State, map_state
 from ..cells.linear import expand_decay
 from ..ops import associative_scan, delta_rule, linear_scan, matrix_scan
 from .base import Engine
 from .factored import run_factored, runs_factored
 from .sequential import Sequential
 
-KINDS = ("diagonal", "complex_diagonal", "scalar", "matrix", "householder", "monoid")
+KINDS = LINEAR_KINDS  # every kind a linear structure may declare
 
 
 def _alive(lengths: torch.Tensor, T: int) -> torch.Tensor:
