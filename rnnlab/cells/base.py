@@ -91,7 +91,24 @@ LINEAR_KINDS = ("diagonal", "complex_diagonal", "scalar", "matrix", "householder
 
 @dataclass(frozen=True)
 class Linear:
-    """``h_t = A_t h_{t-1} + b_t``; ``kind`` says what A_t is (one of ``LINEAR_KINDS``)."""
+    """``h_t = A_t h_{t-1} + b_t``; ``kind`` says what A_t is (one of ``LINEAR_KINDS``) and what
+    the scan engine (``engines/scan.py``) then asks of the cell besides ``project``/``step``/
+    ``readout`` (``LinearCell`` derives ``transition``, ``step`` and ``readout`` from
+    ``factors``, ``factors.py``, where a cell writes those instead):
+
+    - ``"diagonal"``, ``"scalar"``: ``transition(u) -> (A, b)`` with b ``(B, T, *S)`` and A
+      broadcasting to it (size-1 dims for a decay per head or per key; ``"scalar"``: one
+      number per head); ``h_t = A_t * h_{t-1} + b_t`` elementwise.
+    - ``"complex_diagonal"``: the same with complex A and b (complex state leaves).
+    - ``"matrix"``: ``transition(u) -> (A, b)``, A ``(B or 1, T or 1, ..., N, N)``, b
+      ``(B, T, ..., N)``: ``h_t = A_t h_{t-1} + b_t``.
+    - ``"householder"``: ``delta_inputs(u) -> (q, k, v, beta, g)`` over ``T * substeps``
+      sub-steps, each ``(B, T * n, heads, ...)`` (g: a log-decay, or None), and the int attribute
+      ``substeps`` (DeltaProduct's n_h; 1 for DeltaNet); the state per head is ``(K, V)``,
+      ``S <- exp(g) (I - beta k k^T) S + beta k v^T`` per sub-step.
+    - ``"monoid"``: ``elements(u)``, ``combine(a, b)`` (a earlier; associative),
+      ``identity(elems)``, ``to_element(h)`` and ``from_element(e)`` (``monoid.py``).
+    """
     kind: str
 
     def __post_init__(self):
