@@ -130,9 +130,12 @@ def test_bad_options(kwargs, pattern):
         Newton(**kwargs)
 
 
-def test_newton_refuses_linear_cells():
-    with pytest.raises(ValueError, match=r"'newton' cannot run Mamba"):
-        rnnlab.Recurrent("mamba", engine="newton", input_size=D, hidden_size=H)
+@pytest.mark.parametrize("name,cls", [("deltanet", "DeltaNet"), ("lru", "LRU"),
+                                      ("mlstm", "MLSTM")])
+def test_newton_refuses_linear_cells_that_are_not_elementwise(name, cls):
+    """Householder, complex and monoid transitions have no real Diagonal/Block form."""
+    with pytest.raises(ValueError, match=rf"'newton' cannot run {cls}"):
+        rnnlab.Recurrent(name, engine="newton", input_size=D, hidden_size=H)
 
 
 def test_damping_still_converges_to_the_same_answer():
@@ -372,3 +375,16 @@ def test_newton_refuses_meaningless_options(option):
     name = next(iter(option))
     with pytest.raises(ValueError, match=f"Newton: {name} must be"):
         Newton(**option)
+
+
+@pytest.mark.parametrize("name", ["mamba", "gla", "mamba2"])
+def test_elementwise_linear_cells_run_on_newton_in_one_iteration(name):
+    """A linear structure implies its Jacobian: ``Linear("diagonal"/"scalar")`` is ``Diagonal``
+    to Newton, whose linearization is then exact, so it converges in one iteration, to the
+    sequential engine's outputs, final state and gradients (a free check of both engines)."""
+    torch.manual_seed(0)
+    cell = cells.get(name, 5, 8)
+    h0 = map_state(lambda z: 0.5 * torch.randn(z.shape), cell.init_state(3))
+    engine = Newton(tol=1e-6)
+    assert_agrees(cell, engine, torch.randn(3, 41, 5), h0, torch.tensor([41, 17, 0]), name)
+    assert engine.stats["iterations"] == 1 and engine.stats["converged"]

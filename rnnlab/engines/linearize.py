@@ -29,7 +29,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
+from ..cells.base import Block, Cell, Dense, Diagonal, Heads, Linear, State, as_tuple
 
 
 PROBE_SEED = 1234  # the structure probe's private generator: any fixed seed
@@ -82,13 +82,20 @@ def _tables(lay: Layout, device: torch.device):
     return _within(s, lay), src, members
 
 
+def elementwise(structure) -> bool:
+    """A linear structure whose transition is elementwise on a real state (``Linear("diagonal")``
+    or ``"scalar"``: Mamba, GLA, Mamba-2): ``Diagonal`` to Newton, which then converges in one
+    iteration (its linearization is exact)."""
+    return isinstance(structure, Linear) and structure.kind in ("diagonal", "scalar")
+
+
 def layout(cell: Cell, template: State) -> Layout:
     """The grouping that ``cell.structure`` declares for states shaped like ``template``."""
     leaves = as_tuple(template)
     shapes = tuple(tuple(t.shape[1:]) for t in leaves)
     numels = [int(torch.Size(s).numel()) for s in shapes]
     S, s, tup = sum(numels), cell.structure, isinstance(template, tuple)
-    if isinstance(s, Diagonal):
+    if isinstance(s, Diagonal) or elementwise(s):
         return Layout(shapes, tup, S, 1, (S, 1))
     if isinstance(s, Dense):
         return Layout(shapes, tup, S, S, (1, S))

@@ -46,8 +46,8 @@ from .adjoint import Buffers, Solution, Solved
 from .base import Engine
 from .compiled import HotFunctions
 from .elk import solve_elk
-from .linearize import (Layout, Step, flatten, from_leaves, layout, probe, quasi_layout,
-                        sizes)
+from .linearize import (Layout, Step, elementwise, flatten, from_leaves, layout, probe,
+                        quasi_layout, sizes)
 from .sequential import Sequential
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
@@ -157,7 +157,8 @@ class Newton(Engine):
             self._guess = None
 
     def supports(self, cell: Cell) -> bool:
-        return isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
+        return (isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
+                or elementwise(cell.structure))
 
     def __repr__(self) -> str:
         elk = f", elk_sigma2={self.elk_sigma2:g}" if self._elk else ""
