@@ -1,7 +1,7 @@
 """``engine="auto"``: the engine measured fastest for the cell, the sizes and the device.
 
-Linear cells get the scan engine, once, at construction (``engines.auto``); so do the cells
-that declare no ``newton_wins`` (``cells/base.py NewtonWins``) get the sequential one. A cell
+At construction (``engines.auto``) linear cells get the scan engine and cells that declare
+no ``newton_wins`` (``cells/base.py NewtonWins``) the sequential one, for good. A cell
 that declares where Newton measured faster gets ``Auto``, which picks per call, since the
 winner depends on that call's sizes: Newton (or quasi-Newton, as the cell's figures say) on CPU
 for long enough sequences of few enough batch x state numbers, else the sequential engine.
