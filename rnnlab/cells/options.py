@@ -3,23 +3,17 @@ the valid ones and suggests the closest), types (``check_options``, ``check_call
 a bool) and ranges (``check_range``). Cells, tasks and models all use them."""
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import numbers
 import types
 import typing
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
+from ..checks import check_number, did_you_mean  # noqa: F401 - did_you_mean re-exported
 from ..errors import OptionTypeError
 
 _PLAIN = (bool, int, float, str, type(None))  # the option types a signature check understands
-
-
-def did_you_mean(name: object, choices: Iterable[str]) -> str:
-    """``" (did you mean 'gru'?)"`` for the closest of ``choices`` to ``name``, or ``""``."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def option_types(fn: Callable) -> Dict[str, Optional[tuple]]:
@@ -124,16 +118,7 @@ def check_call(what: str, fn: Callable, args: tuple, kwargs: dict,
 def check_range(owner: str, name: str, value, low: float = -math.inf, high: float = math.inf, *,
                 low_open: bool = False, high_open: bool = False, optional: bool = False,
                 note: str = "") -> None:
-    """Raise a ValueError ``"{owner}: {name} must be in [low, high], got {value}"`` unless
-    ``low <= value <= high`` (``<`` on an ``*_open`` side). Infinite bounds are open (no option
-    means anything by inf) and NaN is never in range. ``optional``: None passes too. ``note``
-    is added after the range (e.g. ``" (at most dt_max)"``)."""
-    if optional and value is None:
-        return
-    low_open, high_open = low_open or low == -math.inf, high_open or high == math.inf
-    above = value is not None and (value > low if low_open else value >= low)
-    if above and (value < high if high_open else value <= high):
-        return
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    raise ValueError(f"{owner}: {name} must be in {interval}{' or None' if optional else ''}"
-                     f"{note}, got {value!r}")
+    """``rnnlab.checks.check_number``: ``"{owner}: {name} must be in [low, high], got {value}"``
+    unless ``low <= value <= high`` (``<`` on an ``*_open`` side)."""
+    check_number(owner, name, value, low, high, low_open=low_open, high_open=high_open,
+                 optional=optional, note=note)
