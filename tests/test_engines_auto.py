@@ -50,7 +50,8 @@ def test_each_call_picks_by_its_sizes_and_agrees_with_sequential(name):
     layer(x)
     assert layer.engine.last == layer.engine.newton.name and layer.engine.stats["converged"]
     layer(x[:, :steps - 1])
-    assert layer.engine.last == "sequential" and layer.engine.stats == {}
+    assert layer.engine.last == "sequential" and layer.engine.stats == {"engine": "sequential"}
+    assert layer.stats is layer.engine.stats
     with torch.no_grad():
         layer(x.expand(cell.newton_wins.infer // H + 1, -1, -1))  # inference, too wide
     assert layer.engine.last == "sequential"
@@ -72,7 +73,7 @@ def test_a_failed_solve_falls_back_and_the_cell_stays_sequential(monkeypatch):
     torch.testing.assert_close(h, h_ref)
     assert layer.engine.newton.fallbacks == 1
     calls = []
-    monkeypatch.setattr(layer.engine.newton, "run", lambda *a: calls.append(1))
+    monkeypatch.setattr(layer.engine.newton, "run_call", lambda *a: calls.append(1))
     layer(x)
     assert layer.engine.last == "sequential" and not calls
 

@@ -120,7 +120,7 @@ def test_drop_in_gru_on_newton_matches_torch():
     (dict(tol=0), r"tol must be a finite number > 0"),
     (dict(max_iters=0), r"max_iters must be an int >= 1"),
     (dict(damping=1.5), r"damping must be in \(0, 1\]"), (dict(init="ones"), r"init must be"),
-    (dict(on_fail="ignore"), r"on_fail must be 'raise' or 'sequential'"),
+    (dict(on_fail="ignore"), r"on_fail must be one of \['raise', 'sequential'\]"),
     (dict(damping="lm"), r"damping must be in \(0, 1\], 'elk' or 'quasi-elk'"),
     (dict(elk_sigma2=0), r"elk_sigma2 must be a finite number > 0"),
     (dict(compile="yes"), r"compile must be True, False or 'auto'"),

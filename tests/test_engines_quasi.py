@@ -165,7 +165,8 @@ def test_the_engine_name_and_options():
     layer = rnnlab.Recurrent("gru", engine="quasi", input_size=D, hidden_size=H)
     assert layer.engine_name == "quasi" and layer.engine.quasi
     assert "quasi=True" in repr(layer.engine)
-    with pytest.raises(ValueError, match=r"Newton: quasi must be True or False, got 'yes'"):
+    with pytest.raises(ValueError,
+                       match=r"Newton: quasi must be a bool \(True or False\), got 'yes'"):
         Newton(quasi="yes")
 
 

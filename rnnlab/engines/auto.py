@@ -42,8 +42,10 @@ def prefers_newton(wins: Optional[NewtonWins], batch: int, steps: int, state_siz
 class Auto(Engine):
     """Newton or the sequential engine, per call, as ``prefers_newton`` says.
 
-    ``last`` names the engine of the last call; ``stats`` are Newton's when it ran that call,
-    else empty; ``newton.fallbacks`` counts the calls Newton handed to the sequential engine.
+    A call's ``stats`` (``engine(cell, x, stats=d)``, ``Recurrent.stats``) name the engine that
+    ran it (``"engine"``) and hold Newton's statistics when Newton ran it (``"fallback"`` when
+    it handed the call to the sequential engine). ``last`` and ``stats`` are the last call's,
+    whichever layer made it; ``newton.fallbacks`` counts the calls Newton handed over.
     """
 
     name = "auto"
@@ -53,15 +55,21 @@ class Auto(Engine):
         self.newton = Newton(on_fail="sequential", quasi=bool(wins and wins.quasi),
                              max_iters=AUTO_MAX_ITERS)
         self.sequential = Sequential()
-        self.last: Optional[str] = None
         self._gave_up: "weakref.WeakSet[Cell]" = weakref.WeakSet()
+        self._last: dict = {}
 
     def supports(self, cell: Cell) -> bool:
         return True  # the sequential engine runs every cell
 
     @property
     def stats(self) -> dict:
-        return self.newton.stats if self.last == self.newton.name else {}
+        """The statistics of this engine's last call, whichever layer made it."""
+        return self._last
+
+    @property
+    def last(self) -> Optional[str]:
+        """The engine that ran this engine's last call (``stats["engine"]``)."""
+        return self._last.get("engine")
 
     def choose(self, cell: Cell, x: torch.Tensor, h0: State) -> Engine:
         """The engine for one call on ``x (B, T, D)`` from ``h0``."""
@@ -75,13 +83,14 @@ class Auto(Engine):
 
     def run(self, cell: Cell, x: torch.Tensor, h0: State,
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
+        return self.run_call(cell, x, h0, lengths, {})
+
+    def run_call(self, cell: Cell, x: torch.Tensor, h0: State, lengths: Optional[torch.Tensor],
+                 stats: dict) -> Tuple[torch.Tensor, State]:
+        self._last = stats
         engine = self.choose(cell, x, h0)
-        self.last = engine.name
-        if engine is self.sequential:
-            return engine.run(cell, x, h0, lengths)
-        failed = self.newton.fallbacks
-        out = engine.run(cell, x, h0, lengths)
-        if self.newton.fallbacks > failed:
+        out = engine.run_call(cell, x, h0, lengths, stats)
+        if stats.get("fallback"):
             self._gave_up.add(cell)
         return out
 

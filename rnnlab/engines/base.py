@@ -1,7 +1,9 @@
 """What every engine shares: input checks, the dtype rule, and running a cell with given
-parameters. An engine subclass implements ``run(cell, x, h0, lengths) -> (y, h_T)``."""
+parameters. An engine subclass implements ``run(cell, x, h0, lengths) -> (y, h_T)`` (and
+``run_call`` when a call has statistics or options of its own)."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -74,6 +76,11 @@ class Engine:
     - ``params``: optional ``{name: tensor}`` used instead of the cell's own parameters.
     - ``input_name``, ``state_name``: what the caller calls ``x`` and ``initial_state``, for
       error messages (``Recurrent.step(x_chunk, state)``).
+    - ``stats``: a dict that receives this call's statistics (at least ``engine``, the name of
+      the engine that ran it; Newton adds its iterations, residuals...). Engines keep nothing
+      of a call: one engine object may serve many layers, each with its own ``stats``.
+    - ``options``: per-call options of an engine (Newton's warm start ``guess``); an engine
+      that takes none refuses them.
     """
 
     name = "engine"
@@ -85,9 +92,20 @@ class Engine:
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def run_call(self, cell: Cell, x: torch.Tensor, h0: State, lengths: Optional[torch.Tensor],
+                 stats: dict, **options) -> Tuple[torch.Tensor, State]:
+        """``run`` for one call whose statistics go into ``stats``; engines with statistics
+        or per-call options override it."""
+        if options:
+            raise TypeError(f"engine {self.name!r} takes no per-call options, got "
+                            f"{sorted(options)}")
+        stats["engine"] = self.name
+        return self.run(cell, x, h0, lengths)
+
     def __call__(self, cell: Cell, x: torch.Tensor, initial_state: Optional[State] = None,
                  lengths=None, params: Optional[Dict[str, torch.Tensor]] = None, *,
-                 input_name: str = "x", state_name: str = "initial_state"):
+                 input_name: str = "x", state_name: str = "initial_state",
+                 stats: Optional[dict] = None, **options):
         check_input(cell, x, input_name)
         if not self.supports(cell):
             raise ValueError(f"engine {self.name!r} cannot run {type(cell).__name__} "
@@ -104,11 +122,15 @@ class Engine:
         h0 = (cell.init_state(B, dtype, x.device) if initial_state is None
               else map_state(lambda t: t.to(state_dtype(t, dtype)), initial_state))
         xc = _zero_padding(x, lengths).to(dtype)
+        if stats is None:
+            stats = {}
+        stats.clear()  # this call's alone
+        run = functools.partial(self.run_call, stats=stats, **options)
         if params is None and all(t.dtype == dtype for t in tensors.values()):
-            y, h = self.run(cell, xc, h0, lengths)
+            y, h = run(cell, xc, h0, lengths)
         else:
             cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
-            y, h = call_with_params(cell, cast, self.run, xc, h0, lengths)
+            y, h = call_with_params(cell, cast, run, xc, h0, lengths)
         return y.to(x.dtype), h
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -87,6 +88,14 @@ def root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
+class Hot(NamedTuple):
+    """The four hot functions, by name (each eager or compiled)."""
+    terms: Callable  # one chunk's f, Jacobian columns and residual norms (every pass)
+    first_guess: Callable  # the initial guess f(0, u_t)
+    step_vjp: Callable  # the backward's pull-back of lambda to u and the parameters
+    state_vjp: Callable  # the quasi adjoint's J^T lambda
+
+
 class HotFunctions:
     """The hot functions, eager or compiled. A compiled call that fails (no working
     compiler, an unsupported op) warns once, naming the cell, and the engine continues
@@ -97,15 +106,15 @@ class HotFunctions:
         self._seen: set = set()  # signatures already run compiled: no compile left to hide
         self.broken = False
 
-    EAGER = (terms, first_guess, step_vjp, state_vjp)
+    EAGER = Hot(terms, first_guess, step_vjp, state_vjp)
 
-    def get(self, use_compile: bool, cell):
+    def get(self, use_compile: bool, cell) -> Hot:
         if not use_compile or self.broken:
             return self.EAGER
         if self._compiled is None:
-            self._compiled = tuple(torch.compile(fn, dynamic=None, options=inductor_options())
-                                   for fn in self.EAGER)
-        return tuple(self._guarded(c, e, cell) for c, e in zip(self._compiled, self.EAGER))
+            self._compiled = Hot(*(torch.compile(fn, dynamic=None, options=inductor_options())
+                                   for fn in self.EAGER))
+        return Hot(*(self._guarded(c, e, cell) for c, e in zip(self._compiled, self.EAGER)))
 
     def _guarded(self, compiled, eager, cell):
         def call(*args):

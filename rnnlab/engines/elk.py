@@ -36,11 +36,14 @@ the Newton engine can be steered (tests monkeypatch it).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..checks import check_bool, check_number
 from ..ops.kalman import parallel_smoother, smoother_reference
+from .iterate import Problem, SolveResult
 
 try:  # optional, as in ops/diagonal.py
     import numba as _numba
@@ -276,43 +279,56 @@ def elk_step(A: torch.Tensor, r: torch.Tensor, members: torch.Tensor, within: to
     return _smooth_torch(A, r, members.to(A.device), float(sigma2))
 
 
-# ---- the Levenberg-Marquardt loop of the Newton engine -----------------------------------------
+# ---- the Levenberg-Marquardt method of the Newton engine --------------------------------------
 
-def _linearize_all(cell, u, alive, lay, terms, bounds, h):
+def _linearize_all(p: Problem, h):
     """Every chunk's (A, f) at the iterate h ``(T+1, B, S)``, its largest relative residual and
     the merit ``sum_t ||f_t - h_t||^2``."""
-    alive_tm = None if alive is None else alive.t()
-    out = [terms(cell, lay, u[:, t0:t1], h[t0:t1 + 1],
-                 None if alive_tm is None else alive_tm[t0:t1]) for t0, t1 in bounds]
-    merit = sum(float(((o[1] - h[t0 + 1:t1 + 1]) ** 2).sum()) for o, (t0, t1) in zip(out, bounds))
+    out = [p.terms(p.cell, p.lay, p.u[:, t0:t1], h[t0:t1 + 1], p.alive_tm(t0, t1))
+           for t0, t1 in p.bounds]
+    merit = sum(float(((o[1] - h[t0 + 1:t1 + 1]) ** 2).sum()) for o, (t0, t1) in zip(out, p.bounds))
     res = float(torch.stack([o[2] for o in out]).amax())
     return [o[0] for o in out], [o[1] for o in out], res, merit
 
 
-def solve_elk(engine, cell, u, alive, lay, terms, bounds, cur, nxt, tol):
-    """Levenberg-Marquardt iterations with (quasi-)ELK steps, for ``Newton(damping="elk")``.
-    sigma2 = 1 / lambda starts at ``engine.elk_sigma2``; a step that lowers the merit
+@dataclass(frozen=True)
+class ELK:
+    """Levenberg-Marquardt iterations with (quasi-)ELK steps: ``Newton(method=ELK())``
+    (``Newton(damping="elk")`` / ``"quasi-elk"`` for short). sigma2 = 1 / lambda starts at
+    ``sigma2`` (large: close to Newton's step); a step that lowers the merit
     ``sum_t ||r_t||^2`` is taken and sigma2 grows x10 (towards the Newton step and its quadratic
     convergence), one that does not is dropped and sigma2 shrinks /10 (a shorter, safer step).
-    cur, nxt: ``(T+1, B, S)`` iterate buffers (h0 in row 0). -> (iterate, Jacobian chunks,
-    f chunks, its residual); ``nxt`` goes back to the engine's buffer pool."""
-    A, f, res, merit = _linearize_all(cell, u, alive, lay, terms, bounds, cur)
-    history, sigma2 = [res], engine.elk_sigma2
-    members, within = lay.members(u.device), lay.within(u.device)
-    it = 0
-    while math.isfinite(res) and res > tol and it < engine.max_iters:
-        it += 1
-        step = elk_step(torch.cat(A), torch.cat(f) - cur[1:], members, within, sigma2,
-                        quasi=engine.damping == "quasi-elk")
-        torch.add(cur[1:], step, out=nxt[1:])
-        A2, f2, res2, merit2 = _linearize_all(cell, u, alive, lay, terms, bounds, nxt)
-        if math.isfinite(merit2) and math.isfinite(res2) and merit2 < merit:
-            cur, nxt, A, f, res, merit = nxt, cur, A2, f2, res2, merit2
-            sigma2 = min(sigma2 * 10, 1e12)
-        else:
-            sigma2 = max(sigma2 / 10, 1e-12)
-        history.append(res)
-    engine.stats = {"iterations": it, "residual": res, "converged": res <= tol,
-                    "history": history, "elk_sigma2": sigma2}
-    engine._buffers.give(nxt)
-    return cur, A, f, res
+    ``quasi``: each step's smoother keeps only the diagonal of each Jacobian block (quasi-ELK).
+    A call's last sigma2 goes into its stats as ``elk_sigma2``."""
+    sigma2: float = 100.0
+    quasi: bool = False
+
+    def __post_init__(self):
+        check_number("ELK", "sigma2", self.sigma2, 0, low_open=True,
+                     note=" (a finite number > 0)")
+        check_bool("ELK", "quasi", self.quasi)
+
+    def iterate(self, p: Problem, cur: torch.Tensor, nxt: torch.Tensor, tol: float,
+                stats: dict) -> SolveResult:
+        """cur, nxt: ``(T+1, B, S)`` iterate buffers (h0 in row 0); ``nxt`` goes back to the
+        buffer pool."""
+        A, f, res, merit = _linearize_all(p, cur)
+        history, sigma2 = [res], float(self.sigma2)
+        members, within = p.lay.members(p.u.device), p.lay.within(p.u.device)
+        it = 0
+        while math.isfinite(res) and res > tol and it < p.max_iters:
+            it += 1
+            step = elk_step(torch.cat(A), torch.cat(f) - cur[1:], members, within, sigma2,
+                            quasi=self.quasi)
+            torch.add(cur[1:], step, out=nxt[1:])
+            A2, f2, res2, merit2 = _linearize_all(p, nxt)
+            if math.isfinite(merit2) and math.isfinite(res2) and merit2 < merit:
+                cur, nxt, A, f, res, merit = nxt, cur, A2, f2, res2, merit2
+                sigma2 = min(sigma2 * 10, 1e12)
+            else:
+                sigma2 = max(sigma2 / 10, 1e-12)
+            history.append(res)
+        stats.update(iterations=it, residual=res, converged=res <= tol, history=history,
+                     elk_sigma2=sigma2)
+        p.buffers.give(nxt)
+        return SolveResult(cur, A, f, res)

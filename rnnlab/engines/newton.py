@@ -9,7 +9,8 @@ current iterate h^k (structured Jacobian columns A_t, ``linearize.py``) and solv
 ``max_t ||f_t - h_t|| / (||h_t|| + 1e-6) <= tol`` for every state leaf; NaN/inf or no
 convergence in ``max_iters`` raise ``ConvergenceError`` (or fall back to the sequential engine
 when asked).
-``damping="elk"`` / ``"quasi-elk"`` take Levenberg-Marquardt (ELK) steps instead (``elk.py``).
+``method=ELK()`` (``damping="elk"`` / ``"quasi-elk"``) takes Levenberg-Marquardt steps instead
+(``elk.py``); the methods are small objects (``iterate.py``).
 
 One pass over memory per iteration. States are flat ``(S,)`` per sample and time-major in the
 solve: ``hbuf (T+1, B, S)`` holds h0 then every h_t, so a chunk's h_{t-1} and h_t are two views
@@ -40,12 +41,13 @@ from typing import List, Optional, Tuple
 import torch
 
 from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
+from ..checks import check_bool, check_choice, check_int, is_number
 from ..errors import ConvergenceError
-from ..ops.block import column_scan_
 from .adjoint import Buffers, Solution, Solved
 from .base import Engine
 from .compiled import HotFunctions
-from .elk import solve_elk
+from .elk import ELK
+from .iterate import NewtonSteps, Problem, SolveResult
 from .linearize import (Layout, Step, elementwise, flatten, from_leaves, layout, probe,
                         quasi_layout, sizes)
 from .sequential import Sequential
@@ -57,16 +59,29 @@ MAX_ITERS, QUASI_MAX_ITERS = 50, 200  # the defaults of max_iters
 COMPILE_MIN_ELEMS = 2 ** 20  # compile="auto" compiles from this many state numbers (B * T * S)
 
 
+def method_of(damping, elk_sigma2) -> object:
+    """The iteration method that ``Newton(damping=..., elk_sigma2=...)`` stands for."""
+    if damping in ("elk", "quasi-elk"):
+        return ELK(100.0 if elk_sigma2 is None else elk_sigma2, quasi=damping == "quasi-elk")
+    return NewtonSteps(1.0 if damping is None else float(damping))
+
+
 class Newton(Engine):
-    """Parallel Newton engine for cells whose structure is Diagonal, Block, Heads or Dense.
+    """Parallel Newton engine for cells whose structure is Diagonal, Block, Heads or Dense
+    (and linear cells with an elementwise transition, ``Linear("diagonal")``/``"scalar"``).
 
     Args:
         tol: residual tolerance; default 1e-5 (fp32) or 1e-10 (fp64).
         max_iters: the most iterations (linear solves) before giving up; default 50, or 200
             with ``quasi`` (it converges linearly).
-        damping: a relaxation weight w in (0, 1]: ``h <- h + w (h_newton - h)`` (1 = plain
-            Newton); or ``"elk"`` / ``"quasi-elk"``: Levenberg-Marquardt iterations whose steps
+        method: how to iterate (``iterate.py``): ``NewtonSteps(damping=w)`` (the default,
+            w = 1: plain Newton; w in (0, 1) relaxes each step, ``h <- h + w (h_newton - h)``)
+            or ``ELK(sigma2=100.0, quasi=False)``: Levenberg-Marquardt iterations whose steps
             are ELK's Kalman smoother (``elk.py``), for cells where plain Newton blows up.
+        damping: shorthand for ``method``: a float w (``NewtonSteps(w)``), ``"elk"``
+            (``ELK(elk_sigma2)``) or ``"quasi-elk"`` (``ELK(elk_sigma2, quasi=True)``).
+        elk_sigma2: ELK's starting sigma^2 = 1 / lambda (large: close to Newton's step), with
+            ``damping="elk"``.
         init: initial guess, ``"step"`` (``f(0, u_t)`` at every t, as ParaRNN) or ``"zeros"``.
         on_fail: ``"raise"`` (``ConvergenceError``) or ``"sequential"`` (recompute that batch
             with the sequential engine, warn once, count it in ``fallbacks``).
@@ -80,7 +95,6 @@ class Newton(Engine):
             when B*T*S >= ``COMPILE_MIN_ELEMS``, where the one-off compile, ~20-60 s per cell
             and chunk shape, pays back). If compiling fails the engine warns once and runs
             eagerly; it never needs a compiler.
-        elk_sigma2: ELK's starting sigma^2 = 1 / lambda (large: close to Newton's step).
         quasi: quasi-Newton (the ELK paper's quasi-DEER, widened to state tuples): iterate with
             only the same-channel part of each Jacobian (``linearize.quasi_layout``: the
             diagonal, or ``Block(L)`` across the L state leaves; a cell's ``quasi_jacobian``
@@ -90,91 +104,108 @@ class Newton(Engine):
             same iteration transposed (``adjoint.quasi_adjoint``). Where the structure already
             is that part (``Diagonal``, ``Block``), it is plain Newton.
 
-    After each call ``stats`` holds ``iterations``, ``residual``, ``converged``, ``history`` and
-    ``compiled`` (and ``elk_sigma2``, the last one, for ELK). ``solve(cell, x, ...,
-    guess=states)`` runs one call from a warm start.
+    The engine holds settings and caches (compiled functions, reusable buffers), nothing of a
+    call: one object may serve every layer of a model. A call's statistics go into the
+    ``stats`` dict passed to it (``engine(cell, x, stats=d)``; ``Recurrent.stats`` is its
+    layer's last call): ``engine``, ``iterations``, ``residual``, ``converged``, ``history``,
+    ``compiled``, ``fallback`` (recomputed sequentially), ``elk_sigma2`` (ELK's last) and,
+    once the backward has run, ``adjoint_iterations`` (quasi). ``engine.stats`` is the last
+    call's, whichever layer made it. ``solve(cell, x, ..., guess=states)`` runs one call from a
+    warm start.
     """
 
     name = "newton"
 
     def __init__(self, tol: Optional[float] = None, max_iters: Optional[int] = None,
-                 damping: float = 1.0,
-                 init: str = "step", on_fail: str = "raise", dense_budget_bytes: int = 2 ** 32,
-                 compile="auto", elk_sigma2: float = 100.0, quasi: bool = False):
-        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
-                                or not 0 < tol < math.inf):
+                 damping=None, init: str = "step", on_fail: str = "raise",
+                 dense_budget_bytes: int = 2 ** 32, compile="auto",
+                 elk_sigma2: Optional[float] = None, quasi: bool = False, method=None):
+        if tol is not None and not (is_number(tol) and 0 < tol < math.inf):
             raise ValueError(f"Newton: tol must be a finite number > 0 or None, got {tol!r}")
-        if max_iters is not None and (isinstance(max_iters, bool)
-                                      or not (isinstance(max_iters, int) and max_iters >= 1)):
-            raise ValueError(f"Newton: max_iters must be an int >= 1 or None, got "
-                             f"{max_iters!r}")
-        if damping not in ("elk", "quasi-elk") and (
-                isinstance(damping, bool) or not isinstance(damping, (int, float))
-                or not 0 < damping <= 1):
+        check_int("Newton", "max_iters", max_iters, 1, optional=True)
+        if damping is not None and damping not in ("elk", "quasi-elk") and not (
+                is_number(damping) and 0 < damping <= 1):
             raise ValueError(f"Newton: damping must be in (0, 1], 'elk' or 'quasi-elk', got "
                              f"{damping!r}")
-        if isinstance(elk_sigma2, bool) or not isinstance(elk_sigma2, (int, float)) \
-                or not 0 < elk_sigma2 < math.inf:
+        if elk_sigma2 is not None and not (is_number(elk_sigma2)
+                                           and 0 < elk_sigma2 < math.inf):
             raise ValueError(f"Newton: elk_sigma2 must be a finite number > 0, got "
                              f"{elk_sigma2!r}")
-        if isinstance(dense_budget_bytes, bool) or not isinstance(dense_budget_bytes, int) \
-                or dense_budget_bytes < 0:
-            raise ValueError(f"Newton: dense_budget_bytes must be an int >= 0, got "
-                             f"{dense_budget_bytes!r}")
-        if init not in ("step", "zeros"):
-            raise ValueError(f"Newton: init must be 'step' or 'zeros', got {init!r}")
-        if on_fail not in ("raise", "sequential"):
-            raise ValueError(f"Newton: on_fail must be 'raise' or 'sequential', got {on_fail!r}")
-        if not isinstance(quasi, bool):
-            raise ValueError(f"Newton: quasi must be True or False, got {quasi!r}")
+        check_int("Newton", "dense_budget_bytes", dense_budget_bytes, 0)
+        check_choice("Newton", "init", init, ("step", "zeros"))
+        check_choice("Newton", "on_fail", on_fail, ("raise", "sequential"))
+        check_bool("Newton", "quasi", quasi)
         if compile not in (True, False, "auto"):
             raise ValueError(f"Newton: compile must be True, False or 'auto', got {compile!r}")
-        self._elk = isinstance(damping, str)
-        self.damping = damping if self._elk else float(damping)
-        self.elk_sigma2 = float(elk_sigma2)
+        if method is None:
+            method = method_of(damping, elk_sigma2)
+        elif damping is not None or elk_sigma2 is not None:
+            raise ValueError("Newton: give method= or its shorthand damping= / elk_sigma2=, "
+                             f"not both (got method={method!r}, damping={damping!r}, "
+                             f"elk_sigma2={elk_sigma2!r})")
+        elif not callable(getattr(method, "iterate", None)):
+            raise ValueError(f"Newton: method must be NewtonSteps(...), ELK(...) or an object "
+                             f"with iterate(problem, cur, nxt, tol, stats), got {method!r}")
         if max_iters is None:
             max_iters = QUASI_MAX_ITERS if quasi else MAX_ITERS
-        self.tol, self.max_iters, self.init = tol, max_iters, init
+        self.tol, self.max_iters, self.init, self.method = tol, max_iters, init, method
         self.on_fail, self.dense_budget_bytes, self.compile = on_fail, dense_budget_bytes, compile
         self.quasi = quasi
         if quasi:
             self.name = "quasi"
+        self.fallbacks = 0  # calls recomputed sequentially, over the engine's life (warn once)
         self._fns = HotFunctions()
         self._buffers = Buffers()
-        self._guess: Optional[State] = None
-        self.stats: dict = {}
-        self.fallbacks = 0
         self._probed: "weakref.WeakSet[Cell]" = weakref.WeakSet()
+        self._last: dict = {}
+
+    @property
+    def damping(self):
+        """The ``damping`` shorthand of ``method``: a float, ``"elk"`` or ``"quasi-elk"``."""
+        if isinstance(self.method, ELK):
+            return "quasi-elk" if self.method.quasi else "elk"
+        return getattr(self.method, "damping", None)
+
+    @property
+    def elk_sigma2(self) -> Optional[float]:
+        """ELK's starting sigma^2 (None for other methods)."""
+        return getattr(self.method, "sigma2", None)
+
+    @property
+    def stats(self) -> dict:
+        """The statistics of this engine's last call, whichever layer made it."""
+        return self._last
 
     def solve(self, cell: Cell, x: torch.Tensor, initial_state: Optional[State] = None,
-              lengths=None, guess: Optional[State] = None):
+              lengths=None, guess: Optional[State] = None, stats: Optional[dict] = None):
         """One call from a warm start: ``guess`` holds every step's state, each leaf
         ``(B, T, ...)`` (e.g. the previous solution for the same batch); -> ``(y, h_T)``."""
-        self._guess = guess
-        try:
-            return self(cell, x, initial_state, lengths)
-        finally:
-            self._guess = None
+        return self(cell, x, initial_state, lengths, stats=stats, guess=guess)
 
     def supports(self, cell: Cell) -> bool:
         return (isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
                 or elementwise(cell.structure))
 
     def __repr__(self) -> str:
-        elk = f", elk_sigma2={self.elk_sigma2:g}" if self._elk else ""
         quasi = ", quasi=True" if self.quasi else ""
-        return (f"Newton(tol={self.tol}, max_iters={self.max_iters}, damping={self.damping!r}"
-                f"{elk}, init={self.init!r}, on_fail={self.on_fail!r}, "
-                f"compile={self.compile!r}{quasi})")
+        return (f"Newton(tol={self.tol}, max_iters={self.max_iters}, method={self.method!r}, "
+                f"init={self.init!r}, on_fail={self.on_fail!r}, compile={self.compile!r}"
+                f"{quasi})")
 
     def run(self, cell: Cell, x: torch.Tensor, h0: State,
             lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, State]:
+        return self.run_call(cell, x, h0, lengths, {})
+
+    def run_call(self, cell: Cell, x: torch.Tensor, h0: State, lengths: Optional[torch.Tensor],
+                 stats: dict, guess: Optional[State] = None) -> Tuple[torch.Tensor, State]:
+        self._last = stats
+        stats["engine"] = self.name
         B, T, _ = x.shape
         exact = layout(cell, h0)
         lay = quasi_layout(exact) if self.quasi else exact  # the Jacobian part iterated with
         over = self._over_budget(B, T, lay, exact, x.dtype)
         if over:
-            return self._fail(cell, x, h0, lengths, over, memory=True)
+            return self._fail(cell, x, h0, lengths, over, stats, memory=True)
         u = cell.project(x)  # (B, T, D) -> (B, T, P)
         start = flatten(h0, lay)  # (B, S)
         if cell not in self._probed:
@@ -185,16 +216,19 @@ class Newton(Engine):
         use_compile = self.compile is True or (self.compile == "auto"
                                                and B * T * lay.size >= COMPILE_MIN_ELEMS)
         fns = self._fns.get(use_compile, cell)
-        use_compile = use_compile and not self._fns.broken
-        guess = None if self._guess is None else self._guess_states(cell, h0, B, T, lay)
+        if guess is not None:
+            guess = self._guess_states(guess, cell, h0, B, T, lay)
         with torch.no_grad():
-            hbuf, A, f, bounds, ok, why = self._solve(cell, u.detach(), start.detach(), alive,
-                                                      lay, guess, fns, use_compile)
-        self.stats["compiled"] = use_compile and not self._fns.broken
-        if not ok:
-            self._buffers.give(hbuf)
-            return self._fail(cell, x, h0, lengths, why)
-        return self._outputs(cell, u, start, hbuf, A, f, bounds, alive, lay, fns)
+            problem = Problem(cell, u.detach(), alive, lay, fns.terms,
+                              self._bounds(B, T, lay, start, use_compile and not
+                                           self._fns.broken),
+                              self.max_iters, self._buffers)
+            result = self._solve(problem, start.detach(), guess, fns, stats)
+        stats["compiled"] = use_compile and not self._fns.broken
+        if result.failure is not None:
+            self._buffers.give(result.hbuf)
+            return self._fail(cell, x, h0, lengths, result.failure, stats)
+        return self._outputs(problem, u, start, result, fns, stats)
 
     # ---- the solve ---------------------------------------------------------------------------
 
@@ -214,93 +248,45 @@ class Newton(Engine):
         per = min(T, 1 << (max(1, per).bit_length() - 1))
         return [(t0, min(t0 + per, T)) for t0 in range(0, T, per)]
 
-    def _start(self, cell, u, start, lay, guess, bounds, fns) -> torch.Tensor:
+    def _start(self, p: Problem, start, guess, first_guess) -> torch.Tensor:
         """hbuf ``(T+1, B, S)``: h0, then the initial guess of every h_t."""
-        B, T = u.shape[:2]
-        hbuf = self._buffers.take((T + 1, B, lay.size), start)
+        B, T = p.u.shape[:2]
+        hbuf = p.buffers.take((T + 1, B, p.lay.size), start)
         hbuf[0] = start
         if guess is not None:
             hbuf[1:] = guess.transpose(0, 1)
         elif self.init == "zeros":
             hbuf[1:] = 0
         else:
-            for t0, t1 in bounds:
-                fns[1](cell, lay, u[:, t0:t1], hbuf[t0 + 1:t1 + 1])
+            for t0, t1 in p.bounds:
+                first_guess(p.cell, p.lay, p.u[:, t0:t1], hbuf[t0 + 1:t1 + 1])
         return hbuf
 
-    def _solve(self, cell, u, start, alive, lay, guess, fns, compiled):
-        """Iterate from the initial guess (Newton passes, or ELK's when damping asks) ->
-        (hbuf, Jacobian chunks, f chunks, chunk bounds, converged, why-not)."""
-        B, T = u.shape[:2]
+    def _solve(self, p: Problem, start, guess, fns, stats: dict) -> SolveResult:
+        """Iterate by ``method`` from the initial guess; the result says why when it failed."""
         tol = self.tol or DEFAULT_TOL.get(start.dtype, 1e-5)
-        bounds = self._bounds(B, T, lay, start, compiled)
-        cur = self._start(cell, u, start, lay, guess, bounds, fns)
-        nxt = self._buffers.take(cur.shape, cur)
+        cur = self._start(p, start, guess, fns.first_guess)
+        nxt = p.buffers.take(cur.shape, cur)
         nxt[0] = start
-        if self._elk:
-            cur, A, f, r = solve_elk(self, cell, u, alive, lay, fns[0], bounds, cur, nxt, tol)
-        else:
-            cur, A, f, r = self._passes(cell, u, alive, lay, fns[0], bounds, cur, nxt, tol)
-        if not math.isfinite(r):
-            return cur, A, f, bounds, False, "NaN or inf in the iterates"
-        if r <= tol:
-            return cur, A, f, bounds, True, None
-        return cur, A, f, bounds, False, (f"no convergence to tol={tol:g} within "
-                                          f"{self.max_iters} iterations")
-
-    def _passes(self, cell, u, alive, lay, terms, bounds, cur, nxt, tol):
-        """Newton passes over chunks of time. A pass linearizes chunk after chunk at the
-        iterate in ``cur``; the residual of ``cur`` is known once the pass ends: converged,
-        ``cur`` is the solution (its Jacobians and f are the ones just computed), else the
-        update is swept into ``nxt`` and the buffers swap. Far from convergence each chunk's
-        sweep runs right after its linearization (the chunk still in cache); once the last
-        residual is below sqrt(tol) the pass is likely the final one, and the sweeps wait for
-        its residual (run only if it is not). -> (iterate, Jacobian chunks, f chunks, its
-        residual); ``nxt`` goes back to the buffer pool."""
-        B, start = u.shape[0], cur[0]
-        A, f = [None] * len(bounds), [None] * len(bounds)  # per chunk, replaced every pass
-        alive_tm = None if alive is None else alive.t()  # (T, B)
-        src = lay.src(u.device)
-        history: List[float] = []
-
-        def sweep(c, delta):  # the update of chunk c, from cur into nxt
-            t0, t1 = bounds[c]
-            column_scan_(nxt[t0 + 1:t1 + 1], A[c], f[c], src, delta, base=cur[t0 + 1:t1 + 1],
-                         scale=self.damping)
-
-        for it in range(self.max_iters + 1):
-            delta = start.new_zeros(B, lay.size)  # the update at t0-1, carried across chunks
-            eager = it < self.max_iters and not (history and history[-1] <= tol ** 0.5)
-            res = []
-            for c, (t0, t1) in enumerate(bounds):
-                A[c], f[c], r = terms(cell, lay, u[:, t0:t1], cur[t0:t1 + 1],
-                                       None if alive_tm is None else alive_tm[t0:t1])
-                res.append(r)
-                if eager:
-                    sweep(c, delta)
-            r = float(torch.stack(res).amax()) if len(res) > 1 else float(res[0])  # NaN wins
-            history.append(r)
-            self.stats = {"iterations": it, "residual": r, "converged": r <= tol,
-                          "history": history}
-            if not math.isfinite(r) or r <= tol or it == self.max_iters:
-                break
-            if not eager:
-                for c in range(len(bounds)):
-                    sweep(c, delta)
-            cur, nxt = nxt, cur
-        self._buffers.give(nxt)
-        return cur, A, f, r
+        result = self.method.iterate(p, cur, nxt, tol, stats)
+        if not math.isfinite(result.residual):
+            result.failure = "NaN or inf in the iterates"
+        elif result.residual > tol:
+            result.failure = (f"no convergence to tol={tol:g} within {self.max_iters} "
+                              f"iterations")
+        return result
 
     # ---- outputs, gradients and failures ------------------------------------------------------
 
-    def _outputs(self, cell, u, start, hbuf, A, f, bounds, alive, lay, fns):
+    def _outputs(self, p: Problem, u, start, result: SolveResult, fns, stats: dict):
         """The states z_t = f(h*_{t-1}, u_t), from the last linearization, per leaf and
         batch-major, and the last of them; with a graph to build, through ``Solution``
         (``adjoint.py``: the adjoint backward)."""
+        cell, lay, alive = p.cell, p.lay, p.alive
         B, T = u.shape[:2]
         split = sizes(lay)
-        steps = [hbuf.new_empty(B, T, n) for n in split]  # L x (B, T, S_l)
-        for (t0, t1), f_c in zip(bounds, f):
+        steps = [result.hbuf.new_empty(B, T, n) for n in split]  # L x (B, T, S_l)
+        for (t0, t1), f_c in zip(p.bounds, result.f):
             for z, f_l in zip(steps, f_c.split(split, -1)):
                 z[:, t0:t1] = f_l.transpose(0, 1)  # (C, B, S_l) -> (B, C, S_l)
         last = _finals(steps, start, alive, split)  # L x (B, S_l)
@@ -308,17 +294,18 @@ class Newton(Engine):
                                                      cell.named_buffers())
                  if t.requires_grad]
         if torch.is_grad_enabled() and (u.requires_grad or start.requires_grad or named):
-            solved = Solved(shape=(B, T, lay.size), split=split, A=A, bounds=bounds,
-                             src=lay.src(u.device), step=Step(cell, lay),
-                             names=[f"cell.{n}" for n, _ in named], hbuf=hbuf, alive=alive,
-                             vjp=fns[2], buffers=self._buffers, outputs=steps + last,
-                             quasi=lay.exact is not None, state_vjp=fns[3], stats=self.stats,
-                             tol=self.tol or DEFAULT_TOL.get(start.dtype, 1e-5),
-                             max_iters=self.max_iters)
+            solved = Solved(shape=(B, T, lay.size), split=split, A=result.A, bounds=p.bounds,
+                            src=lay.src(u.device), step=Step(cell, lay),
+                            names=[f"cell.{n}" for n, _ in named], hbuf=result.hbuf,
+                            alive=alive, vjp=fns.step_vjp, buffers=p.buffers,
+                            outputs=steps + last, quasi=lay.exact is not None,
+                            state_vjp=fns.state_vjp, stats=stats,
+                            tol=self.tol or DEFAULT_TOL.get(start.dtype, 1e-5),
+                            max_iters=self.max_iters)
             out = Solution.apply(solved, u, start, *[t for _, t in named])
             steps, last = out[:len(split)], out[len(split):]
         else:
-            self._buffers.give(hbuf)
+            p.buffers.give(result.hbuf)
         parts = [z.view(B * T, n) for z, n in zip(steps, split)]  # L x (B*T, S_l)
         y = cell.readout(from_leaves(parts, lay), u.reshape(B * T, u.shape[-1]))
         y = y.unflatten(0, (B, T))  # (B*T, H_out) -> (B, T, H_out)
@@ -326,9 +313,10 @@ class Newton(Engine):
             y = torch.where(alive.view(B, T, *([1] * (y.dim() - 2))), y, torch.zeros_like(y))
         return y, from_leaves(last, lay)
 
-    def _guess_states(self, cell, h0, B, T, lay) -> torch.Tensor:
+    @staticmethod
+    def _guess_states(guess: State, cell, h0, B, T, lay) -> torch.Tensor:
         """The warm start as flat ``(B, T, S)``, checked against the state's layout."""
-        leaves, template = as_tuple(self._guess), as_tuple(h0)
+        leaves, template = as_tuple(guess), as_tuple(h0)
         want = [(B, T, *t.shape[1:]) for t in template]
         if len(leaves) != len(want) or any(tuple(g.shape) != w for g, w in zip(leaves, want)):
             raise ValueError(f"guess: expected every step's state, leaves shaped {want} for "
@@ -336,12 +324,13 @@ class Newton(Engine):
         flat = tuple(g.detach().flatten(0, 1).to(t.dtype) for g, t in zip(leaves, template))
         return flatten(flat if isinstance(h0, tuple) else flat[0], lay).unflatten(0, (B, T))
 
-    def _fail(self, cell, x, h0, lengths, why, memory=False):
+    def _fail(self, cell, x, h0, lengths, why, stats: dict, memory=False):
         msg = f"Newton on {type(cell).__name__} (T={x.shape[1]}): {why}"
         if self.on_fail == "raise":
             if memory:
                 raise ValueError(msg)
-            raise ConvergenceError(msg, self.stats.get("history", []))
+            raise ConvergenceError(msg, stats.get("history", []))
+        stats["fallback"] = True
         if self.fallbacks == 0:
             warnings.warn(f"{msg}; recomputing with the sequential engine (warned once; see "
                           f"engine.fallbacks)", RuntimeWarning, stacklevel=4)

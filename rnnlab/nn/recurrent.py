@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import cells as _cells
+from ..checks import check_int
 from ..cells.base import Cell, OptionTypeError, State, as_tuple
 from ..engines import Engine, available as available_engines, compute_dtype, resolve
 
@@ -28,6 +29,11 @@ class Recurrent(nn.Module):
 
     Streaming: ``state = layer.initial_state(B)``, then ``y_chunk, state = layer.step(x_chunk,
     state)`` for chunks ``(B, t, D)`` of any length; equal to one run over the whole sequence.
+
+    ``stats``: this layer's last call, as its engine reported it (``stats["engine"]`` names the
+    engine that ran it; Newton adds ``iterations``, ``residual``, ``converged``... and, after
+    the backward, ``adjoint_iterations`` for quasi-Newton). Layers that share one engine object
+    each keep their own.
     """
 
     def __init__(self, cell: Union[Cell, str], engine: Union[str, Engine] = "auto",
@@ -54,11 +60,12 @@ class Recurrent(nn.Module):
                              "when a built Cell is passed")
         self.cell = cell
         self.engine = resolve(engine, cell)
+        self.stats: dict = {}
 
     @property
     def engine_name(self) -> str:
         """Name of the engine this layer runs on (what ``"auto"`` picked: ``"auto"`` itself
-        when it picks per call, see ``engine.last``)."""
+        when it picks per call; ``stats["engine"]`` says which ran the last call)."""
         return self.engine.name
 
     @property
@@ -72,7 +79,8 @@ class Recurrent(nn.Module):
     def forward(self, x: torch.Tensor, initial_state: Optional[State] = None,
                 lengths=None) -> Tuple[torch.Tensor, State]:
         self._check_devices(x, initial_state, "initial_state")
-        return self.engine(self.cell, x, initial_state, lengths)
+        self.stats = {}
+        return self.engine(self.cell, x, initial_state, lengths, stats=self.stats)
 
     def _check_devices(self, x, state, name: str) -> None:
         """``x``, ``state`` and the parameters on one device, said in the caller's terms (the
@@ -93,10 +101,7 @@ class Recurrent(nn.Module):
 
     def initial_state(self, batch: int, device=None) -> State:
         """The zero state for ``batch`` sequences, in the dtype runs keep state in (>= fp32)."""
-        if isinstance(batch, bool) or not isinstance(batch, int):
-            raise OptionTypeError(f"initial_state: batch must be an int >= 1, got {batch!r}")
-        if batch < 1:
-            raise ValueError(f"initial_state: batch must be an int >= 1, got {batch!r}")
+        check_int("initial_state", "batch", batch, 1)
         params = list(self.cell.parameters())
         device = device if device is not None else (params[0].device if params else None)
         dtype = compute_dtype(torch.empty(0), params)
@@ -105,7 +110,9 @@ class Recurrent(nn.Module):
     def step(self, x_chunk: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """Run one chunk ``(B, t, D)`` (t >= 1) from ``state``: ``(y_chunk, state)``."""
         self._check_devices(x_chunk, state, "state")
-        return self.engine(self.cell, x_chunk, state, input_name="x_chunk", state_name="state")
+        self.stats = {}
+        return self.engine(self.cell, x_chunk, state, input_name="x_chunk", state_name="state",
+                           stats=self.stats)
 
     def extra_repr(self) -> str:
         return f"engine={self.engine_name}"
