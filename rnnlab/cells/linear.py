@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_int
 from .base import Cell, Linear, State, map_state
 from .options import check_range
 
@@ -58,12 +59,27 @@ class LinearCell(Cell):
 
     def init_heads(self, heads: int, key_dim: int | None):
         """Split H into ``heads`` of ``value_dim`` (V) each, with key dim K (default V)."""
-        if not (isinstance(heads, int) and heads >= 1) or self.hidden_size % heads:
-            raise ValueError(f"{type(self).__name__}: heads must be an int >= 1 dividing "
+        owner = type(self).__name__
+        check_int(owner, "heads", heads, 1)
+        if self.hidden_size % heads:
+            raise ValueError(f"{owner}: heads must be an int >= 1 dividing "
                              f"hidden_size={self.hidden_size}, got {heads!r}")
-        check_range(type(self).__name__, "key_dim", key_dim, 1, optional=True)
+        check_range(owner, "key_dim", key_dim, 1, optional=True)
         self.heads, self.value_dim = heads, self.hidden_size // heads
         self.key_dim = self.value_dim if key_dim is None else key_dim
+
+    @property
+    def linear_kind(self) -> str:
+        """The kind of this cell's transition: its ``Linear`` structure's, or, where a subclass
+        declares another structure for the engines (``Diagonal()`` to run Mamba on Newton as a
+        nonlinear cell would, ``Dense()``), the kind its nearest linear ancestor declares."""
+        if isinstance(self.structure, Linear):
+            return self.structure.kind
+        for klass in type(self).__mro__:
+            declared = klass.__dict__.get("structure")
+            if isinstance(declared, Linear):
+                return declared.kind
+        return LinearCell.structure.kind
 
     def factors(self, u: torch.Tensor):
         """The factored transition for the whole sequence ``u: (B, T, P)`` (a ``Factors``), or
@@ -83,7 +99,7 @@ class LinearCell(Cell):
         return self._checked(f).transition()
 
     def _checked(self, f):
-        if f.kind != self.structure.kind:
+        if f.kind != self.linear_kind:
             raise TypeError(f"{type(self).__name__}: its factors ({type(f).__name__}) are of "
                             f"kind {f.kind!r}, but it declares structure {self.structure}")
         return f
@@ -106,11 +122,11 @@ class LinearCell(Cell):
     def _advance(self, transition, h: State) -> State:
         """One step of a transition for the whole sequence of one step, ``(B, 1, ...)``."""
         A, b = transition
-        return apply_transition(self.structure.kind, A[:, 0], b[:, 0], h)
+        return apply_transition(self.linear_kind, A[:, 0], b[:, 0], h)
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None) -> State:
         """Zeros; complex (complex64 for fp32, complex128 for fp64) for ``complex_diagonal``."""
-        if self.structure.kind == "complex_diagonal":
+        if self.linear_kind == "complex_diagonal":
             dtype = torch.promote_types(dtype, torch.complex64)
         return super().init_state(batch, dtype, device)
 

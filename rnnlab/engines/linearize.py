@@ -89,6 +89,18 @@ def elementwise(structure) -> bool:
     return isinstance(structure, Linear) and structure.kind in ("diagonal", "scalar")
 
 
+def linear_on_newton(structure) -> bool:
+    """Whether Newton can run a linear structure: every kind on a real state. What each implies
+    for the step Jacobian (``layout``): ``diagonal``/``scalar`` are ``Diagonal``; ``matrix``
+    (A acting on the state's last dim, N) is N x N blocks, ``Heads(S/N, N)``; ``householder``
+    (A acting on the key dim of a (heads, K, V) state, a strided group) and ``monoid`` (a
+    combine of its own, e.g. mLSTM's max-stabilizer) are ``Dense``. ``complex_diagonal`` is
+    not: the solve's buffers are real (run LRU, S4D, DLR on the scan or sequential engine).
+    A linear step's linearization is exact, so Newton converges in one iteration, except on a
+    ``monoid`` whose combine is only piecewise linear (mLSTM: ~20 at T = 41)."""
+    return isinstance(structure, Linear) and structure.kind != "complex_diagonal"
+
+
 def layout(cell: Cell, template: State) -> Layout:
     """The grouping that ``cell.structure`` declares for states shaped like ``template``."""
     leaves = as_tuple(template)
@@ -97,7 +109,10 @@ def layout(cell: Cell, template: State) -> Layout:
     S, s, tup = sum(numels), cell.structure, isinstance(template, tuple)
     if isinstance(s, Diagonal) or elementwise(s):
         return Layout(shapes, tup, S, 1, (S, 1))
-    if isinstance(s, Dense):
+    if isinstance(s, Linear) and s.kind == "matrix" and len(shapes) == 1 and shapes[0]:
+        N = shapes[0][-1]  # A acts on the last dim: contiguous groups of N
+        return Layout(shapes, tup, S, N, (S // N, N))
+    if isinstance(s, Dense) or linear_on_newton(s):
         return Layout(shapes, tup, S, S, (1, S))
     if isinstance(s, (Block, Heads)):
         n, d = (numels[0], 1) if isinstance(s, Block) else (s.n, s.d)

@@ -48,7 +48,7 @@ from .base import Engine
 from .compiled import HotFunctions
 from .elk import ELK
 from .iterate import NewtonSteps, Problem, SolveResult
-from .linearize import (Layout, Step, elementwise, flatten, from_leaves, layout, probe,
+from .linearize import (Layout, Step, flatten, from_leaves, layout, linear_on_newton, probe,
                         quasi_layout, sizes)
 from .sequential import Sequential
 
@@ -68,7 +68,7 @@ def method_of(damping, elk_sigma2) -> object:
 
 class Newton(Engine):
     """Parallel Newton engine for cells whose structure is Diagonal, Block, Heads or Dense
-    (and linear cells with an elementwise transition, ``Linear("diagonal")``/``"scalar"``).
+    (and linear cells on a real state: ``linearize.linear_on_newton``).
 
     Args:
         tol: residual tolerance; default 1e-5 (fp32) or 1e-10 (fp64).
@@ -184,7 +184,7 @@ class Newton(Engine):
 
     def supports(self, cell: Cell) -> bool:
         return (isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
-                or elementwise(cell.structure))
+                or linear_on_newton(cell.structure))
 
     def __repr__(self) -> str:
         quasi = ", quasi=True" if self.quasi else ""
