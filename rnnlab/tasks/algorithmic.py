@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .base import Sample, Task, check_int, register
+from .sampling import last_position
 
 # --- listops --------------------------------------------------------------------------------
 MIN, MAX, MED, SM, LEFT, RIGHT, LIST_PAD = 10, 11, 12, 13, 14, 15, 16
@@ -148,7 +149,6 @@ class ListOps(Task):
     max_depth: int = 4  # nesting depth of lists, at most
 
     name = "listops"
-    metric = "accuracy"
     train_lengths = (16, 64)
     test_lengths = (64, 128, 256, 512)
     min_length = 5
@@ -164,10 +164,6 @@ class ListOps(Task):
     @property
     def n_outputs(self) -> int:
         return 10
-
-    @property
-    def chance(self) -> float:
-        return 0.1
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Targets ``(B, T)``: each row's value at the last position, 0 elsewhere."""
@@ -186,9 +182,7 @@ class ListOps(Task):
             _tree(size, self.max_depth, rand, tables, expr)
             rows.append(expr)
         inputs = torch.tensor(rows, dtype=torch.long)  # (B, T)
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, -1] = True
-        return inputs, self.label(inputs), mask
+        return inputs, self.label(inputs), last_position(batch, length)
 
     def decode(self, inputs, targets, mask) -> str:
         text = " ".join(_LIST_TEXT[t] for t in inputs.tolist() if t != LIST_PAD)
@@ -211,7 +205,6 @@ class Latching(Task):
     vocab: int = 20  # input symbols (>= n_mem)
 
     name = "latching"
-    metric = "accuracy"
     train_lengths = (16, 64)
     test_lengths = (64, 256, 1024)
 
@@ -226,10 +219,6 @@ class Latching(Task):
     @property
     def n_outputs(self) -> int:
         return self.n_mem
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / self.n_mem
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Targets ``(B, T)``: the first token, repeated."""

@@ -18,11 +18,13 @@ a model's output is pointer logits ``(B, L_out, n + n_outputs)``, scored like to
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Dict, List, Sequence, Tuple, Type
+from typing import ClassVar, Dict, List, Tuple, Type
 
 import torch
 
-from ..cells.registry import did_you_mean
+# check_int and check_choice are the task modules' argument checks too, the task's name as the
+# owner: check_int("mqar", "pairs", 0, 1) -> "mqar: pairs must be an int >= 1, got 0".
+from ..checks import check_choice, check_int, did_you_mean
 from . import metrics
 
 Sample = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -33,10 +35,8 @@ SPLITS = ("train", "test")
 def generator(seed: int, split: str) -> torch.Generator:
     """The data generator for ``seed`` and ``split``. Train seeds are even, test seeds odd, so
     no train stream equals any test stream (SelectivBench's reference reuses its train seed)."""
-    if split not in SPLITS:
-        raise ValueError(f"tasks.generator: split must be one of {SPLITS}, got {split!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"tasks.generator: seed must be an int >= 0, got {seed!r}")
+    check_choice("tasks.generator", "split", split, SPLITS)
+    check_int("tasks.generator", "seed", seed, 0)
     return torch.Generator().manual_seed(2 * seed + SPLITS.index(split))
 
 
@@ -51,8 +51,8 @@ class Task:
     - ``min_length``: the shortest ``length`` ``sample`` accepts.
 
     Properties a subclass defines (they may depend on its fields): ``vocab_size`` (input tokens, or
-    input channels for real tasks), ``n_outputs`` (classes, or output channels), ``chance`` (the
-    metric's value for a constant/random guess, used by ``scaled_accuracy``).
+    input channels for real tasks), ``n_outputs`` (classes, or output channels; the input tokens
+    by default) and, only where the default does not hold, ``chance``.
     """
 
     name: ClassVar[str] = ""
@@ -72,7 +72,11 @@ class Task:
 
     @property
     def chance(self) -> float:
-        return 0.0
+        """The accuracy of a uniform guess, which ``scaled_accuracy`` maps to 0: ``1 / n_outputs``
+        for token tasks. A task whose answers use only some of its classes overrides it."""
+        if self.kind != "tokens":  # real: the R² of the best constant guess is 0; pointer: the
+            return 0.0  # n + n_outputs choices depend on the length n, no one value holds
+        return 1 / self.n_outputs
 
     # --- what a subclass implements -------------------------------------------------------
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
@@ -80,18 +84,14 @@ class Task:
 
     def decode(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> str:
         """One example (``inputs (T,)``, ``targets (T,)``, ``mask (T,)``) as readable text."""
-        rows = [f"input : {inputs.tolist()}",
-                f"target: {[int(t) if m else '_' for t, m in zip(targets.tolist(), mask.tolist())]}"]
-        return "\n".join(rows)
+        shown = [int(t) if m else "_" for t, m in zip(targets.tolist(), mask.tolist())]
+        return f"input : {inputs.tolist()}\ntarget: {shown}"
 
     # --- shared ---------------------------------------------------------------------------
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Sample:
         """``(inputs, targets, mask)`` for ``batch`` sequences of exactly ``length`` steps."""
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"{self.name}.sample: batch must be an int >= 1, got {batch!r}")
-        if isinstance(length, bool) or not isinstance(length, int) or length < self.min_length:
-            raise ValueError(f"{self.name}.sample: length must be an int >= {self.min_length}, "
-                             f"got {length!r}")
+        check_int(f"{self.name}.sample", "batch", batch, 1)
+        check_int(f"{self.name}.sample", "length", length, self.min_length)
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"{self.name}.sample: generator must be a torch.Generator, "
                             f"got {type(generator).__name__}")
@@ -156,18 +156,3 @@ def get(name: str, **params) -> Task:
 def available() -> List[str]:
     """Names of all registered tasks, sorted."""
     return sorted(_REGISTRY)
-
-
-def check_choice(task: str, arg: str, value, allowed: Sequence) -> None:
-    """Raise a ValueError naming ``arg`` when ``value`` is not one of ``allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{task}: {arg} must be one of {list(allowed)}, got {value!r}")
-
-
-def check_int(task: str, arg: str, value, low: int, high: int | None = None) -> None:
-    """Raise a ValueError naming ``arg`` unless ``low <= value (<= high)`` is an int."""
-    ok = not isinstance(value, bool) and isinstance(value, int) and value >= low
-    ok = ok and (high is None or value <= high)
-    if not ok:
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{task}: {arg} must be an int {rng}, got {value!r}")

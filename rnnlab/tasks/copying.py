@@ -6,20 +6,43 @@ slots are scored. Tokens: ``0`` = blank, ``1..symbols`` = symbols, ``symbols + 1
 from __future__ import annotations
 
 import dataclasses
+from typing import Tuple
 
 import torch
 
-from .base import Sample, Task, check_int, register
+from .base import Sample, check_int, register
+from .sampling import SymbolTask, blank, compose, draw, set_min_length, show, span
 
 
-def _show(tokens, blank: int, delim: int) -> str:
-    names = {blank: ".", delim: "|"}
-    return " ".join(names.get(t, str(t)) for t in tokens)
+@dataclasses.dataclass(frozen=True)
+class _StringTask(SymbolTask):
+    """Base of copy and reverse: a string of data symbols at the start, a delimiter, then output
+    slots that must hold the string (``_answer`` of it), the only scored positions."""
+
+    def _layout(self, length: int) -> Tuple[int, int, int]:
+        """``(n, delimiter, out)``: the string's length, the delimiter's position and the first
+        output slot's, for a sequence of ``length`` steps."""
+        raise NotImplementedError
+
+    def _answer(self, data: torch.Tensor) -> torch.Tensor:
+        return data
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        n, delimiter, out = self._layout(length)
+        data = draw(batch, n, 1, self.symbols + 1, gen)  # (B, n)
+        delimit = (span(batch, delimiter, delimiter + 1), self.symbols + 1)
+        writes = [(span(batch, 0, n), data), delimit]
+        return compose(blank(batch, length), writes, span(batch, out, out + n), self._answer(data))
+
+    def decode(self, inputs, targets, mask) -> str:
+        out = [str(int(t)) if bool(m) else "." for t, m in zip(targets, mask)]
+        names = {0: ".", self.symbols + 1: "|"}
+        return f"input : {show(inputs.tolist(), names)}\noutput: {' '.join(out)}"
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class Copy(Task):
+class Copy(_StringTask):
     """Copy-memory (Arjovsky, Shah & Bengio, ICML'16).
 
     ``tokens`` random symbols (uniform over ``symbols``), then blanks, then a delimiter, then
@@ -39,38 +62,17 @@ class Copy(Task):
 
     def __post_init__(self):
         check_int(self.name, "tokens", self.tokens, 1)
-        check_int(self.name, "symbols", self.symbols, 1)
-        object.__setattr__(self, "min_length", 2 * self.tokens + 1)  # instance override
+        super().__post_init__()
+        set_min_length(self, 2 * self.tokens + 1)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.symbols + 2
-
-    @property
-    def chance(self) -> float:
-        return 1 / self.symbols
-
-    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
-        k = self.tokens
-        data = torch.randint(1, self.symbols + 1, (batch, k), generator=gen)  # (B, k)
-        inputs = torch.zeros(batch, length, dtype=torch.long)
-        inputs[:, :k] = data
-        inputs[:, length - k - 1] = self.symbols + 1
-        targets = torch.zeros(batch, length, dtype=torch.long)
-        targets[:, length - k:] = data
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, length - k:] = True
-        return inputs, targets, mask
-
-    def decode(self, inputs, targets, mask) -> str:
-        out = [str(int(t)) if bool(m) else "." for t, m in zip(targets, mask)]
-        return (f"input : {_show(inputs.tolist(), 0, self.symbols + 1)}\n"
-                f"output: {' '.join(out)}")
+    def _layout(self, length: int) -> Tuple[int, int, int]:
+        k = self.tokens  # the delimiter just before the last k steps, the output slots
+        return k, length - k - 1, length - k
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class Reverse(Task):
+class Reverse(_StringTask):
     """Reverse a string (the tensor2tensor algorithmic task used by the Universal Transformer).
 
     A random string of ``n = (length - 1) // 2`` symbols (uniform over ``symbols``; decimal
@@ -86,30 +88,9 @@ class Reverse(Task):
     test_lengths = (64, 128, 256)
     min_length = 3
 
-    def __post_init__(self):
-        check_int(self.name, "symbols", self.symbols, 1)
+    def _layout(self, length: int) -> Tuple[int, int, int]:
+        n = (length - 1) // 2  # the delimiter right after the string, the output slots next
+        return n, n, n + 1
 
-    @property
-    def vocab_size(self) -> int:
-        return self.symbols + 2
-
-    @property
-    def chance(self) -> float:
-        return 1 / self.symbols
-
-    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
-        n = (length - 1) // 2
-        data = torch.randint(1, self.symbols + 1, (batch, n), generator=gen)  # (B, n)
-        inputs = torch.zeros(batch, length, dtype=torch.long)
-        inputs[:, :n] = data
-        inputs[:, n] = self.symbols + 1
-        targets = torch.zeros(batch, length, dtype=torch.long)
-        targets[:, n + 1:2 * n + 1] = data.flip(1)
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, n + 1:2 * n + 1] = True
-        return inputs, targets, mask
-
-    def decode(self, inputs, targets, mask) -> str:
-        out = [str(int(t)) if bool(m) else "." for t, m in zip(targets, mask)]
-        return (f"input : {_show(inputs.tolist(), 0, self.symbols + 1)}\n"
-                f"output: {' '.join(out)}")
+    def _answer(self, data: torch.Tensor) -> torch.Tensor:
+        return data.flip(1)

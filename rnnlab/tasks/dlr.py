@@ -50,27 +50,32 @@ def _table(inputs, targets, rows: int = 12) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class _DLRTask(Task):
+    """Base of the DLR tasks: the signal and positional channels in, scored by R² everywhere."""
+
+    kind = "real"
+    metric = "r2"
+    train_lengths = (64, 64)
+    test_lengths = (64, 128, 256)
+
+    @property
+    def vocab_size(self) -> int:
+        return 3  # the signal, cos and sin channels
+
+
 @register
 @dataclasses.dataclass(frozen=True)
-class DLRShift(Task):
+class DLRShift(_DLRTask):
     """DLR task 1, Shift: ``outputs`` channels ``y_h(t) = x(t - s_h)`` with ``s_h = h·L // H``
     for ``h = 0..H-1`` (zeros before the start). The reference uses ``H = 8``."""
 
     outputs: int = 4  # H shifted copies, delays 0, L/H, ..., (H-1)L/H
 
     name = "dlr_shift"
-    kind = "real"
-    metric = "r2"
-    train_lengths = (64, 64)
-    test_lengths = (64, 128, 256)
-    min_length = 1
 
     def __post_init__(self):
         check_int(self.name, "outputs", self.outputs, 1)
-
-    @property
-    def vocab_size(self) -> int:
-        return 3
 
     @property
     def n_outputs(self) -> int:
@@ -91,7 +96,7 @@ class DLRShift(Task):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DLRContextShift(Task):
+class DLRContextShift(_DLRTask):
     """DLR task 10, ContextShift: a shift ``s ~ U{0..L-3}`` per sequence is written into the
     signal's first two steps as ``x_0 = cos(2πs/L)``, ``x_1 = sin(2πs/L)`` (the rest is scaled
     to ``max |x| = 1`` on its own, so the bound holds); the target is the
@@ -99,15 +104,7 @@ class DLRContextShift(Task):
     of the signal and shift like the rest)."""
 
     name = "dlr_context_shift"
-    kind = "real"
-    metric = "r2"
-    train_lengths = (64, 64)
-    test_lengths = (64, 128, 256)
     min_length = 3
-
-    @property
-    def vocab_size(self) -> int:
-        return 3
 
     @property
     def n_outputs(self) -> int:

@@ -71,7 +71,6 @@ class Tomita(Task):
     grammar: int = 3  # Tomita language 1..7
 
     name = "tomita"
-    metric = "accuracy"
     train_lengths = (16, 64)
     test_lengths = (64, 128, 256)
 
@@ -81,14 +80,6 @@ class Tomita(Task):
     @property
     def vocab_size(self) -> int:
         return 2
-
-    @property
-    def n_outputs(self) -> int:
-        return 2
-
-    @property
-    def chance(self) -> float:
-        return 0.5
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Membership ``(B, T)`` of every prefix of the bit strings ``inputs (B, T)``."""
@@ -148,7 +139,6 @@ class Dyck(Task):
     pairs: int = 2  # number of bracket types (1: a counter suffices; >= 2: a stack is needed)
 
     name = "dyck"
-    metric = "accuracy"
     train_lengths = (16, 64)
     test_lengths = (64, 128, 256)
 
@@ -162,10 +152,6 @@ class Dyck(Task):
     @property
     def n_outputs(self) -> int:
         return 3
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / 3.0
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Prefix classes ``(B, T)`` (0 invalid, 1 open, 2 balanced) by a stack recogniser."""

@@ -11,6 +11,7 @@ import dataclasses
 import torch
 
 from .base import Sample, Task, check_choice, register
+from .sampling import last_position
 
 
 @register
@@ -39,26 +40,15 @@ class Parity(Task):
     def vocab_size(self) -> int:
         return 2
 
-    @property
-    def n_outputs(self) -> int:
-        return 2
-
-    @property
-    def chance(self) -> float:
-        return 0.5
-
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
         bits = torch.randint(0, 2, (batch, length), generator=gen)  # (B, T)
         parity = bits.cumsum(dim=1) % 2
-        mask = torch.ones(batch, length, dtype=torch.bool)
-        if self.supervise == "last":
-            mask[:, :-1] = False
+        mask = last_position(batch, length) if self.supervise == "last" \
+            else torch.ones(batch, length, dtype=torch.bool)
         return bits, parity, mask
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
-        last = torch.zeros_like(mask)
-        last[:, -1] = True
-        return super().score(outputs, targets, last)
+        return super().score(outputs, targets, last_position(*mask.shape))
 
     def decode(self, inputs, targets, mask) -> str:
         bits = "".join(str(b) for b in inputs.tolist())

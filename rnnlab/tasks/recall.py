@@ -13,20 +13,9 @@ import dataclasses
 
 import torch
 
+from ..checks import check_bool, check_number
 from .base import Sample, Task, check_int, register
-
-
-def _distinct(batch: int, low: int, high: int, n: int, gen: torch.Generator) -> torch.Tensor:
-    """``(batch, n)`` long: per row ``n`` distinct values from ``[low, high)``, in random order."""
-    return torch.rand(batch, high - low, generator=gen).argsort(dim=1)[:, :n] + low
-
-
-def _set_min_length(task: Task, value: int) -> None:
-    object.__setattr__(task, "min_length", value)  # frozen dataclass: an instance override
-
-
-def _show(tokens, names: dict) -> str:
-    return " ".join(names.get(t, str(t)) for t in tokens)
+from .sampling import SymbolTask, blank, compose, distinct, draw, set_min_length, show, span
 
 
 @register
@@ -58,45 +47,32 @@ class MQAR(Task):
     def __post_init__(self):
         check_int(self.name, "vocab", self.vocab, 4)
         check_int(self.name, "pairs", self.pairs, 1, self.vocab // 2 - 1)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
-                or not 0 < self.alpha <= 1:
-            raise ValueError(f"{self.name}: alpha must be a number in (0, 1], got {self.alpha!r}")
-        if not isinstance(self.random_filler, bool):
-            raise TypeError(f"{self.name}: random_filler must be a bool, "
-                             f"got {self.random_filler!r}")
-        _set_min_length(self, 4 * self.pairs)
+        check_number(self.name, "alpha", self.alpha, 0, 1, low_open=True)
+        check_bool(self.name, "random_filler", self.random_filler)
+        set_min_length(self, 4 * self.pairs)
 
     @property
     def vocab_size(self) -> int:
         return self.vocab
 
     @property
-    def n_outputs(self) -> int:
-        return self.vocab
-
-    @property
     def chance(self) -> float:
+        # Not 1 / n_outputs: an answer is a value, one of the V - V/2 tokens of the upper half.
         return 1 / (self.vocab - self.vocab // 2)
 
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
         n, half = self.pairs, self.vocab // 2
-        keys = _distinct(batch, 1, half, n, gen)  # (B, N)
-        values = _distinct(batch, half, self.vocab, n, gen)  # (B, N)
+        keys = distinct(batch, n, 1, half, gen)  # (B, N)
+        values = distinct(batch, n, half, self.vocab, gen)  # (B, N)
         slots = (length - 2 * n) // 2
         weight = torch.arange(1, slots + 1, dtype=torch.float64) ** (self.alpha - 1)
         g = torch.multinomial(weight.expand(batch, slots), n, replacement=False,
                               generator=gen)  # (B, N)
         where = 2 * n + 2 * g  # (B, N) query positions
-        if self.random_filler:
-            inputs = torch.randint(0, self.vocab, (batch, length), generator=gen)
-        else:
-            inputs = torch.zeros(batch, length, dtype=torch.long)
-        inputs[:, 0:2 * n:2] = keys
-        inputs[:, 1:2 * n:2] = values
-        inputs.scatter_(1, where, keys)
-        targets = torch.zeros(batch, length, dtype=torch.long).scatter_(1, where, values)
-        mask = torch.zeros(batch, length, dtype=torch.bool).scatter_(1, where, True)
-        return inputs, targets, mask
+        filler = draw(batch, length, 0, self.vocab, gen) if self.random_filler \
+            else blank(batch, length)
+        pairs = [(span(batch, 0, 2 * n, 2), keys), (span(batch, 1, 2 * n, 2), values)]
+        return compose(filler, pairs + [(where, keys)], where, values)
 
     def decode(self, inputs, targets, mask) -> str:
         x, n = inputs.tolist(), self.pairs
@@ -135,7 +111,7 @@ class Passkey(Task):
     def __post_init__(self):
         check_int(self.name, "digits", self.digits, 1)
         check_int(self.name, "filler", self.filler, 1)
-        _set_min_length(self, 2 * self.digits + 1)
+        set_min_length(self, 2 * self.digits + 1)
 
     @property
     def vocab_size(self) -> int:
@@ -143,28 +119,24 @@ class Passkey(Task):
 
     @property
     def chance(self) -> float:
+        # Not 1 / n_outputs: the metric is sequence accuracy over k digits, each one of 10.
         return 0.1 ** self.digits
 
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
         k = self.digits
-        key = torch.randint(0, 10, (batch, k), generator=gen)  # (B, k)
-        inputs = torch.randint(self.FILL, self.vocab_size, (batch, length), generator=gen)
+        key = draw(batch, k, 0, 10, gen)  # (B, k)
+        filler = draw(batch, length, self.FILL, self.vocab_size, gen)
         start = torch.randint(0, length - 2 * k, (batch, 1), generator=gen)  # marker position
         needle = torch.cat([torch.full((batch, 1), self.MARK), key], dim=1)  # (B, k+1)
-        inputs.scatter_(1, start + torch.arange(k + 1), needle)
-        inputs[:, length - k] = self.QUERY
-        inputs[:, length - k + 1:] = key[:, :-1]
-        targets = torch.zeros(batch, length, dtype=torch.long)
-        targets[:, length - k:] = key
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, length - k:] = True
-        return inputs, targets, mask
+        prompt = torch.cat([torch.full((batch, 1), self.QUERY), key[:, :-1]], dim=1)  # (B, k)
+        tail = span(batch, length - k, length)
+        return compose(filler, [(start + torch.arange(k + 1), needle), (tail, prompt)], tail, key)
 
     def decode(self, inputs, targets, mask) -> str:
         names = {self.MARK: "KEY", self.QUERY: "QUERY"}
         names.update({t: "." for t in range(self.FILL, self.vocab_size)})
         answer = "".join(str(int(t)) for t, m in zip(targets, mask) if bool(m))
-        return f"input  : {_show(inputs.tolist(), names)}\npasskey: {answer}"
+        return f"input  : {show(inputs.tolist(), names)}\npasskey: {answer}"
 
 
 @register
@@ -195,17 +167,16 @@ class SetDisjointness(Task):
 
     def __post_init__(self):
         check_int(self.name, "vocab", self.vocab, 7)
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
-                or not 0 < self.ratio < 1:
-            raise ValueError(f"{self.name}: ratio must be a number in (0, 1), got {self.ratio!r}")
+        check_number(self.name, "ratio", self.ratio, 0, 1, low_open=True, high_open=True)
 
     @property
     def vocab_size(self) -> int:
         return self.vocab
 
     @property
-    def n_outputs(self) -> int:
-        return self.vocab
+    def chance(self) -> float:
+        # Not 1 / n_outputs: the answer is a data token, never one of the 3 separators.
+        return 1 / (self.vocab - 3)
 
     def sizes(self, length: int):
         """``(|A|, |B|)`` for a sequence of ``length`` tokens."""
@@ -220,20 +191,16 @@ class SetDisjointness(Task):
             raise ValueError(f"{self.name}: length {length} needs sets of {a} and {b} tokens, "
                              f"more than the vocabulary halves ({split - 3}, "
                              f"{self.vocab - split}); raise vocab")
-        first = _distinct(batch, 3, split, a, gen)  # (B, a)
-        second = _distinct(batch, split, self.vocab, b, gen)  # (B, b)
+        first = distinct(batch, a, 3, split, gen)  # (B, a)
+        second = distinct(batch, b, split, self.vocab, gen)  # (B, b)
         shared = first.gather(1, torch.randint(0, a, (batch, 1), generator=gen))  # (B, 1)
         second.scatter_(1, torch.randint(0, b, (batch, 1), generator=gen), shared)
         sep = torch.arange(3).expand(batch, 3)
         inputs = torch.cat([sep[:, :1], first, sep[:, 1:2], second, sep[:, 2:]], dim=1)
         perm = torch.rand(batch, self.vocab - 3, generator=gen).argsort(dim=1) + 3  # (B, V-3)
         relabel = torch.cat([sep, perm], dim=1)  # (B, V): separators keep their ids
-        inputs = relabel.gather(1, inputs)
-        targets = torch.zeros(batch, length, dtype=torch.long)
-        targets[:, -1] = relabel.gather(1, shared)[:, 0]
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, -1] = True
-        return inputs, targets, mask
+        last = span(batch, length - 1, length)  # (B, 1): the answer position
+        return compose(relabel.gather(1, inputs), [], last, relabel.gather(1, shared))
 
     def decode(self, inputs, targets, mask) -> str:
         a, _ = self.sizes(len(inputs))
@@ -244,7 +211,7 @@ class SetDisjointness(Task):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class SelectiveCopy(Task):
+class SelectiveCopy(SymbolTask):
     """Selective copying (Mamba, Gu & Dao 2023, Fig. 2).
 
     ``tokens`` data tokens (uniform over ``symbols`` data symbols, repeats allowed) sit at random
@@ -267,30 +234,17 @@ class SelectiveCopy(Task):
 
     def __post_init__(self):
         check_int(self.name, "tokens", self.tokens, 1)
-        check_int(self.name, "symbols", self.symbols, 1)
-        _set_min_length(self, 2 * self.tokens)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.symbols + 2
-
-    @property
-    def chance(self) -> float:
-        return 1 / self.symbols
+        super().__post_init__()
+        set_min_length(self, 2 * self.tokens)
 
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
         k = self.tokens
-        data = torch.randint(2, self.vocab_size, (batch, k), generator=gen)  # (B, k)
-        where = _distinct(batch, 0, length - k, k, gen).sort(dim=1).values  # (B, k)
-        inputs = torch.zeros(batch, length, dtype=torch.long).scatter_(1, where, data)
-        inputs[:, length - k:] = self.MARK
-        targets = torch.zeros(batch, length, dtype=torch.long)
-        targets[:, length - k:] = data
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, length - k:] = True
-        return inputs, targets, mask
+        data = draw(batch, k, 2, self.vocab_size, gen)  # (B, k)
+        where = distinct(batch, k, 0, length - k, gen).sort(dim=1).values  # (B, k)
+        tail = span(batch, length - k, length)
+        return compose(blank(batch, length), [(where, data), (tail, self.MARK)], tail, data)
 
     def decode(self, inputs, targets, mask) -> str:
         names = {self.BLANK: ".", self.MARK: ">"}
         answer = " ".join(str(int(t)) for t, m in zip(targets, mask) if bool(m))
-        return f"input : {_show(inputs.tolist(), names)}\noutput: {answer}"
+        return f"input : {show(inputs.tolist(), names)}\noutput: {answer}"

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..checks import check_number
 from .base import Sample, Task, check_choice, check_int, register
 
 
@@ -133,7 +134,6 @@ class SelectivBench(Task):
     name = "selectivbench"
     train_lengths = (64, 64)
     test_lengths = (64, 128, 256)
-    min_length = 1
 
     def __post_init__(self):
         check_int(self.name, "letters", self.letters, 1)
@@ -142,12 +142,9 @@ class SelectivBench(Task):
         check_int(self.name, "starts", self.starts, 1)
         check_int(self.name, "gap_min", self.gap_min, 0)
         check_int(self.name, "gap_max", self.gap_max, self.gap_min)
-        for arg, low in (("edge_prob", 1e-9), ("noise", 0.0), ("distractors", 0.0)):
-            value = getattr(self, arg)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not low <= value <= 1:
-                raise ValueError(f"{self.name}: {arg} must be a number in "
-                                 f"{'(0' if low else '[0'}, 1], got {value!r}")
+        check_number(self.name, "edge_prob", self.edge_prob, 0, 1, low_open=True)
+        check_number(self.name, "noise", self.noise, 0, 1)
+        check_number(self.name, "distractors", self.distractors, 0, 1)
         check_choice(self.name, "supervise", self.supervise, ("all", "symbols"))
 
     @property
@@ -157,10 +154,6 @@ class SelectivBench(Task):
     @property
     def n_outputs(self) -> int:
         return 1 + self.letters * self.instances
-
-    @property
-    def chance(self) -> float:
-        return 1 / self.n_outputs
 
     @property
     def blank(self) -> int:

@@ -20,7 +20,9 @@ from typing import List, Tuple
 
 import torch
 
+from ..checks import check_bool
 from .base import Sample, Task, check_choice, register
+from .sampling import last_position
 
 # --- mod_arith ------------------------------------------------------------------------------
 PLUS, MINUS, TIMES, EQUALS, PAD, OPEN, CLOSE = 5, 6, 7, 8, 9, 10, 11
@@ -110,8 +112,7 @@ class ModArith(Task):
     min_length = 2
 
     def __post_init__(self):
-        if not isinstance(self.brackets, bool):
-            raise ValueError(f"{self.name}: brackets must be a bool, got {self.brackets!r}")
+        check_bool(self.name, "brackets", self.brackets)
 
     @property
     def vocab_size(self) -> int:
@@ -120,10 +121,6 @@ class ModArith(Task):
     @property
     def n_outputs(self) -> int:
         return 5
-
-    @property
-    def chance(self) -> float:
-        return 0.2
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Targets ``(B, T)``: the value at the last position, 0 elsewhere."""
@@ -141,9 +138,7 @@ class ModArith(Task):
             expr = torch.where(torch.arange(size) % 2 == 0, digits, ops)
         pad = torch.full((batch, length - 1 - size), PAD)
         inputs = torch.cat([pad, expr, torch.full((batch, 1), EQUALS)], dim=1)  # (B, T)
-        mask = torch.zeros(batch, length, dtype=torch.bool)
-        mask[:, -1] = True
-        return inputs, self.label(inputs), mask
+        return inputs, self.label(inputs), last_position(batch, length)
 
     def decode(self, inputs, targets, mask) -> str:
         text = " ".join(_ARITH_TEXT[t] for t in inputs.tolist() if t != PAD)
@@ -206,7 +201,6 @@ class WordProblem(Task):
     group: str = "S5"  # "S3", "A4", "A5" or "S5"
 
     name = "word_problem"
-    metric = "accuracy"
     train_lengths = (16, 32)
     test_lengths = (32, 64, 128, 256)
 
@@ -216,10 +210,6 @@ class WordProblem(Task):
     @property
     def vocab_size(self) -> int:
         return len(group_elements(self.group))
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / self.vocab_size
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Running products ``(B, T)`` by a Hillis–Steele scan over the product table."""
@@ -284,7 +274,6 @@ class IteratedMatrixSign(Task):
     """
 
     name = "iterated_matrix_sign"
-    metric = "accuracy"
     train_lengths = (16, 32)
     test_lengths = (32, 64, 128, 256)
 
@@ -295,10 +284,6 @@ class IteratedMatrixSign(Task):
     @property
     def n_outputs(self) -> int:
         return 3
-
-    @property
-    def chance(self) -> float:
-        return 1.0 / 3.0
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Signs ``(B, T)`` in {0: negative, 1: zero, 2: positive}, computed exactly."""
