@@ -1,6 +1,6 @@
 """Engines run a cell over a sequence: ``Sequential`` (the reference, every cell), ``Scan``
 (linear cells, in parallel over time) and ``Newton`` (nonlinear cells, parallel Newton
-iterations). ``resolve`` turns a name into an engine; ``"auto"`` picks by the cell's structure
+iterations; its methods ``NewtonSteps`` and ``ELK``). ``resolve`` turns a name into an engine; ``"auto"`` picks by the cell's structure
 and, for nonlinear cells, by what was measured faster at the sizes of each call (``auto.py``)."""
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Callable, Dict, List, Union
 from ..cells.base import Cell
 from .auto import Auto
 from .base import Engine, call_with_params, compute_dtype  # noqa: F401
+from .elk import ELK  # noqa: F401 - Newton(method=ELK(...))
+from .iterate import NewtonSteps  # noqa: F401 - Newton(method=NewtonSteps(...))
 from .newton import Newton
 from .scan import Scan
 from .sequential import Sequential
