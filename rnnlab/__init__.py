@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # The rest of the package loads on first use (``rnnlab.models.LM`` after ``import rnnlab``):
 # models, tasks and the arena pull in more than a layer needs. Not ``hf``: it needs the optional
 # transformers, and ``dir()`` then ``getattr`` (inspect, pydoc) must not raise ImportError.
-_LAZY = ("arena", "benchmarks", "models", "ops", "tasks", "tools", "train")
+_LAZY = ("arena", "benchmarks", "checks", "models", "ops", "tasks", "testing", "tools", "train")
 
 
 def __getattr__(name: str):

@@ -4,6 +4,8 @@ sweeps of ``elk_step`` (Diagonal, Block, Heads, Dense; quasi too), with lineariz
 unstable in places, and end to end in the Newton engine with ELK damping."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -145,8 +147,12 @@ def test_errors():
         parallel_smoother(J[..., 0], r, 1.0)
     with pytest.raises(ValueError, match=r"r: expected shape \(T, N, M\) = \(3, 2, 2\)"):
         parallel_smoother(J, r[:, :1], 1.0)
-    with pytest.raises(ValueError, match="sigma2: expected a finite number > 0"):
+    with pytest.raises(ValueError, match=r"sigma2: expected a number in \(0, inf\), got 0.0"):
         parallel_smoother(J, r, 0.0)
+    with pytest.raises(ValueError, match=r"sigma2: expected a number in \(0, inf\), got inf"):
+        parallel_smoother(J, r, math.inf)
+    with pytest.raises(TypeError, match=r"sigma2: expected a number in \(0, inf\), got True"):
+        parallel_smoother(J, r, True)
     with pytest.raises(TypeError, match="parallel: expected None, True or False"):
         elk.elk_step(J[:, :, :1], r, torch.arange(2).unsqueeze(0), torch.arange(2), 1.0,
                      parallel="yes")

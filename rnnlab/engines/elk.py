@@ -43,12 +43,8 @@ import torch
 
 from ..checks import check_bool, check_number
 from ..ops.kalman import parallel_smoother, smoother_reference
+from ..ops.numba_pool import numba as _numba
 from .iterate import Problem, SolveResult
-
-try:  # optional, as in ops/diagonal.py
-    import numba as _numba
-except ImportError:  # pragma: no cover - exercised where numba is not installed
-    _numba = None
 
 USE_NUMBA = _numba is not None
 # elk_step(parallel=None) reads this: None = the measured default (module docstring),

@@ -26,15 +26,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .diagonal import linear_scan, numba_threads
+from .diagonal import linear_scan
 from .matrix import matrix_scan
+from .numba_pool import numba as _numba
+from .numba_pool import numba_threads
 
-try:  # optional, as in diagonal.py
-    import numba as _numba
-except ImportError:  # pragma: no cover - exercised where numba is not installed
-    _numba = None
-
-USE_NUMBA = _numba is not None
+USE_NUMBA = _numba is not None  # module-level switch (tests turn it off to test the torch path)
 MAX_NUMBA_BLOCK = 8  # beyond this the blocked matmuls of matrix_scan win
 
 

@@ -7,6 +7,8 @@ from typing import Tuple
 
 import torch
 
+from ..checks import check_int, check_number
+
 
 def check_tensor(name: str, x, shape: tuple, pattern: str, device, like: str = "q",
                  complex_ok: bool = False) -> None:
@@ -61,16 +63,11 @@ def compute_dtype(*tensors) -> torch.dtype:
 
 
 def check_chunk_size(chunk_size, optional: bool) -> None:
-    """A positive int (or None where ``optional``: the op then chooses)."""
-    if optional and chunk_size is None:
-        return
-    what = "a positive int or None" if optional else "a positive int"
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size: expected {what}, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size: expected {what}, got {chunk_size}")
+    """An int >= 1 (or None where ``optional``: the op then chooses); a wrong type raises
+    OptionTypeError (a TypeError), a value below 1 ValueError."""
+    check_int(None, "chunk_size", chunk_size, low=1, optional=optional)
 
 
 def check_scale(scale) -> None:
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    """A finite number, or None (the op's default)."""
+    check_number(None, "scale", scale, optional=True)

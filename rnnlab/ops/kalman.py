@@ -46,6 +46,7 @@ import math
 
 import torch
 
+from ..checks import check_number
 from .associative import associative_scan
 
 
@@ -58,9 +59,8 @@ def _check(J, r, sigma2) -> None:
     if tuple(r.shape) != tuple(J.shape[:3]):
         raise ValueError(f"r: expected shape (T, N, M) = {tuple(J.shape[:3])}, "
                          f"got {tuple(r.shape)}")
-    if isinstance(sigma2, bool) or not isinstance(sigma2, (int, float)) \
-            or not 0 < sigma2 < math.inf:
-        raise ValueError(f"sigma2: expected a finite number > 0, got {sigma2!r}")
+    # (0, inf): finite and > 0; a wrong type raises OptionTypeError, a ValueError too
+    check_number(None, "sigma2", sigma2, 0, math.inf, low_open=True)
 
 
 def _sym(X: torch.Tensor) -> torch.Tensor:

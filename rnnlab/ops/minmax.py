@@ -18,19 +18,15 @@ Shapes: ``r, s: (B, T, ...)``; states ``(B, ...)``, or ``(N, ...)`` with ``cu_se
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from .associative import associative_scan
-from .diagonal import _blocks, _empty, _np, _torch_threads_kept, linear_scan, numba_threads
+from .diagonal import linear_scan
 from .monoids import minmax_combine
+from .numba_pool import empty_contiguous, np_view, plan_rows, torch_threads_kept
+from .numba_pool import numba as _numba
 from .varlen import check_cu_seqlens, segments
-
-try:  # optional: the fast CPU kernel; without it CPU runs the torch path
-    import numba as _numba
-except ImportError:  # pragma: no cover - exercised where numba is not installed
-    _numba = None
 
 USE_NUMBA = _numba is not None  # module-level switch (tests turn it off to test the torch path)
 
@@ -178,18 +174,19 @@ def _torch_backward(r, s, x, x0, dx, dxT, cu):
 
 # ----------------------------------------------------------------------------- numba kernels
 # Rows: the packed (B T) time steps, F features contiguous within a row; a batch row is a
-# segment of T rows. A work item is one segment x one block of features and walks its rows in
-# time order (backward: reversed), so each stream is one sequential sweep of memory.
+# segment of T rows. A work item is one segment x one block of features (``item_span``, shared
+# with linear_scan's kernels) and walks its rows in time order (backward: reversed), so each
+# stream is one sequential sweep of memory.
 
 if _numba is not None:
+    from .numba_pool import item_span
+
     _jit = _numba.njit(parallel=True, cache=True)
 
     @_jit
     def _fwd(r, s, x0, starts, nblk, x, xT):  # r, s, x: (rows, F); x0, xT: (N, F)
-        block = -(-r.shape[1] // nblk)
         for item in _numba.prange((starts.shape[0] - 1) * nblk):
-            seg, f0 = item // nblk, (item % nblk) * block
-            f1 = min(f0 + block, r.shape[1])
+            seg, f0, f1 = item_span(item, nblk, r.shape[1])
             prev = x0[seg, f0:f1]
             for t in range(starts[seg], starts[seg + 1]):
                 rt, st, xt = r[t, f0:f1], s[t, f0:f1], x[t, f0:f1]
@@ -201,10 +198,8 @@ if _numba is not None:
 
     @_jit
     def _bwd(r, s, x, x0, dx, dxT, starts, nblk, dr, ds, dx0):  # shapes as in _fwd
-        block = -(-r.shape[1] // nblk)
         for item in _numba.prange((starts.shape[0] - 1) * nblk):
-            seg, f0 = item // nblk, (item % nblk) * block
-            f1 = min(f0 + block, r.shape[1])
+            seg, f0, f1 = item_span(item, nblk, r.shape[1])
             carry = dxT[seg, f0:f1].copy()  # gradient reaching x_t from later steps
             for t in range(starts[seg + 1] - 1, starts[seg] - 1, -1):
                 prev = x[t - 1, f0:f1] if t > starts[seg] else x0[seg, f0:f1]
@@ -229,32 +224,22 @@ def backend(device="cpu") -> str:
         else "torch"
 
 
-def _plan(r, cu):
-    """starts (N + 1,), feature blocks per row, kernel shapes (rows, F) and (N, F)."""
-    with numba_threads():
-        pass  # numba's pool now runs torch's thread count
-    batch, steps = r.shape[:2]
-    feats = r[:1, :1].numel()
-    starts = np.arange(batch + 1, dtype=np.int64) * steps if cu is None else cu.numpy()
-    nblk = _blocks(len(starts) - 1, feats, _numba.get_num_threads())
-    return starts, nblk, (batch * steps, feats), (len(starts) - 1, feats)
-
-
 def _numba_forward(r, s, x0, cu):
-    starts, nblk, shape, s_shape = _plan(r, cu)
-    x, xT = _empty(r), _empty(x0)  # (B, T, ...), (N, ...)
-    with _numba.parallel_chunksize(1), _torch_threads_kept():  # dynamic: lengths differ
-        _fwd(_np(r, shape), _np(s, shape), _np(x0, s_shape), starts, nblk,
-             _np(x, shape), _np(xT, s_shape))
+    starts, nblk, shape, _, s_shape = plan_rows(r, r, cu)  # (rows, F) x2, (N, F)
+    x, xT = empty_contiguous(r), empty_contiguous(x0)  # (B, T, ...), (N, ...)
+    with _numba.parallel_chunksize(1), torch_threads_kept():  # dynamic: lengths differ
+        _fwd(np_view(r, shape), np_view(s, shape), np_view(x0, s_shape), starts, nblk,
+             np_view(x, shape), np_view(xT, s_shape))
     return x, xT
 
 
 def _numba_backward(r, s, x, x0, dx, dxT, cu):
-    starts, nblk, shape, s_shape = _plan(r, cu)
-    dr, ds, dx0 = _empty(r), _empty(s), _empty(x0)
-    with _numba.parallel_chunksize(1), _torch_threads_kept():
-        _bwd(_np(r, shape), _np(s, shape), _np(x, shape), _np(x0, s_shape), _np(dx, shape),
-             _np(dxT, s_shape), starts, nblk, _np(dr, shape), _np(ds, shape), _np(dx0, s_shape))
+    starts, nblk, shape, _, s_shape = plan_rows(r, r, cu)
+    dr, ds, dx0 = empty_contiguous(r), empty_contiguous(s), empty_contiguous(x0)
+    with _numba.parallel_chunksize(1), torch_threads_kept():
+        _bwd(np_view(r, shape), np_view(s, shape), np_view(x, shape), np_view(x0, s_shape),
+             np_view(dx, shape), np_view(dxT, s_shape), starts, nblk, np_view(dr, shape),
+             np_view(ds, shape), np_view(dx0, s_shape))
     return dr, ds, dx0
 
 

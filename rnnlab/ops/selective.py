@@ -26,13 +26,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .checks import check_tensor
-from .diagonal import _np, linear_scan, numba_threads
+from .diagonal import linear_scan
+from .numba_pool import np_view, numba_threads, pool_threads, segment_starts
+from .numba_pool import numba as _numba
 from .varlen import check_cu_seqlens, segments
-
-try:  # optional: the fused CPU kernel; without it CPU runs the torch path
-    import numba as _numba
-except ImportError:  # pragma: no cover - exercised where numba is not installed
-    _numba = None
 
 Tensor = torch.Tensor
 USE_NUMBA = _numba is not None  # module-level switch (tests turn it off to test the torch path)
@@ -122,17 +119,17 @@ def _torch_path(x, dt, A, Bm, Cm, h0, cu, neg_eigval):
 # with k = 1 (e, exact) or 2 (2e - 1); typed scalars keep fp32 kernels in fp32.
 
 if _numba is not None:
+    from .numba_pool import item_span
+
     _jit = _numba.njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
 
     @_jit
     def _fwd(x, dt, A, Bm, Cm, h0, starts, coff, size, nblk, consts, y, hT, ckpt):
         H, N = A.shape  # x, dt, y: (rows, H); Bm, Cm: (rows, N); h0, hT, ckpt: (., H, N)
-        block = -(-H // nblk)
         k, km1, zero = consts[0], consts[1], consts[2]
         for item in _numba.prange((starts.shape[0] - 1) * nblk):
-            s, d0 = item // nblk, (item % nblk) * block
-            d1 = min(d0 + block, H)
-            h = h0[s, d0:d1].copy()  # (block, N): the state, local
+            s, d0, d1 = item_span(item, nblk, H)
+            h = h0[s, d0:d1].copy()  # (d1 - d0, N): the state, local
             for t in range(starts[s], starts[s + 1]):
                 j = t - starts[s]
                 if j % size == 0:
@@ -164,13 +161,11 @@ if _numba is not None:
     def _bwd(x, dt, A, Bm, Cm, ckpt, dy, dhT, starts, coff, size, nblk, consts,
              dx, ddt, dA, dBm, dCm, dh0):  # dA: (S, H, N); dBm, dCm: (nblk, rows, N)
         H, N = A.shape
-        block = -(-H // nblk)
         k, km1, zero = consts[0], consts[1], consts[2]
         for item in _numba.prange((starts.shape[0] - 1) * nblk):
-            s, blk = item // nblk, item % nblk
-            d0 = blk * block
-            d1 = min(d0 + block, H)
-            g = dhT[s, d0:d1].copy()  # (block, N): adjoint of the state, carried back
+            s, d0, d1 = item_span(item, nblk, H)
+            blk = item % nblk  # which dBm, dCm slab this channel block writes
+            g = dhT[s, d0:d1].copy()  # (d1 - d0, N): adjoint of the state, carried back
             gA = np.zeros((d1 - d0, N), A.dtype)
             hs, es = np.empty((size + 1, N), A.dtype), np.empty((size, N), A.dtype)
             for c in range(coff[s + 1] - coff[s] - 1, -1, -1):
@@ -215,11 +210,9 @@ def _blocks(nseg: int, H: int, threads: int) -> int:
 def _plan(x, cu, size):
     """starts (S + 1,), chunk offsets coff (S + 1,), channel blocks per sequence."""
     batch, steps, H = x.shape
-    starts = np.arange(batch + 1, dtype=np.int64) * steps if cu is None else cu.numpy()
+    starts = segment_starts(cu, batch, steps)
     coff = np.concatenate([[0], np.cumsum(-(-np.diff(starts) // size))]).astype(np.int64)
-    with numba_threads():
-        threads = _numba.get_num_threads()
-    return starts, coff, _blocks(len(starts) - 1, H, threads)
+    return starts, coff, _blocks(len(starts) - 1, H, pool_threads())
 
 
 def _consts(neg_eigval, dtype):
@@ -233,10 +226,10 @@ def _numba_forward(x, dt, A, Bm, Cm, h0, cu, neg_eigval, size):
     y, hT = x.new_empty(x.shape), h0.new_empty(h0.shape)  # (B, T, H), (S, H, N)
     ckpt = x.new_empty(int(coff[-1]), H, N)  # (chunks, H, N)
     with numba_threads(), _numba.parallel_chunksize(1):
-        _fwd(_np(x, (rows, H)), _np(dt, (rows, H)), _np(A, (H, N)), _np(Bm, (rows, N)),
-             _np(Cm, (rows, N)), _np(h0, h0.shape), starts, coff, size, nblk,
-             _consts(neg_eigval, x.dtype), _np(y, (rows, H)), _np(hT, hT.shape),
-             _np(ckpt, ckpt.shape))
+        _fwd(np_view(x, (rows, H)), np_view(dt, (rows, H)), np_view(A, (H, N)),
+             np_view(Bm, (rows, N)), np_view(Cm, (rows, N)), np_view(h0, h0.shape), starts,
+             coff, size, nblk, _consts(neg_eigval, x.dtype), np_view(y, (rows, H)),
+             np_view(hT, hT.shape), np_view(ckpt, ckpt.shape))
     return y, hT, ckpt
 
 
@@ -247,11 +240,12 @@ def _numba_backward(x, dt, A, Bm, Cm, ckpt, dy, dhT, cu, neg_eigval, size):
     dA = x.new_empty(S, H, N)  # per sequence, summed below
     dBm, dCm = x.new_zeros(nblk, rows, N), x.new_zeros(nblk, rows, N)  # per channel block
     with numba_threads(), _numba.parallel_chunksize(1):
-        _bwd(_np(x, (rows, H)), _np(dt, (rows, H)), _np(A, (H, N)), _np(Bm, (rows, N)),
-             _np(Cm, (rows, N)), _np(ckpt, ckpt.shape), _np(dy, (rows, H)),
-             _np(dhT, dhT.shape), starts, coff, size, nblk, _consts(neg_eigval, x.dtype),
-             _np(dx, (rows, H)), _np(ddt, (rows, H)), _np(dA, dA.shape), _np(dBm, dBm.shape),
-             _np(dCm, dCm.shape), _np(dh0, dh0.shape))
+        _bwd(np_view(x, (rows, H)), np_view(dt, (rows, H)), np_view(A, (H, N)),
+             np_view(Bm, (rows, N)), np_view(Cm, (rows, N)), np_view(ckpt, ckpt.shape),
+             np_view(dy, (rows, H)), np_view(dhT, dhT.shape), starts, coff, size, nblk,
+             _consts(neg_eigval, x.dtype), np_view(dx, (rows, H)), np_view(ddt, (rows, H)),
+             np_view(dA, dA.shape), np_view(dBm, dBm.shape), np_view(dCm, dCm.shape),
+             np_view(dh0, dh0.shape))
     dBm, dCm = (g.sum(0).reshape(Bm.shape) for g in (dBm, dCm))  # (B, T, N)
     return dx, ddt, dA.sum(0), dBm, dCm, dh0
 

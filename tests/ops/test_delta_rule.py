@@ -3,7 +3,6 @@ edge values of beta and g; cu_seqlens vs per-sequence runs; named errors; and fl
 as an independent oracle when fla is installed."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -216,9 +215,9 @@ def _bad(**changes):
      r"k, v: expected the dtype of q"),
     (_bad(initial_state=torch.zeros(2, 3, 7, 5)), ValueError,
      r"initial_state: expected shape \(B, H, K, V\) = \(2, 3, 5, 7\), got \(2, 3, 7, 5\)"),
-    (_bad(chunk_size=0), ValueError, r"chunk_size: expected a positive int, got 0"),
-    (_bad(chunk_size=16.0), TypeError, r"chunk_size: expected a positive int, got float"),
-    (_bad(scale="1"), TypeError, r"scale: expected a float or None, got str"),
+    (_bad(chunk_size=0), ValueError, r"chunk_size: expected an integer >= 1, got 0"),
+    (_bad(chunk_size=16.0), TypeError, r"chunk_size: expected an integer >= 1, got 16.0"),
+    (_bad(scale="1"), TypeError, r"scale: expected a number in \(-inf, inf\) or None, got '1'"),
     (_bad(cu_seqlens=torch.tensor([0, 4])), ValueError, r"cu_seqlens: .*batch size must be 1"),
     (dict(make(B=1, T=4), cu_seqlens=torch.tensor([0, 1, 4])), ValueError,
      r"initial_state: expected shape \(N, H, K, V\) = \(2, 3, 5, 7\), got \(1, 3, 5, 7\)"),

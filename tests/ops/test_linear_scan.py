@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rnnlab.ops import diagonal as ls
+from rnnlab.ops import numba_pool
 from rnnlab.ops.diagonal import linear_scan, linear_scan_reference
 
 from ..helpers import assert_close
@@ -169,9 +170,16 @@ def test_uneven_feature_blocks(monkeypatch):
     """The kernels' split of a row into feature blocks (used when few sequences)."""
     if ls._numba is None:
         pytest.skip("numba is not installed")
-    monkeypatch.setattr(ls, "_blocks", lambda nseg, groups, threads: min(3, groups))
+    widths = []  # the row widths the kernels asked to split: proves the split was used
+
+    def three_blocks(nseg, groups, threads):
+        widths.append(groups)
+        return min(3, groups)
+
+    monkeypatch.setattr(numba_pool, "feature_blocks", three_blocks)
     check(*make((1, 30, 130), (1, 30, 130), torch.float32))
     check(*make((1, 30, 5, 1), (1, 30, 5, 16), torch.float32))
+    assert set(widths) == {130, 5}
 
 
 def test_benchmark_smoke():
@@ -193,6 +201,19 @@ def test_backend_names_the_path(monkeypatch):
     monkeypatch.setattr(ls, "USE_NUMBA", False)
     assert ls.backend("cpu") == "torch"
     assert ls.backend("meta") == "torch"
+
+
+def test_the_switch_picks_the_path_that_runs(path, monkeypatch):
+    """``diagonal.USE_NUMBA`` (set by the fixture) decides which module's forward and backward
+    run: the other path's functions are made to fail."""
+    def refuse(*args):
+        raise AssertionError("the other path ran")
+
+    other = ("torch_forward", "torch_backward") if path == "numba" else \
+        ("numba_forward", "numba_backward")
+    for name in other:
+        monkeypatch.setattr(ls, name, refuse)
+    check(*make((2, 9, 4), (2, 9, 4), torch.float64))
 
 
 X = torch.zeros(2, 5, 3)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rnnlab.ops import minmax as mm
+from rnnlab.ops import numba_pool
 from rnnlab.ops.minmax import minmax_scan, minmax_scan_reference
 
 from ..helpers import assert_close
@@ -174,8 +175,15 @@ def test_uneven_feature_blocks(monkeypatch):
     """The kernels' split of a row into feature blocks (used when few sequences)."""
     if mm._numba is None:
         pytest.skip("numba is not installed")
-    monkeypatch.setattr(mm, "_blocks", lambda nseg, feats, threads: min(3, feats))
+    widths = []  # the row widths the kernels asked to split: proves the split was used
+
+    def three_blocks(nseg, feats, threads):
+        widths.append(feats)
+        return min(3, feats)
+
+    monkeypatch.setattr(numba_pool, "feature_blocks", three_blocks)
     check(*make((1, 30, 130), torch.float32, grid=True))
+    assert set(widths) == {130}
 
 
 X = torch.zeros(2, 5, 3)
