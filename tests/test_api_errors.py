@@ -76,11 +76,12 @@ def test_lm_ids_shape_and_type(lm):
 
 @pytest.mark.parametrize("kwargs, err, match", [
     (dict(temperature=float("nan")), ValueError, r"temperature must be a number, got nan"),
-    (dict(temperature=float("inf")), ValueError, r"temperature must be a finite number >= 0"),
-    (dict(temperature=-0.5), ValueError, r"temperature must be a finite number >= 0"),
+    (dict(temperature=float("inf")), ValueError, r"temperature must be in \[0, inf\) \(finite; "
+                                                 r"0: greedy\), got inf"),
+    (dict(temperature=-0.5), ValueError, r"temperature must be in \[0, inf\) .*got -0.5"),
     (dict(temperature="1"), TypeError, r"temperature must be a number, got '1'"),
     (dict(top_k=True), TypeError, r"top_k must be an int or None, got True"),
-    (dict(top_k=0), ValueError, r"top_k must be None or an int >= 1"),
+    (dict(top_k=0), ValueError, r"top_k must be an int >= 1 or None, got 0"),
     (dict(max_new_tokens=2.0), TypeError, r"max_new_tokens must be an int, got 2.0"),
     (dict(generator=5), TypeError, r"generator must be a torch.Generator or None, got int"),
 ])

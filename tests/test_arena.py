@@ -109,7 +109,7 @@ def test_presets_resolve():
             assert m in cfg.models and t in cfg.tasks, (name, m, t)
     with pytest.raises(ValueError, match="--preset: unknown preset"):
         preset("fast")
-    with pytest.raises(ValueError, match="--steps: expected an int >= 1"):
+    with pytest.raises(ValueError, match="--steps: expected an integer >= 1, got 0"):
         run_arena(tiny(steps=0), None, quiet())
 
 

@@ -69,10 +69,10 @@ def test_rows_ratios_and_memory(tmp_path):
 
 
 def test_failing_and_slow_rows_do_not_abort(tmp_path, monkeypatch):
-    def diverge(self, *args):
+    def diverge(self, *args, **kwargs):
         raise ConvergenceError("Newton: did not converge", [1.0, 2.0])
 
-    monkeypatch.setattr(rnnlab.engines.Newton, "run", diverge)
+    monkeypatch.setattr(rnnlab.engines.Newton, "run_call", diverge)
     # a budget no call can meet: each measurement stops after its warm-up call
     data, output = _invoke(tmp_path, "--cells", "paragru", "--engines", "newton",
                            "--max-seconds", "1e-9")

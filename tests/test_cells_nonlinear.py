@@ -14,9 +14,9 @@ import rnnlab.cells.paralstm  # noqa: F401
 import rnnlab.cells.slstm  # noqa: F401
 from rnnlab import cells
 from rnnlab.cells import Block, Diagonal, Heads
+from rnnlab.testing.properties import _allowed, _jacobian
 
 from .helpers import assert_close
-from .test_cells_generic import _allowed, _jacobian
 
 D, H = 6, 8
 NEW = ["paragru", "paralstm", "slstm", "m2rnn"]

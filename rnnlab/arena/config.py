@@ -7,8 +7,10 @@ not. ``rnnlab arena`` runs ``quick`` by default; options on the command line ove
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from ..checks import check_bool, check_choice, check_int, check_number, did_you_mean
+from .store import AGGREGATES
 
 
 @dataclasses.dataclass
@@ -103,7 +105,8 @@ def preset(name: str, **overrides) -> ArenaConfig:
     """The preset ``name`` with ``overrides`` (fields of ``ArenaConfig``; None means keep)."""
     from .. import tasks
     if name not in PRESETS:
-        raise ValueError(f"--preset: unknown preset {name!r}; available: {', '.join(PRESETS)}")
+        raise ValueError(f"--preset: unknown preset {name!r}{did_you_mean(name, PRESETS)}; "
+                         f"available: {', '.join(PRESETS)}")
     fields = dict(PRESETS[name])
     if fields.get("tasks") is None:
         listed = [t for p in PRESETS.values() for t in (p["tasks"] or [])]
@@ -112,7 +115,8 @@ def preset(name: str, **overrides) -> ArenaConfig:
     known = {f.name for f in dataclasses.fields(ArenaConfig)}
     for key, value in overrides.items():
         if key not in known:
-            raise ValueError(f"arena: unknown option {key!r}; known: {sorted(known)}")
+            raise ValueError(f"arena: unknown option {key!r}{did_you_mean(key, known)}; "
+                             f"known: {sorted(known)}")
         if value is not None:
             fields[key] = value
     return ArenaConfig(**fields)
@@ -122,18 +126,23 @@ def preset(name: str, **overrides) -> ArenaConfig:
 CLI_OPTIONS = ("models", "tasks", "seeds", "steps", "device", "threads", "jobs")
 
 
+def _owner(field: str) -> Tuple[Optional[str], str]:
+    """How an error names a field, as ``rnnlab.checks`` takes it: the CLI option with no owner
+    (``--steps: expected ...``), or ``arena: field`` for the others."""
+    return (None, f"--{field}") if field in CLI_OPTIONS else ("arena", field)
+
+
 def _name(field: str) -> str:
     """How an error names a field: the CLI option, or ``arena: field`` for the others."""
-    return f"--{field}" if field in CLI_OPTIONS else f"arena: {field}"
+    owner, name = _owner(field)
+    return name if owner is None else f"{owner}: {name}"
 
 
 def validate(cfg: ArenaConfig) -> None:
     """Raise naming the field when a value is out of range (before anything is written)."""
     for name in ("d_model", "n_layers", "steps", "batch", "eval_every", "eval_examples",
                  "checkpoint_every", "threads", "jobs"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{_name(name)}: expected an int >= 1, got {value!r}")
+        check_int(*_owner(name), getattr(cfg, name), 1)
     for name in ("models", "tasks", "seeds"):
         values = getattr(cfg, name)
         if not isinstance(values, (list, tuple)) or not values:
@@ -142,19 +151,12 @@ def validate(cfg: ArenaConfig) -> None:
         if repeated:  # two runs of one name would share a run directory and a record key
             raise ValueError(f"{_name(name)}: each entry must appear once, got "
                              f"{', '.join(repeated)} more than once in {values!r}")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in cfg.seeds):
-        raise ValueError(f"--seeds: expected ints >= 0, got {cfg.seeds!r}")
-    if cfg.aggregate not in ("mean", "best"):
-        raise ValueError(f"arena: aggregate must be 'mean' or 'best', got {cfg.aggregate!r}")
-    if not isinstance(cfg.mlp, bool):
-        raise TypeError(f"arena: mlp must be a bool, got {cfg.mlp!r}")
-    for name, strict in (("lr", True), ("clip", True), ("weight_decay", False)):
-        value = getattr(cfg, name)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (number and math.isfinite(value) and (value > 0 if strict else value >= 0)):
-            raise ValueError(f"arena: {name} must be a finite number {'> 0' if strict else '>= 0'}"
-                             f", got {value!r}")
-    stop = cfg.early_stop
-    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, (int, float))
-                             or not 0 < stop <= 1):
-        raise ValueError(f"arena: early_stop must be None or a number in (0, 1], got {stop!r}")
+    for seed in cfg.seeds:
+        check_int(None, "--seeds", seed, 0)
+    check_choice("arena", "aggregate", cfg.aggregate, AGGREGATES)
+    check_bool("arena", "mlp", cfg.mlp)
+    # no upper bound given: check_number then refuses inf (as it does NaN), so each is finite
+    check_number("arena", "lr", cfg.lr, 0, low_open=True)
+    check_number("arena", "clip", cfg.clip, 0, low_open=True)
+    check_number("arena", "weight_decay", cfg.weight_decay, 0)
+    check_number("arena", "early_stop", cfg.early_stop, 0, 1, low_open=True, optional=True)

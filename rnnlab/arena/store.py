@@ -25,14 +25,16 @@ import shutil
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List
 
+from ..checks import check_choice, is_int, is_number
 from ..tools.files import LOCK_NAME, TEMP_SUFFIX, write_atomic
 
 FIELDS = ["model", "task", "seed", "length", "metric", "value", "train_length", "steps",
           "stopped_early", "train_seconds", "eval_seconds", "parameters", "engine", "mixer",
           "d_model", "n_layers", "preset", "rnnlab_version", "torch_version", "finished_at"]
 # what a line of results.jsonl must hold for the tables: field -> accepted types
-REQUIRED = {"model": (str,), "task": (str,), "seed": (int,), "length": (int,),
-            "metric": (str,), "value": (int, float)}
+# (int: not a bool; float: any real number but a bool, as ``rnnlab.checks`` counts them)
+REQUIRED = {"model": str, "task": str, "seed": int, "length": int, "metric": str, "value": float}
+AGGREGATES = ("mean", "best")  # how ``summary`` combines the seeds of a run
 # what the arena writes into --out, and all that --fresh deletes
 OWN_ENTRIES = ("config.json", "results.jsonl", "results.csv", "results.md", "report.html",
                "plots", "runs")
@@ -131,11 +133,21 @@ def load_records(out: Path, warn: Callable[[str], None]) -> List[dict]:
 def _record_problem(record) -> str:
     if not isinstance(record, dict):
         return f"a JSON {type(record).__name__}, not an object"
-    for key, types in REQUIRED.items():
+    for key, kind in REQUIRED.items():
         value = record.get(key)
-        if isinstance(value, bool) or not isinstance(value, types):
+        if not _is(value, kind):
             return f"{key!r} is {value!r}"
     return ""
+
+
+def _is(value, kind: type) -> bool:
+    """Whether a JSON value is of ``kind``: an int that is no bool, a real number that is no
+    bool, or a string."""
+    if kind is int:
+        return is_int(value)
+    if kind is float:
+        return is_number(value)
+    return isinstance(value, kind)
 
 
 def finished(records: Iterable[dict], test_lengths: Dict[str, Iterable[int]]) -> set:
@@ -164,6 +176,7 @@ def summary(records: List[dict], aggregate: str = "mean") -> Dict[tuple, Dict[in
     ``aggregate="mean"`` averages the seeds; ``"best"`` keeps the seed whose mean over the test
     lengths is highest (Grazzi et al. report the best of 3 seeds).
     """
+    check_choice("arena", "aggregate", aggregate, AGGREGATES)
     runs: Dict[tuple, Dict[int, Dict[int, float]]] = {}
     for r in records:
         key = (r["model"], r["task"], r["metric"])
@@ -172,10 +185,8 @@ def summary(records: List[dict], aggregate: str = "mean") -> Dict[tuple, Dict[in
     for key, by_seed in runs.items():
         if aggregate == "best":
             out[key] = max(by_seed.values(), key=lambda v: sum(v.values()) / len(v))
-        elif aggregate == "mean":
+        else:  # "mean"
             lengths = list(dict.fromkeys(n for v in by_seed.values() for n in v))
             out[key] = {n: sum(v[n] for v in by_seed.values() if n in v)
                         / sum(n in v for v in by_seed.values()) for n in lengths}
-        else:
-            raise ValueError(f"aggregate must be 'mean' or 'best', got {aggregate!r}")
     return out

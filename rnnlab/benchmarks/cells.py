@@ -4,10 +4,11 @@ performance dashboard behind ``rnnlab bench cells``.
 For each size ``(B, T, D)``, cell (``rnnlab.cells.available()``) and engine (``sequential``,
 ``scan``, ``newton``, ``quasi``, and ``auto`` where it chooses per call, i.e. for the cells that
 declare ``newton_wins``, its rows recording what it ran in ``auto_picked``; only the pairs where
-``rnnlab.engines.resolve(engine, cell)`` accepts the cell), the layer is built as a new user would, ``rnnlab.Recurrent(name, engine=engine,
-input_size=D, hidden_size=D)`` with the cell's default options, fp32, after
-``torch.manual_seed(seed)`` (so every engine of a cell gets the same weights and the same
-``x: (B, T, D)``, which requires grad as a layer's input inside a model would). Measured:
+``rnnlab.engines.resolve(engine, cell)`` accepts the cell), the layer is built as a new user
+would, ``rnnlab.Recurrent(name, engine=engine, input_size=D, hidden_size=D)`` with the cell's
+default options, fp32, after ``torch.manual_seed(seed)`` (so every engine of a cell gets the
+same weights and the same ``x: (B, T, D)``, which requires grad as a layer's input inside a model
+would). Measured:
 
 - ``fwd_ms``: ``layer(x)`` under ``torch.no_grad()``, best of ``repeats`` after one warm-up call
   (which pays numba / ``torch.compile`` compiles).
@@ -48,6 +49,7 @@ import torch
 
 from .. import cells as _cells
 from .. import engines as _engines
+from ..checks import check_int, did_you_mean, is_int
 from ..nn.recurrent import Recurrent
 from ..tools.device import check_device
 from .memory import held_bytes
@@ -79,8 +81,9 @@ def _choose(names: Optional[Iterable[str]], known: List[str], what: str,
     chosen = list(known) if names is None else [n.strip() for n in names if n.strip()]
     unknown = [n for n in chosen if n not in known]
     if unknown or not chosen:
+        hint = did_you_mean(unknown[0], known) if unknown else ""
         raise ValueError(f"{what}: expected names from {', '.join(known)}, got "
-                         f"{', '.join(unknown) if unknown else 'none'}")
+                         f"{', '.join(unknown) if unknown else 'none'}{hint}")
     return [n for n in known if n in chosen or n == always]
 
 
@@ -268,16 +271,14 @@ def run(sizes: Sequence[Tuple[int, int, int]] = DEFAULT_SIZES,
     "rows", "unsupported", ...}``. ``cells`` / ``engines``: names (default all; the GRU and the
     sequential engine are always added, the ratios need them)."""
     sizes = tuple(tuple(s) for s in sizes)
-    if not sizes or not all(len(s) == 3 and all(isinstance(n, int) and n >= 1 for n in s)
+    if not sizes or not all(len(s) == 3 and all(is_int(n) and n >= 1 for n in s)
                             for s in sizes):
         raise ValueError(f"sizes: expected (B, T, D) triples of positive ints, got {sizes!r}")
     cell_names = _choose(cells, _cells.available(), "--cells", REFERENCE_CELL)
     engine_names = _choose(engines, _engines.available() + ["auto"], "--engines", "sequential")
     engine_names.sort(key=lambda e: e != "sequential")  # the reference first within a cell
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"--repeats: expected an int >= 1, got {repeats!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"--threads: expected an int >= 1 or None, got {threads!r}")
+    check_int(None, "--repeats", repeats, 1)
+    check_int(None, "--threads", threads, 1, optional=True)
     if not max_seconds > 0:
         raise ValueError(f"--max-seconds: expected a number > 0, got {max_seconds!r}")
     dev = check_device(device)

@@ -18,7 +18,22 @@ from .registry import register
 
 @register("aaren")
 class Aaren(MonoidCell):
-    """Aaren cell. State ``(m (B, heads), u (B, heads), w (B, heads, V))``; H = heads * V."""
+    """Aaren cell. State ``(m (B, heads), u (B, heads), w (B, heads, V))``; H = heads * V.
+
+    Paper: Feng, Tung, Hajimirsadeghi, Ahmed, Bengio, Mori, "Attention as an RNN", 2024,
+    https://arxiv.org/abs/2405.13956
+
+    Example (the scan engine's prefix scan gives the step-by-step outputs):
+
+    >>> import torch, rnnlab
+    >>> cell = rnnlab.cells.get("aaren", 3, 8, heads=2)
+    >>> x = torch.randn(2, 5, 3)  # (B, T, D)
+    >>> y, (m, u, w) = rnnlab.Recurrent(cell, engine="scan")(x)
+    >>> y.shape, w.shape
+    (torch.Size([2, 5, 8]), torch.Size([2, 2, 4]))
+    >>> torch.allclose(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0], atol=1e-5)
+    True
+    """
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, device=None, dtype=None):

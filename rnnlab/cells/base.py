@@ -46,6 +46,7 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ..checks import check_choice, check_int
 from ..errors import OptionTypeError  # noqa: F401 - re-exported: its home before errors.py
 from .options import check_call
 
@@ -65,8 +66,7 @@ class Block:
     k: int
 
     def __post_init__(self):
-        if not (isinstance(self.k, int) and self.k >= 1):
-            raise ValueError(f"Block(k): k must be an int >= 1, got {self.k!r}")
+        check_int("Block(k)", "k", self.k, 1)
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ class Heads:
 
     def __post_init__(self):
         for name, v in (("n", self.n), ("d", self.d)):
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"Heads(n, d): {name} must be an int >= 1, got {v!r}")
+            check_int("Heads(n, d)", name, v, 1)
 
 
 @dataclass(frozen=True)
@@ -108,12 +107,37 @@ class Linear:
       ``S <- exp(g) (I - beta k k^T) S + beta k v^T`` per sub-step.
     - ``"monoid"``: ``elements(u)``, ``combine(a, b)`` (a earlier; associative),
       ``identity(elems)``, ``to_element(h)`` and ``from_element(e)`` (``monoid.py``).
+
+    **Factored forms** (optional, and the fast path): a ``LinearCell`` whose ``factors(u)``
+    returns one of ``factors.py``'s classes for the whole sequence ``u: (B, T, P)`` also writes
+    ``finish(o, u) -> y`` (the read-out ``o`` of every step, ``(B, T, ...)``, to the output
+    ``(B, T, H_out)``: a skip ``D u``, a gate, heads merged). The scan engine then runs the op
+    named below (``engines/factored.py``) and never builds the ``(B, T, *S)`` states; the
+    factors' ``kind`` must be the declared one (else a TypeError). Per kind:
+
+    - ``"diagonal"``: ``OuterProduct(q, k, v, g)`` with the log-decay g ``(B, T, heads, K)``, a
+      decay per key (GLA): chunkwise gated linear attention; or ``Selective(x, dt, A, B, C)``
+      (Mamba's S6): the fused selective scan.
+    - ``"scalar"``: ``OuterProduct(q, k, v, g)`` with g ``(B, T, heads)``, one decay per head
+      (Mamba-2, with ``transposed=True`` for its state kept as ``(heads, V, K)``): the same
+      chunkwise op. A decay that can be negative has no log: give it as ``a=`` (g None) and the
+      engine falls back to the materialising scan of ``transition``.
+    - ``"complex_diagonal"``: ``TimeInvariant(u, A, B, C)`` with complex ``A, B, C: (H, N)``
+      (S4D, DLR); ``"matrix"``: the same with a real ``A: (H, N, N)`` (LSSL): the FFT long
+      convolution.
+    - ``"monoid"``: ``StabilizedOuterProduct(q, k, v, i, log_f)`` (mLSTM): the stabilised
+      chunkwise form; ``MinMaxBounds(r, s)`` (MinMax): the fused min/max scan. The five monoid
+      methods above stay (``step`` and ``Scan(factored=False)`` use them); ``elements(u)`` can be
+      ``factors(u).transition()`` (mLSTM, MinMax), so both paths run one declaration.
+    - ``"householder"``: no factored form; ``delta_inputs``/``substeps`` above are its fast path
+      (the chunked delta rule).
+
+    Padded steps need nothing from the cell: the engine makes them identity steps of the op.
     """
     kind: str
 
     def __post_init__(self):
-        if self.kind not in LINEAR_KINDS:
-            raise ValueError(f"Linear(kind): kind must be one of {LINEAR_KINDS}, got {self.kind!r}")
+        check_choice("Linear(kind)", "kind", self.kind, LINEAR_KINDS)
 
 
 Structure = Union[Diagonal, Block, Heads, Dense, Linear]
@@ -170,10 +194,7 @@ def named(name: str) -> Iterator[None]:
 def check_sizes(owner: str, input_size, hidden_size) -> None:
     """``input_size`` (D) and ``hidden_size`` (H) must be ints >= 1."""
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise OptionTypeError(f"{owner}: {name} must be an int >= 1, got {v!r}")
-        if v < 1:
-            raise ValueError(f"{owner}: {name} must be an int >= 1, got {v!r}")
+        check_int(owner, name, v, 1)
 
 
 def _checked(init: Callable) -> Callable:

@@ -23,7 +23,19 @@ from .ssm_init import farange, log_uniform
 
 @register("dlr")
 class DLR(LinearCell):
-    """DLR cell. State ``(B, H, N)`` complex; ``u_t: (B, H)``; output ``(B, H)``."""
+    """DLR cell. State ``(B, H, N)`` complex; ``u_t: (B, H)``; output ``(B, H)``.
+
+    Paper: Gupta, Mehta, Berant, "Simplifying and Understanding State Space Models with
+    Diagonal Linear RNNs", 2022, https://arxiv.org/abs/2212.00768
+
+    Example:
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("dlr", input_size=3, hidden_size=8, state_size=16)
+    >>> y, h = layer(torch.randn(2, 5, 3))  # x: (B, T, D)
+    >>> y.shape, h.shape, h.dtype
+    (torch.Size([2, 5, 8]), torch.Size([2, 8, 16]), torch.complex64)
+    """
 
     structure = Linear("complex_diagonal")
 

@@ -22,7 +22,22 @@ from .registry import register
 
 @register("gla")
 class GLA(LinearCell):
-    """GLA cell. State ``(B, heads, K, V)``; ``u_t: (B, heads * (3K + V))`` = [q, k, log a, v]."""
+    """GLA cell. State ``(B, heads, K, V)``; ``u_t: (B, heads * (3K + V))`` = [q, k, log a, v].
+
+    Paper: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training",
+    ICML 2024, https://arxiv.org/abs/2312.06635
+
+    Example (the scan engine runs the chunkwise form; the states are never materialised):
+
+    >>> import torch, rnnlab
+    >>> cell = rnnlab.cells.get("gla", 4, 8, heads=2)
+    >>> x = torch.randn(2, 5, 4)  # (B, T, D)
+    >>> y, S = rnnlab.Recurrent(cell, engine="scan")(x)
+    >>> y.shape, S.shape  # S: (B, heads, K, V) with K = V / 2
+    (torch.Size([2, 5, 8]), torch.Size([2, 2, 2, 4]))
+    >>> torch.allclose(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0], atol=1e-5)
+    True
+    """
 
     structure = Linear("diagonal")
 

@@ -19,7 +19,22 @@ from .torch_style import TorchStyleCell
 
 @register("gru")
 class GRU(TorchStyleCell):
-    """GRU cell. State ``h: (B, H)``; ``u_t: (B, 3H)``."""
+    """GRU cell. State ``h: (B, H)``; ``u_t: (B, 3H)``.
+
+    Paper: Cho et al., "Learning Phrase Representations using RNN Encoder-Decoder for
+    Statistical Machine Translation", EMNLP 2014, https://arxiv.org/abs/1406.1078
+    (``reset_after=False`` is the paper's form; torch's reset-after form is the default).
+
+    Example:
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("gru", input_size=3, hidden_size=8)
+    >>> y, h = layer(torch.randn(2, 5, 3))  # x: (B, T, D)
+    >>> y.shape, h.shape
+    (torch.Size([2, 5, 8]), torch.Size([2, 8]))
+    >>> torch.equal(y[:, -1], h)  # the output of a step is its state
+    True
+    """
 
     structure = Dense()
     # quasi-Newton (8 iterations at init), fwd+bwd: 2.9-7.1x the sequential engine at B*S =

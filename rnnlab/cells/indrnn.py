@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_choice, check_number
 from .base import Cell, Diagonal
 from .registry import register
 
@@ -21,18 +22,28 @@ _NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
 
 @register("indrnn")
 class IndRNN(Cell):
-    """IndRNN cell. State ``h: (B, H)``; ``u_t: (B, H)``."""
+    """IndRNN cell. State ``h: (B, H)``; ``u_t: (B, H)``.
+
+    Paper: Li, Li, Cook, Zhu, Gao, "Independently Recurrent Neural Network (IndRNN): Building
+    A Longer and Deeper RNN", CVPR 2018, https://arxiv.org/abs/1803.04831
+
+    Example (``recurrent_max = 2 ** (1 / T)`` as the paper prescribes for T steps):
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("indrnn", input_size=3, hidden_size=8,
+    ...                          recurrent_max=2 ** (1 / 5))
+    >>> y, h = layer(torch.randn(2, 5, 3))  # x: (B, T, D)
+    >>> y.shape, bool((y >= 0).all())  # relu by default
+    (torch.Size([2, 5, 8]), True)
+    """
 
     structure = Diagonal()
 
     def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "relu",
                  bias: bool = True, recurrent_max: float | None = None, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if nonlinearity not in _NONLINEARITIES:
-            raise ValueError(f"IndRNN: nonlinearity must be one of {sorted(_NONLINEARITIES)}, "
-                             f"got {nonlinearity!r}")
-        if recurrent_max is not None and not recurrent_max > 0:
-            raise ValueError(f"IndRNN: recurrent_max must be > 0 or None, got {recurrent_max!r}")
+        check_choice("IndRNN", "nonlinearity", nonlinearity, sorted(_NONLINEARITIES))
+        check_number("IndRNN", "recurrent_max", recurrent_max, 0, low_open=True, optional=True)
         kw = dict(device=device, dtype=dtype)
         self.nonlinearity = nonlinearity
         self.recurrent_max = recurrent_max

@@ -23,7 +23,19 @@ from .registry import register
 
 @register("lru")
 class LRU(LinearCell):
-    """LRU cell. State ``(B, N)`` complex; ``u_t: (B, 2N + H)`` = [Re, Im of gamma B x, D x]."""
+    """LRU cell. State ``(B, N)`` complex; ``u_t: (B, 2N + H)`` = [Re, Im of gamma B x, D x].
+
+    Paper: Orvieto et al., "Resurrecting Recurrent Neural Networks for Long Sequences",
+    ICML 2023, https://arxiv.org/abs/2303.06349
+
+    Example (eigenvalues on the ring ``0.9 <= |lam| <= 1``):
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("lru", input_size=3, hidden_size=8, state_size=16, r_min=0.9)
+    >>> y, h = layer(torch.randn(2, 5, 3))  # x: (B, T, D)
+    >>> y.shape, h.shape, h.dtype
+    (torch.Size([2, 5, 8]), torch.Size([2, 16]), torch.complex64)
+    """
 
     structure = Linear("complex_diagonal")
 

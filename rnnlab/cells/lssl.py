@@ -22,7 +22,19 @@ from .ssm_init import check_dt_range, hippo_legs, log_uniform
 
 @register("lssl")
 class LSSL(LinearCell):
-    """LSSL cell. State ``(B, H, N)``; ``u_t: (B, H)``."""
+    """LSSL cell. State ``(B, H, N)``; ``u_t: (B, H)``.
+
+    Paper: Gu et al., "Combining Recurrent, Convolutional, and Continuous-time Models with
+    Linear State-Space Layers", NeurIPS 2021, https://arxiv.org/abs/2110.13985
+
+    Example:
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("lssl", input_size=3, hidden_size=8, state_size=4)
+    >>> y, h = layer(torch.randn(2, 5, 3))  # x: (B, T, D)
+    >>> y.shape, h.shape
+    (torch.Size([2, 5, 8]), torch.Size([2, 8, 4]))
+    """
 
     structure = Linear("matrix")
 

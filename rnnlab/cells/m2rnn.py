@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_bool, check_int
 from .base import Cell, Heads
 from .registry import register
 from .ssm_init import inverse_softplus, log_uniform
@@ -36,28 +37,30 @@ DT_RANGE = (1e-3, 1e-1)  # dt log-uniform in this range at init
 A_RANGE = (1e-3, 16.0)  # A = exp(A_log) uniform in this range at init
 
 
-def _check_int(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"M2RNN: {name} must be an int >= 1{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-
-
 @register("m2rnn")
 class M2RNN(Cell):
     """M²RNN cell. State ``(B, heads, K, V)``; ``u_t: (B, 2 qk_heads K + H + heads)`` =
-    [q, k, v, x_f]; ``readout``: ``(B, H)`` with ``H = heads * V``."""
+    [q, k, v, x_f]; ``readout``: ``(B, H)`` with ``H = heads * V``.
+
+    Paper: Mishra, Tan, Stoica, Gonzalez, Dao, M²RNN, 2026, https://arxiv.org/abs/2603.14360
+
+    Example:
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("m2rnn", input_size=3, hidden_size=8, heads=2, key_dim=3)
+    >>> y, H = layer(torch.randn(2, 5, 3))  # x: (B, T, D)
+    >>> y.shape, H.shape  # H: (B, heads, K, V)
+    (torch.Size([2, 5, 8]), torch.Size([2, 2, 3, 4]))
+    """
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, shared_qk: bool = False, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        _check_int("heads", heads)
-        _check_int("key_dim", key_dim, allow_none=True)
+        check_int("M2RNN", "heads", heads, 1)
+        check_int("M2RNN", "key_dim", key_dim, 1, optional=True)
         if hidden_size % heads:
             raise ValueError(f"M2RNN: heads must divide hidden_size={hidden_size}, got {heads}")
-        if not isinstance(shared_qk, bool):
-            raise TypeError(f"M2RNN: shared_qk must be a bool, got {shared_qk!r}")
+        check_bool("M2RNN", "shared_qk", shared_qk)
         kw = dict(device=device, dtype=dtype)
         self.heads, self.value_dim = heads, hidden_size // heads
         self.key_dim = self.value_dim if key_dim is None else key_dim

@@ -23,7 +23,21 @@ from .registry import register
 
 @register("minmax")
 class MinMax(MonoidCell):
-    """MinMax cell. State ``x: (B, H)``; ``u_t: (B, 3H)`` = [r, s, gate]."""
+    """MinMax cell. State ``x: (B, H)``; ``u_t: (B, 3H)`` = [r, s, gate].
+
+    Paper: Ronca, "MinMax Recurrent Neural Cascades", 2026, https://arxiv.org/abs/2605.06384
+
+    Example (the scan engine's fused min/max scan gives the step-by-step outputs exactly):
+
+    >>> import torch, rnnlab
+    >>> cell = rnnlab.cells.get("minmax", 3, 8)
+    >>> x = torch.randn(2, 5, 3)  # (B, T, D)
+    >>> y, state = rnnlab.Recurrent(cell, engine="scan")(x)
+    >>> y.shape, state.shape
+    (torch.Size([2, 5, 8]), torch.Size([2, 8]))
+    >>> torch.allclose(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0])
+    True
+    """
 
     def __init__(self, input_size: int, hidden_size: int, device=None, dtype=None):
         super().__init__(input_size, hidden_size)

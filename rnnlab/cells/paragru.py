@@ -35,6 +35,7 @@ import math
 import torch
 from torch import nn
 
+from ..checks import check_int, check_number
 from .base import Cell, Diagonal, NewtonWins
 from .registry import register
 
@@ -48,8 +49,7 @@ def resolve_heads(cell: str, heads, input_size: int, hidden_size: int, default: 
     if heads is None:
         fits = input_size % default == 0 and hidden_size % default == 0
         return default if fits else 1
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"{cell}: heads must be an int >= 1 or None, got {heads!r}")
+    check_int(cell, "heads", heads, 1, optional=True)  # "or None" in the error: it is allowed
     if input_size % heads or hidden_size % heads:
         raise ValueError(f"{cell}: heads must divide input_size={input_size} and "
                          f"hidden_size={hidden_size}, got heads={heads}")
@@ -58,11 +58,8 @@ def resolve_heads(cell: str, heads, input_size: int, hidden_size: int, default: 
 
 def check_a_max(cell: str, a_max):
     """``a_max`` must be None or a number > 0."""
-    if a_max is None:
-        return None
-    if isinstance(a_max, bool) or not isinstance(a_max, (int, float)) or not a_max > 0:
-        raise ValueError(f"{cell}: a_max must be None or a number > 0, got {a_max!r}")
-    return float(a_max)
+    check_number(cell, "a_max", a_max, 0, low_open=True, optional=True)
+    return None if a_max is None else float(a_max)
 
 
 def xlstm_normal_(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -143,7 +140,22 @@ class _HeadwiseProjection(torch.autograd.Function):
 @register("paragru")
 class ParaGRU(Cell):
     """ParaRNN's diagonal GRU. State ``h: (B, H)``; ``u_t: (B, 3H)`` = [B_z x + b_z, B_r x + b_r,
-    B_h x + b_h]."""
+    B_h x + b_h].
+
+    Paper: Danieli, Rodriguez, Sarabia, Suau, Zappella, "ParaRNN: Unlocking Parallel Training of
+    Nonlinear RNNs for Large Language Models", 2025, https://arxiv.org/abs/2510.21450
+
+    Example (Newton over the whole sequence gives the sequential outputs):
+
+    >>> import torch, rnnlab
+    >>> cell = rnnlab.cells.get("paragru", 4, 8, a_max=0.5)
+    >>> x = torch.randn(2, 16, 4)  # (B, T, D)
+    >>> y, h = rnnlab.Recurrent(cell, engine="newton")(x)
+    >>> y.shape, cell.heads  # 2 heads: 2 divides D and H
+    (torch.Size([2, 16, 8]), 2)
+    >>> torch.allclose(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0], atol=1e-5)
+    True
+    """
 
     structure = Diagonal()
     # fwd+bwd: 3.5-12.8x the sequential engine up to B*S = 1024 from T = 256, ~1x at 2048;

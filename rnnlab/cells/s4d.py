@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 
+from ..checks import check_choice, check_int
 from .base import Linear
 from .factors import TimeInvariant
 from .linear import LinearCell
@@ -38,7 +39,22 @@ def s4d_eigenvalues(init: str, n_modes: int, **kw):
 
 @register("s4d")
 class S4D(LinearCell):
-    """S4D cell. State ``(B, H, M)`` complex with M = state_size // 2; ``u_t: (B, H)``."""
+    """S4D cell. State ``(B, H, M)`` complex with M = state_size // 2; ``u_t: (B, H)``.
+
+    Paper: Gu, Gupta, Goel, Ré, "On the Parameterization and Initialization of Diagonal State
+    Space Models", NeurIPS 2022, https://arxiv.org/abs/2206.11893
+
+    Example (the scan engine runs the FFT convolution):
+
+    >>> import torch, rnnlab
+    >>> cell = rnnlab.cells.get("s4d", 3, 8, state_size=16, discretization="bilinear")
+    >>> x = torch.randn(2, 5, 3)  # (B, T, D)
+    >>> y, h = rnnlab.Recurrent(cell, engine="scan")(x)
+    >>> y.shape, h.shape, h.dtype
+    (torch.Size([2, 5, 8]), torch.Size([2, 8, 8]), torch.complex64)
+    >>> torch.allclose(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0], atol=1e-5)
+    True
+    """
 
     structure = Linear("complex_diagonal")
 
@@ -46,12 +62,10 @@ class S4D(LinearCell):
                  init: str = "lin", discretization: str = "zoh", dt_min: float = 1e-3,
                  dt_max: float = 1e-1, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if init not in INITS:
-            raise ValueError(f"S4D: init must be one of {INITS}, got {init!r}")
-        if discretization not in DISCRETIZATIONS:
-            raise ValueError(f"S4D: discretization must be one of {DISCRETIZATIONS}, "
-                             f"got {discretization!r}")
-        if state_size < 2 or state_size % 2:
+        check_choice("S4D", "init", init, INITS)
+        check_choice("S4D", "discretization", discretization, DISCRETIZATIONS)
+        check_int("S4D", "state_size", state_size, 2)
+        if state_size % 2:
             raise ValueError(f"S4D: state_size must be even and >= 2, got {state_size}")
         check_dt_range("S4D", dt_min, dt_max)
         kw = dict(device=device, dtype=dtype)

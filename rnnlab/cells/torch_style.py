@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_bool
 from .base import Cell
 
 
@@ -20,8 +21,7 @@ class TorchStyleCell(Cell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  recurrent_size: int | None = None, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if not isinstance(bias, bool):
-            raise TypeError(f"{type(self).__name__}: bias must be a bool, got {bias!r}")
+        check_bool(type(self).__name__, "bias", bias)
         kw = dict(device=device, dtype=dtype)
         gh = self.gates * hidden_size
         rec = hidden_size if recurrent_size is None else recurrent_size

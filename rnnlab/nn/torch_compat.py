@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import cells as _cells
-from ..cells.base import OptionTypeError
+from ..checks import check_bool, check_choice, check_int, check_number
 from ..engines import Engine, resolve
 
 
@@ -38,19 +38,10 @@ def _check_arguments(name: str, sizes: dict, flags: dict, dropout) -> None:
     TypeError (an ``OptionTypeError``, also a ValueError), a size out of range or a bad dropout a
     ValueError; every message in the constructor's own argument names."""
     for arg, v in sizes.items():
-        low = 0 if arg == "proj_size" else 1
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise OptionTypeError(f"{name}: {arg} must be an int >= {low}, got {v!r} "
-                                  f"({type(v).__name__})")
-        if v < low:
-            raise ValueError(f"{name}: {arg} must be an int >= {low}, got {v!r}")
+        check_int(name, arg, v, 0 if arg == "proj_size" else 1)
     for arg, v in flags.items():  # a string "False" is truthy: refuse it, as torch does
-        if not isinstance(v, bool):
-            raise OptionTypeError(f"{name}: {arg} must be a bool (True or False), got {v!r} "
-                                  f"({type(v).__name__})")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-            or not 0 <= dropout <= 1:
-        raise ValueError(f"{name}: dropout must be a number in [0, 1], got {dropout!r}")
+        check_bool(name, arg, v)
+    check_number(name, "dropout", dropout, 0, 1)
 
 
 class _RNNBase(nn.Module):
@@ -238,8 +229,7 @@ class RNN(_RNNBase):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
                  engine: Union[str, Engine] = "auto"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        check_choice("RNN", "nonlinearity", nonlinearity, ("tanh", "relu"))
         self.nonlinearity = nonlinearity
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, device, dtype, engine)

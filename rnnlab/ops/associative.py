@@ -18,6 +18,8 @@ from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
 
+from ..checks import check_int
+
 Elems = Tuple[torch.Tensor, ...]
 
 
@@ -71,8 +73,7 @@ def _prepare(combine, elems, dim: int):
         raise TypeError(f"elems: expected a tensor or a non-empty tuple of tensors (B, T, ...), "
                         f"got {type(elems).__name__}"
                         + (f" of {[type(x).__name__ for x in elems]}" if elems else ""))
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        raise TypeError(f"dim: expected an int, got {type(dim).__name__}")
+    check_int(None, "dim", dim)
     dims = []
     for i, x in enumerate(elems):
         if not -x.dim() <= dim < x.dim():

@@ -23,6 +23,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..checks import check_int
 from .varlen import check_cu_seqlens, segments
 
 _LOOP_MAX_STEPS = 16  # at or below this many steps the plain loop is already cheapest
@@ -186,9 +187,7 @@ def _check(A, b, initial_state, cu_seqlens, chunk_size):
         if initial_state.dtype != A.dtype:
             raise TypeError(f"initial_state: expected dtype {A.dtype} (that of A), got "
                             f"{initial_state.dtype}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected None or an int >= 1, got {chunk_size!r}")
+    check_int(None, "chunk_size", chunk_size, 1, optional=True)
     return cu
 
 

@@ -18,6 +18,8 @@ import torch
 from torch.func import jvp
 
 from ..cells.base import Cell, State, as_tuple
+from ..checks import check_int, check_number, is_number
+from ..errors import OptionTypeError
 
 Leaves = tuple[torch.Tensor, ...]
 
@@ -51,11 +53,12 @@ def _check_args(cell, x, burn_in, renorm_every) -> None:
     if not x.is_floating_point():
         raise TypeError(f"x must be a real floating tensor, got dtype {x.dtype}")
     T = x.shape[1]
-    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or not 0 <= burn_in < T:
-        raise ValueError(f"burn_in must be an int in [0, T) with T = x.shape[1] = {T} "
-                         f"(at least one step must be averaged), got {burn_in!r}")
-    if isinstance(renorm_every, bool) or not isinstance(renorm_every, int) or renorm_every < 1:
-        raise ValueError(f"renorm_every must be an int >= 1, got {renorm_every!r}")
+    owner = "largest_lyapunov_exponent"
+    check_int(owner, "burn_in", burn_in, 0)
+    if burn_in >= T:
+        raise ValueError(f"{owner}: burn_in must be < T = x.shape[1] = {T} (at least one step "
+                         f"must be averaged), got {burn_in!r}")
+    check_int(owner, "renorm_every", renorm_every, 1)
 
 
 def _initial_leaves(cell: Cell, initial_state, batch: int, dtype, device) -> tuple[Leaves, bool]:
@@ -197,14 +200,15 @@ def _quadratic_iterations(tol: float) -> int:
 
 def _check_predictor_args(exponent, steps, tol) -> None:
     """Validate ``predicted_newton_iterations``'s arguments."""
-    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) \
-            or math.isnan(exponent) or exponent == math.inf:
-        raise ValueError(f"exponent must be a real number < +inf (the LLE per step), "
-                         f"got {exponent!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1 (the sequence length T), got {steps!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    owner = "predicted_newton_iterations"
+    # -inf is an exponent (a tangent vector mapped to zero), which check_number's open infinite
+    # bounds would refuse; +inf and NaN are not
+    if not is_number(exponent) or math.isnan(exponent) or exponent == math.inf:
+        error = ValueError if is_number(exponent) else OptionTypeError  # a wrong type: both
+        raise error(f"{owner}: exponent must be a real number < +inf (the LLE per step), "
+                    f"got {exponent!r}")
+    check_int(owner, "steps", steps, 1)
+    check_number(owner, "tol", tol, 0, 1, low_open=True, high_open=True)
 
 
 def predicted_newton_iterations(exponent, steps: int, tol: float = 1e-5) -> int:

@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import cells as _cells
-from ..cells.registry import did_you_mean
-from ..models.classifier import Classifier
+from ..checks import check_bool, check_choice, check_int, did_you_mean
+from ..models.classifier import POOLINGS, Classifier
 from ..models.sequence import ATTENTION
 from ..tools import checkpoint
 from ..tools.device import check_device
@@ -111,8 +111,7 @@ def split_indices(n: int, seed: int, limit: Optional[int] = None) -> Dict[str, t
     80/10/10 into ``{"train", "val", "test"}`` index tensors (each non-empty)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 3 <= limit:
-            raise ValueError(f"classify: limit must be None or an int >= 3, got {limit!r}")
+        check_int("classify", "limit", limit, 3)  # 80/10/10 with one example at least in each
         perm = perm[:limit]
     m = len(perm)
     n_val = n_test = max(1, m // 10)
@@ -187,10 +186,8 @@ def check_config(cfg: ClassifyConfig) -> torch.device:
     _options.number(cfg, "dropout", strict=False, high=0.99)
     if cfg.minutes is not None:
         _options.number(cfg, "minutes", infinite=True)
-    if not isinstance(cfg.bidirectional, bool):
-        raise TypeError(f"--bidirectional: expected a bool, got {cfg.bidirectional!r}")
-    if cfg.pooling not in ("max", "mean", "last"):
-        raise ValueError(f"--pooling: expected max, mean or last, got {cfg.pooling!r}")
+    check_bool(None, "--bidirectional", cfg.bidirectional)
+    check_choice(None, "--pooling", cfg.pooling, POOLINGS)
     if cfg.cell != ATTENTION and cfg.cell not in _cells.available():
         raise ValueError(f"--cell: expected {ATTENTION!r} or a registered cell "
                          f"({', '.join(_cells.available())}), got {cfg.cell!r}"

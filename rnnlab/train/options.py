@@ -8,6 +8,9 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import checks
+from ..errors import OptionTypeError
+
 INT_MAX = 2 ** 31 - 1  # no count or size here comes near it; far above, torch overflows
 SEED_MAX = 2 ** 32 - 1  # torch takes more, but the trainers derive further seeds from it
 OPTIONS = {"n_layers": "--layers"}  # config field -> its option, where the names differ
@@ -19,13 +22,12 @@ def option(field: str) -> str:
 
 
 def check_int(name: str, value, low: int = 1, high: int = INT_MAX) -> None:
-    """``value`` (of the option ``name``) must be an int in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an integer, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    if value > high:
-        raise ValueError(f"{name}: expected an integer <= {high}, got {value!r}")
+    """``value`` (of the option ``name``) must be an int in ``[low, high]``: a CLI-style
+    ``rnnlab.checks.check_int`` whose error names only the bound crossed (``--steps: expected an
+    integer >= 1, got 0``), as a user who typed one number needs no upper bound near 2**31."""
+    checks.check_int(None, name, value)  # the type first: "expected an integer, got 2.5"
+    checks.check_int(None, name, value, low=low)
+    checks.check_int(None, name, value, high=high)
 
 
 def integer(cfg, field: str, low: int = 1, high: int = INT_MAX) -> None:
@@ -38,8 +40,8 @@ def number(cfg, field: str, low: float = 0.0, strict: bool = True, high: float =
     """``cfg.field`` must be a real number above ``low`` (or equal to it unless ``strict``)
     and at most ``high``; finite unless ``infinite`` (an unlimited budget)."""
     value = getattr(cfg, field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{option(field)}: expected a number, got {value!r}")
+    if not checks.is_number(value):
+        raise OptionTypeError(f"{option(field)}: expected a number, got {value!r}")
     above = value > low if strict else value >= low
     if not (above and value <= high and (infinite or math.isfinite(value))):
         bound = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf

@@ -279,7 +279,7 @@ def _bad_combine(a, b):
      r"elems: expected the same length along dim=1, got lengths \[3, 4\]"),
     ((torch.add, torch.ones(2, 3), 2), ValueError,
      r"dim: expected a dim in \[-2, 1\] for elems\[0\] of shape \(2, 3\), got 2"),
-    ((torch.add, torch.ones(2, 3), 1.0), TypeError, r"dim: expected an int, got float"),
+    ((torch.add, torch.ones(2, 3), 1.0), TypeError, r"dim: expected an integer, got 1.0"),
     ((_bad_combine, (torch.ones(2, 3), torch.ones(2, 3))), TypeError,
      r"combine: expected it to return 2 tensor\(s\) like elems, got Tensor"),
 ])

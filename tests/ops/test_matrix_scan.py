@@ -219,7 +219,7 @@ def _t(*shape, dtype=torch.float32):
     ((_t(1, 5, 3, 3), _t(1, 5, 3)), {"cu_seqlens": torch.tensor([0, 6])}, ValueError,
      r"cu_seqlens: expected non-decreasing values from 0 to T=5"),
     ((_t(1, 5, 3, 3), _t(1, 5, 3)), {"chunk_size": 0}, ValueError,
-     r"chunk_size: expected None or an int >= 1, got 0"),
+     r"chunk_size: expected an integer >= 1 or None, got 0"),
 ])
 def test_errors(args, kw, err, pattern):
     with pytest.raises(err, match=pattern):
