@@ -49,6 +49,7 @@ import torch
 
 from .. import cells as _cells
 from .. import engines as _engines
+from ..cells.base import Linear
 from ..checks import check_int, did_you_mean, is_int
 from ..nn.recurrent import Recurrent
 from ..tools.device import check_device
@@ -245,6 +246,9 @@ def _supported(size: Tuple[int, int, int], cell: str, engine: str) -> Optional[s
         return str(err)
     if engine == "auto" and not isinstance(chosen, _engines.Auto):
         return f"auto is {chosen.name} for this cell (its own row)"
+    if isinstance(chosen, _engines.Newton) and isinstance(built.structure, Linear):
+        return ("a linear cell: its parallel engine is scan (Newton runs it as a check of both "
+                "engines, not for speed)")
     return None
 
 
