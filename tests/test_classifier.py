@@ -39,6 +39,8 @@ def test_shapes(bidirectional, pooling):
     dict(bidirectional=True, cell="mamba", conv=3, fsmn=2),
     dict(bidirectional=True, cell="deltanet"), dict(bidirectional=True, cell="attention"),
     dict(bidirectional=True, attention_every=2, dynamic_conv=True),
+    dict(bidirectional=True, cell="mamba", block="published"),
+    dict(bidirectional=True, cell="mlstm", block="published", attention_every=2),
 ])
 def test_padding_has_no_influence(options):
     model = _model(**options)

@@ -36,6 +36,9 @@ def test_streaming_equals_one_run_for_every_cell(cell):
     dict(conv=4), dict(dynamic_conv=True), dict(fsmn=3, fsmn_dilation=2),
     dict(attention_every=2), dict(attention_every=2, window=3, conv=3, fsmn=2),
     dict(cell="mamba", dynamic_conv=True, fsmn=2), dict(cell="deltanet", conv=4),
+    *[dict(cell=c, block="published") for c in
+      ("mamba", "mamba2", "deltanet", "gated_deltanet", "deltaproduct", "mlstm", "slstm")],
+    dict(cell="mamba", block="published", attention_every=2, conv=3),
 ])
 def test_streaming_equals_one_run_for_every_block_option(options):
     torch.manual_seed(0)
@@ -94,7 +97,19 @@ def test_save_and_load_round_trip_exactly(tmp_path):
     assert torch.equal(lm(ids), back(ids))
 
 
+def test_published_block_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    lm = LM(17, 16, 2, cell="mamba2", block="published", cell_options={"head_dim": 8})
+    lm.save_pretrained(tmp_path)
+    back = LM.from_pretrained(tmp_path)
+    assert type(back.blocks[0].mixer).__name__ == "Mamba2Layer"
+    ids = torch.randint(0, 17, (2, 9))
+    assert torch.equal(lm(ids), back(ids))
+
+
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="block='published' is the published layer"):
+        LM(10, 8, 1, cell="gru", block="published")
     with pytest.raises(ValueError, match="cell must be"):
         LM(10, 8, 1, cell="nope")
     with pytest.raises(ValueError, match="vocab_size"):

@@ -46,12 +46,32 @@ def test_bad_arguments():
         SequenceModel(4, 2, kind="image")
     with pytest.raises(ValueError, match="divisible by heads"):
         SequenceModel(4, 2, d_model=10, mixer="attention", heads=4)
+    with pytest.raises(ValueError, match=r"mixer must be one of .*\(did you mean 'mamba'\?\)"):
+        SequenceModel(4, 2, mixer="mamab")
+    with pytest.raises(ValueError, match="attention takes heads and window"):
+        SequenceModel(4, 2, mixer="attention", allow_neg_eigval=True)
+    with pytest.raises(ValueError, match="'lstm' has none"):
+        SequenceModel(4, 2, mixer="lstm", block="published")
 
 
-@pytest.mark.parametrize("mixer", ["attention", "gru", "mamba", "slstm"])
-def test_sequence_model_streams(mixer):
+def test_published_model_without_mlp_has_none_and_with_it_the_family_one():
+    """``mlp=True`` is the block's own MLP: none in Mamba's, GELU x2 (the arena Transformer's,
+    as fla's DeltaNet blocks take their Transformer's) in DeltaNet's; ``mlp=False`` drops it."""
+    kinds = {(m, mlp): type(SequenceModel(4, 2, 16, 1, mixer=m, block="published",
+                                          mlp=mlp).blocks[0].mlp).__name__
+             for m in ("mamba", "deltanet", "slstm") for mlp in (True, False)}
+    assert kinds == {("mamba", True): "NoneType", ("mamba", False): "NoneType",
+                     ("deltanet", True): "Sequential", ("deltanet", False): "NoneType",
+                     ("slstm", True): "GatedMLP", ("slstm", False): "NoneType"}
+
+
+@pytest.mark.parametrize("mixer, block", [
+    ("attention", "default"), ("gru", "default"), ("mamba", "default"), ("slstm", "default"),
+    ("mamba", "published"), ("mamba2", "published"), ("gated_deltanet", "published"),
+    ("deltaproduct", "published"), ("mlstm", "published"), ("slstm", "published")])
+def test_sequence_model_streams(mixer, block):
     torch.manual_seed(0)
-    model = SequenceModel(7, 3, d_model=16, n_layers=2, mixer=mixer).double()
+    model = SequenceModel(7, 3, d_model=16, n_layers=2, mixer=mixer, block=block).double()
     x = torch.randint(0, 7, (2, 13))
     state, outs = model.initial_state(2), []
     for chunk in x.split([4, 1, 8], dim=1):

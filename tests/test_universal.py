@@ -103,12 +103,13 @@ def test_act_false_is_a_plain_loop_of_the_shared_block(mixer):
     torch.testing.assert_close(model.update_weights.sum(-1), torch.ones(2, 9, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("mixer", ["attention", "lstm"])
+@pytest.mark.parametrize("mixer, block", [("attention", "default"), ("lstm", "default"),
+                                          ("mamba", "published")])
 @pytest.mark.parametrize("act", [True, False])
-def test_causal(mixer, act):
+def test_causal(mixer, block, act):
     torch.manual_seed(4)
     model = UniversalTransformer(7, 3, d_model=16, max_steps=4, mixer=mixer, act=act,
-                                 halting_bias=0.0).double()
+                                 halting_bias=0.0, block=block).double()
     x = torch.randint(0, 7, (2, 11))
     y = x.clone()
     y[:, 6:] = (y[:, 6:] + 1) % 7
@@ -117,10 +118,12 @@ def test_causal(mixer, act):
     assert not torch.allclose(a[:, 6:], b[:, 6:])
 
 
-@pytest.mark.parametrize("mixer", ["attention", "gru"])
-def test_non_causal_sees_the_future(mixer):
+@pytest.mark.parametrize("mixer, block", [("attention", "default"), ("gru", "default"),
+                                          ("deltanet", "published")])
+def test_non_causal_sees_the_future(mixer, block):
     torch.manual_seed(5)
-    model = UniversalTransformer(7, 3, d_model=16, max_steps=3, mixer=mixer, causal=False)
+    model = UniversalTransformer(7, 3, d_model=16, max_steps=3, mixer=mixer, causal=False,
+                                 block=block)
     x = torch.randint(0, 7, (1, 8))
     y = x.clone()
     y[:, -1] = (y[:, -1] + 1) % 7
@@ -153,6 +156,8 @@ def test_sinusoid():
     (dict(heads=3), "heads"),
     (dict(state_size=4), "cell options"),
     (dict(vocab_size=0), "vocab_size"),
+    (dict(block="published"), "block"),
+    (dict(mixer="gru", block="published"), "'gru' has none"),
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
     args = dict(vocab_size=4, n_outputs=2, d_model=8)

@@ -3,6 +3,9 @@
 A spec is ``name`` or ``name(key=value, ...)``: ``mod_arith(brackets=true)``,
 ``deltanet(heads=2)``. Model names are a registered cell, ``transformer``, or an alias below that
 fixes options (``mamba[-1,1]`` is Mamba with negative eigenvalues allowed, Grazzi et al.'s name).
+A plain cell name runs the cell in the generic block (``block="default"``); the aliases run the
+family's published block (``block="published"``: Mamba's conv and gate, DeltaNet's convs and
+norms, ...); ``block=default`` / ``block=published`` in a spec's options picks either.
 Lists are comma-separated; commas inside brackets or parentheses belong to the spec.
 """
 from __future__ import annotations
@@ -13,26 +16,29 @@ import re
 from typing import Dict, List, Tuple
 
 from .. import cells, tasks
-from ..cells.registry import check_options, did_you_mean, option_types
+from ..cells.registry import check_options, option_types
+from ..checks import check_choice, did_you_mean
 from ..models.attention import CausalSelfAttention
-from ..models.sequence import ATTENTION
+from ..models.block import ATTENTION, BLOCKS, check_block, check_mixer
 
-# alias -> (mixer, options). The [a,b] suffix is the range of the transition's eigenvalues.
-ALIASES: Dict[str, Tuple[str, dict]] = {
-    "transformer": (ATTENTION, {}),
-    "mamba[0,1]": ("mamba", {"allow_neg_eigval": False}),
-    "mamba[-1,1]": ("mamba", {"allow_neg_eigval": True}),
-    "mamba2[0,1]": ("mamba2", {"allow_neg_eigval": False}),
-    "mamba2[-1,1]": ("mamba2", {"allow_neg_eigval": True}),
-    "deltanet[0,1]": ("deltanet", {"allow_neg_eigval": False}),
-    "deltanet[-1,1]": ("deltanet", {"allow_neg_eigval": True}),
-    "gated_deltanet[0,1]": ("gated_deltanet", {"allow_neg_eigval": False}),
-    "gated_deltanet[-1,1]": ("gated_deltanet", {"allow_neg_eigval": True}),
-    "deltaproduct[-1,1]": ("deltaproduct", {"allow_neg_eigval": True}),
+# alias -> (mixer, options, block). The [a,b] suffix is the range of the transition's
+# eigenvalues; the cell runs in its family's published block.
+ALIASES: Dict[str, Tuple[str, dict, str]] = {
+    "transformer": (ATTENTION, {}, "default"),
+    "mamba[0,1]": ("mamba", {"allow_neg_eigval": False}, "published"),
+    "mamba[-1,1]": ("mamba", {"allow_neg_eigval": True}, "published"),
+    "mamba2[0,1]": ("mamba2", {"allow_neg_eigval": False}, "published"),
+    "mamba2[-1,1]": ("mamba2", {"allow_neg_eigval": True}, "published"),
+    "deltanet[0,1]": ("deltanet", {"allow_neg_eigval": False}, "published"),
+    "deltanet[-1,1]": ("deltanet", {"allow_neg_eigval": True}, "published"),
+    "gated_deltanet[0,1]": ("gated_deltanet", {"allow_neg_eigval": False}, "published"),
+    "gated_deltanet[-1,1]": ("gated_deltanet", {"allow_neg_eigval": True}, "published"),
+    "deltaproduct[-1,1]": ("deltaproduct", {"allow_neg_eigval": True}, "published"),
 }
 
 ARENA_KINDS = ("tokens", "real")  # what SequenceModel reads and writes
 CELL_FIXED = ("input_size", "hidden_size", "device", "dtype")  # the model sets these, not a spec
+LAYER_FIXED = CELL_FIXED + ("in_proj",)  # a published layer sets in_proj too
 
 _SPEC = re.compile(r"^\s*([A-Za-z0-9_\[\],.\-]+?)\s*(?:\((.*)\))?\s*$")
 
@@ -100,10 +106,7 @@ def typed(what: str, spec: str, fn, options: dict, fixed: Tuple[str, ...] = ()) 
 
 def cell_options(text: str, cell: str, what: str = "--cell-options") -> dict:
     """``"allow_neg_eigval=true,heads=2"`` -> the options of ``cell``, typed and checked."""
-    if cell != ATTENTION and cell not in cells.available():
-        names = [ATTENTION] + cells.available()
-        raise ValueError(f"--cell: unknown cell {cell!r}{did_you_mean(cell, names)}; expected "
-                         f"{ATTENTION!r} or a registered cell ({', '.join(cells.available())})")
+    check_mixer(None, "--cell", cell)
     options = parse(f"x({text})", what)[1]
     if cell == ATTENTION and options:
         raise ValueError(f"{what}: attention layers take no cell options, got {text!r}")
@@ -116,26 +119,25 @@ class ModelSpec:
     label: str  # as written; the name in tables
     mixer: str  # a registered cell name or "attention"
     options: Dict[str, object]  # cell options (or heads= for attention)
+    block: str = "default"  # "default" or "published" (models.block.make_block)
 
 
 def model(spec: str) -> ModelSpec:
     """Resolve a model spec (see module docstring); unknown names raise listing the known ones
     and the closest, options are checked against the mixer's signature (names and types)."""
     name, options = parse(spec, "--models")
-    if name in ALIASES:
-        mixer, preset = ALIASES[name]
-    elif name in cells.available():
-        mixer, preset = name, {}
-    else:
-        names = list(ALIASES) + cells.available()
-        raise ValueError(f"--models: unknown model {name!r}{did_you_mean(name, names)}; expected "
-                         f"a registered cell ({', '.join(cells.available())}) or one of "
-                         f"{', '.join(ALIASES)}")
+    check_mixer(None, "--models", name, attention=False, aliases=ALIASES, noun="model")
+    mixer, preset, block = ALIASES.get(name, (name, {}, "default"))
+    block = options.pop("block", block)
+    check_choice(f"--models: {spec!r}", "block", block, BLOCKS)
+    if mixer != ATTENTION:
+        check_block(f"--models: {spec!r}", block, mixer)
     if mixer == ATTENTION:
         options = typed("--models", spec, CausalSelfAttention, options, ("d_model",))
     else:
-        options = typed("--models", spec, cells.registry.constructor(mixer), options, CELL_FIXED)
-    return ModelSpec(spec.strip(), mixer, {**preset, **options})
+        fixed = LAYER_FIXED if block == "published" else CELL_FIXED
+        options = typed("--models", spec, cells.registry.constructor(mixer), options, fixed)
+    return ModelSpec(spec.strip(), mixer, {**preset, **options}, block)
 
 
 def task(spec: str) -> Tuple[str, tasks.Task]:

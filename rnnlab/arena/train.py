@@ -28,9 +28,11 @@ def _warn(message: str) -> None:
 
 
 def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> SequenceModel:
+    """The arena's model for ``spec`` on ``task``: a ``SequenceModel`` in ``spec.block`` (the
+    published block for the aliases ``mamba[-1,1]`` etc.) of ``cfg.d_model``, ``cfg.n_layers``."""
     return SequenceModel(task.vocab_size, task.n_outputs, d_model=cfg.d_model,
                          n_layers=cfg.n_layers, mixer=spec.mixer, kind=task.kind, mlp=cfg.mlp,
-                         **spec.options)
+                         block=spec.block, **spec.options)
 
 
 def learning_rate(cfg: ArenaConfig, step: int) -> float:

@@ -7,8 +7,12 @@ by one (or n_h) online regression steps on 1/2 ||S^T k - v||^2:
 q, k pass SiLU then L2 normalization per head (needed: the eigenvalues of the transition are 1
 and 1 - beta ||k||^2); beta = sigmoid(.) in (0, 1), or 2 sigmoid(.) in (0, 2) with
 ``allow_neg_eigval=True`` (Grazzi et al. 2024), which lets a layer track parity. H = heads * V,
-K = V = head dim unless ``key_dim`` says otherwise. Short convolutions and output norms belong to
-the model layer.
+K = V = head dim unless ``key_dim`` says otherwise.
+
+The published layer around a cell (q, k, v, beta projections; short causal convs on q, k, v with
+SiLU; the output RMSNorm per head, gated in Gated DeltaNet and DeltaProduct; o_proj) is
+``rnnlab.models.mixers.DeltaLayer``: it feeds the cell its projected input with ``in_proj=False``.
+The convs' SiLU on q and k is the cell's own (``_qk``), so the layer leaves them linear.
 """
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from .base import Linear
 from .linear import LinearCell
+from .mamba import check_in_proj, input_projection
 from .registry import register
 from .ssm_init import check_dt_range, inverse_softplus, log_uniform
 
@@ -72,17 +78,36 @@ class DeltaCell(LinearCell):
 
 @register("deltanet")
 class DeltaNet(DeltaCell):
-    """DeltaNet (Yang et al. 2024): S_t = (I - beta k k^T) S + beta k v^T."""
+    """DeltaNet (Yang et al. 2024, https://arxiv.org/abs/2406.06484):
+    S_t = (I - beta k k^T) S + beta k v^T. ``u_t`` = [q~, k~, v, beta~] (pre-activations).
+
+    ``in_proj=False``: no input projection, the input is ``u`` itself (needs ``input_size ==
+    2 heads K + H + heads``), as ``DeltaLayer`` gives it.
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("deltanet", input_size=8, hidden_size=16, heads=2)
+    >>> y, S = layer(torch.randn(2, 5, 8))
+    >>> tuple(y.shape), tuple(S.shape)
+    ((2, 5, 16), (2, 2, 8, 8))
+    """
+
+    gated = False  # Gated DeltaNet's u_t has a decay input after beta
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, allow_neg_eigval: bool = False,
-                 device=None, dtype=None):
+                 in_proj: bool = True, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         self.init_heads(heads, key_dim)
         self.allow_neg_eigval = allow_neg_eigval
-        nk = heads * self.key_dim
-        self.proj = nn.Linear(input_size, 2 * nk + hidden_size + heads, bias=False,
-                              device=device, dtype=dtype)
+        check_in_proj(type(self).__name__, in_proj, input_size, self.input_width(),
+                      f"[q, k, v, beta{', a' if self.gated else ''}]")
+        width = 2 * heads * self.key_dim + hidden_size + heads  # q, k, v, beta
+        self.proj = nn.Linear(input_size, width, bias=False, device=device, dtype=dtype) \
+            if in_proj else nn.Identity()
+
+    def input_width(self) -> int:
+        """P, the width of ``u``: what ``in_proj=False`` needs as ``input_size``."""
+        return 2 * self.heads * self.key_dim + self.hidden_size + self.heads * (1 + self.gated)
 
     def project(self, x):
         return self.proj(x)  # (B, T, D) -> (B, T, 2 heads K + H + heads)
@@ -96,20 +121,33 @@ class DeltaNet(DeltaCell):
 
 @register("gated_deltanet")
 class GatedDeltaNet(DeltaNet):
-    """Gated DeltaNet (Yang, Kautz, Hatamizadeh 2025): S_t = alpha_t (I - beta k k^T) S + beta k v^T
-    with alpha_t = exp(-exp(A_log) softplus(W_a x + dt_bias)), A ~ U(0, 16)."""
+    """Gated DeltaNet (Yang, Kautz, Hatamizadeh 2025, https://arxiv.org/abs/2412.06464):
+    S_t = alpha_t (I - beta k k^T) S + beta k v^T with alpha_t = exp(-exp(A_log) softplus(W_a x +
+    dt_bias)), A ~ U(0, 16). ``u_t`` = [q~, k~, v, beta~, a~]; ``in_proj=False`` as DeltaNet's.
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("gated_deltanet", input_size=8, hidden_size=16, heads=2)
+    >>> tuple(layer(torch.randn(2, 5, 8))[0].shape)
+    (2, 5, 16)
+    """
+
+    gated = True
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, allow_neg_eigval: bool = False,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, device=None, dtype=None):
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, in_proj: bool = True,
+                 device=None, dtype=None):
         check_dt_range("GatedDeltaNet", dt_min, dt_max)
-        super().__init__(input_size, hidden_size, heads, key_dim, allow_neg_eigval, device, dtype)
+        super().__init__(input_size, hidden_size, heads, key_dim, allow_neg_eigval,
+                         in_proj=in_proj, device=device, dtype=dtype)
         kw = dict(device=device, dtype=dtype)
-        self.decay = nn.Linear(input_size, heads, bias=False, **kw)
+        self.decay = nn.Linear(input_size, heads, bias=False, **kw) if in_proj else None
         self.A_log = nn.Parameter(torch.log(torch.empty(heads, **kw).uniform_(1e-3, 16)))
         self.dt_bias = nn.Parameter(inverse_softplus(log_uniform((heads,), dt_min, dt_max, **kw)))
 
     def project(self, x):
+        if self.decay is None:  # in_proj=False: x is u already
+            return x
         return torch.cat([self.proj(x), self.decay(x)], dim=-1)  # (B, T, P + heads)
 
     def delta_inputs(self, u):
@@ -120,24 +158,31 @@ class GatedDeltaNet(DeltaNet):
 
 @register("deltaproduct")
 class DeltaProduct(DeltaCell):
-    """DeltaProduct (Siems et al. 2025): ``substeps`` (n_h) Householder steps per token,
-    A_t = alpha_t prod_j (I - beta_j k_j k_j^T). Run as T * n_h sub-steps with the decay on the
-    first sub-step and the query on the last. Defaults as the reference layer: n_h = 2,
-    beta in (0, 2). ``gated=True`` adds Gated DeltaNet's decay."""
+    """DeltaProduct (Siems et al. 2025, https://arxiv.org/abs/2502.10297): ``substeps`` (n_h)
+    Householder steps per token, A_t = alpha_t prod_j (I - beta_j k_j k_j^T). Run as T * n_h
+    sub-steps with the decay on the first sub-step and the query on the last. Defaults as the
+    reference layer: n_h = 2, beta in (0, 2). ``gated=True`` adds Gated DeltaNet's decay.
+    ``u_t`` = [q~, n_h x (k~_j, v_j, beta~_j), a~ if gated]; ``in_proj=False`` as DeltaNet's.
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("deltaproduct", input_size=8, hidden_size=16, heads=2)
+    >>> tuple(layer(torch.randn(2, 5, 8))[0].shape)
+    (2, 5, 16)
+    """
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, substeps: int = 2, allow_neg_eigval: bool = True,
-                 gated: bool = False, device=None, dtype=None):
+                 gated: bool = False, in_proj: bool = True, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
-        if not (isinstance(substeps, int) and substeps >= 1):
-            raise ValueError(f"DeltaProduct: substeps must be an int >= 1, got {substeps!r}")
+        check_int("DeltaProduct", "substeps", substeps, 1)
         self.init_heads(heads, key_dim)
         self.substeps, self.allow_neg_eigval, self.gated = substeps, allow_neg_eigval, gated
         kw = dict(device=device, dtype=dtype)
         nk = heads * self.key_dim
         self.per_step = nk + hidden_size + heads  # k, v, beta of one sub-step
-        self.proj = nn.Linear(input_size, nk + substeps * self.per_step + gated * heads,
-                              bias=False, **kw)
+        self.proj = input_projection("DeltaProduct", in_proj, input_size,
+                                     nk + substeps * self.per_step + gated * heads,
+                                     "[q, n_h x (k, v, beta), decay if gated]", bias=False, **kw)
         if gated:
             self.A_log = nn.Parameter(torch.log(torch.empty(heads, **kw).uniform_(1e-3, 16)))
             self.dt_bias = nn.Parameter(inverse_softplus(log_uniform((heads,), 1e-3, 1e-1, **kw)))

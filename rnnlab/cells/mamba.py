@@ -6,8 +6,11 @@
 with x = W_in u, dt = softplus(W_up W_down x + b_dt) (rank ceil(D/16)), B_t = W_B x, C_t = W_C x.
 Init: A = -exp(A_log), A_log[d, n] = log(n + 1); b_dt = softplus^-1(dt), dt log-uniform in
 [dt_min, dt_max] floored at dt_floor; D = 1. ``allow_neg_eigval=True`` maps the decay a to
-2a - 1 in (-1, 1] (Grazzi et al. 2024), which lets the cell track parity. The block around it
-(causal conv, SiLU gate, out projection) belongs to the model layer.
+2a - 1 in (-1, 1] (Grazzi et al. 2024), which lets the cell track parity.
+
+The block around it (in_proj to x and z, causal conv + SiLU on x, the scan, ``y * SiLU(z)``,
+out_proj) is ``rnnlab.models.mixers.MambaLayer`` (``block="published"`` in the models); it feeds
+the cell the conv's output with ``in_proj=False``, so W_in is the identity there.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_bool
 from .base import Linear
 from .factors import Selective
 from .linear import LinearCell
@@ -25,15 +29,44 @@ from .registry import register
 from .ssm_init import check_dt_range, farange, inverse_softplus, log_uniform
 
 
+def check_in_proj(owner: str, in_proj, input_size: int, width: int, layout: str) -> None:
+    """``in_proj`` is a bool; ``in_proj=False`` (the cell reads its projected input ``layout``
+    as given, a published block projects it) needs ``input_size == width``."""
+    check_bool(owner, "in_proj", in_proj)
+    if not in_proj and input_size != width:
+        raise ValueError(f"{owner}: in_proj=False reads the input as {layout}, so input_size "
+                         f"must be {width}, got {input_size}")
+
+
+def input_projection(owner: str, in_proj, input_size: int, width: int, layout: str,
+                     **linear) -> nn.Module:
+    """``nn.Linear(input_size, width, **linear)``, or with ``in_proj=False`` the identity (see
+    ``check_in_proj``)."""
+    check_in_proj(owner, in_proj, input_size, width, layout)
+    return nn.Linear(input_size, width, **linear) if in_proj else nn.Identity()
+
+
 @register("mamba")
 class Mamba(LinearCell):
-    """S6 cell. State ``(B, H, N)`` real; ``u_t: (B, 2H + 2N)`` = [x, dt, B_t, C_t]."""
+    """S6 cell (Mamba, https://arxiv.org/abs/2312.00752). State ``(B, H, N)`` real;
+    ``u_t: (B, 2H + 2N)`` = [x, dt, B_t, C_t].
+
+    ``in_proj=False``: no W_in, x is the input itself (needs ``input_size == hidden_size``); the
+    published block's conv output feeds the cell this way.
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("mamba", input_size=8, hidden_size=16)
+    >>> y, h = layer(torch.randn(2, 5, 8))
+    >>> tuple(y.shape), tuple(h.shape)
+    ((2, 5, 16), (2, 16, 16))
+    """
 
     structure = Linear("diagonal")
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 dt_floor: float = 1e-4, allow_neg_eigval: bool = False, device=None, dtype=None):
+                 dt_floor: float = 1e-4, allow_neg_eigval: bool = False, in_proj: bool = True,
+                 device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         check_range("Mamba", "state_size", state_size, 1)
         check_range("Mamba", "dt_rank", dt_rank, 1, optional=True)
@@ -43,7 +76,7 @@ class Mamba(LinearCell):
         H, N = hidden_size, state_size
         R = math.ceil(input_size / 16) if dt_rank is None else dt_rank
         self.state_size, self.dt_rank, self.allow_neg_eigval = N, R, allow_neg_eigval
-        self.in_proj = nn.Linear(input_size, H, **kw)
+        self.in_proj = input_projection("Mamba", in_proj, input_size, H, "x", **kw)  # W_in
         self.x_proj = nn.Linear(H, R + 2 * N, bias=False, **kw)
         self.dt_proj = nn.Linear(R, H, **kw)
         with torch.no_grad():

@@ -6,6 +6,10 @@
 with x, dt, B, C from one input projection, dt = softplus(. + dt_bias). Init: A_h ~ U[1, 16]
 (stored as a log, A = -exp(A_log)), dt log-uniform in [dt_min, dt_max], D = 1.
 ``allow_neg_eigval=True`` maps a to 2a - 1. H = heads * head_dim.
+
+The block around it (in_proj to z, [x, B, C] and dt; causal conv + SiLU on [x, B, C]; the scan;
+gated RMSNorm ``norm(y * SiLU(z))``; out_proj) is ``rnnlab.models.mixers.Mamba2Layer``, which
+feeds the cell [x, dt, B, C] with ``in_proj=False``.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from torch import nn
 from .base import Linear
 from .factors import OuterProduct
 from .linear import LinearCell
+from .mamba import input_projection
 from .options import check_range
 from .registry import register
 from .ssm_init import check_dt_range, inverse_softplus, log_uniform
@@ -23,13 +28,24 @@ from .ssm_init import check_dt_range, inverse_softplus, log_uniform
 
 @register("mamba2")
 class Mamba2(LinearCell):
-    """SSD cell. State ``(B, heads, P, N)``; ``u_t: (B, H + heads + 2N)`` = [x, dt, B_t, C_t]."""
+    """SSD cell (Mamba-2, https://arxiv.org/abs/2405.21060). State ``(B, heads, P, N)``;
+    ``u_t: (B, H + heads + 2N)`` = [x, dt, B_t, C_t].
+
+    ``in_proj=False``: no input projection, the input is [x, dt, B_t, C_t] itself (needs
+    ``input_size == H + heads + 2N``), as the published block gives it.
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("mamba2", input_size=8, hidden_size=16, head_dim=8)
+    >>> y, h = layer(torch.randn(2, 5, 8))
+    >>> tuple(y.shape), tuple(h.shape)
+    ((2, 5, 16), (2, 2, 8, 16))
+    """
 
     structure = Linear("scalar")
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
                  head_dim: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 allow_neg_eigval: bool = False, device=None, dtype=None):
+                 allow_neg_eigval: bool = False, in_proj: bool = True, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         check_range("Mamba2", "state_size", state_size, 1)
         check_range("Mamba2", "head_dim", head_dim, 1, optional=True)
@@ -40,7 +56,8 @@ class Mamba2(LinearCell):
         kw = dict(device=device, dtype=dtype)
         self.heads, self.head_dim, self.state_size = hidden_size // P, P, state_size
         self.allow_neg_eigval = allow_neg_eigval
-        self.in_proj = nn.Linear(input_size, hidden_size + self.heads + 2 * state_size, **kw)
+        width = hidden_size + self.heads + 2 * state_size
+        self.in_proj = input_projection("Mamba2", in_proj, input_size, width, "[x, dt, B, C]", **kw)
         self.dt_bias = nn.Parameter(inverse_softplus(log_uniform((self.heads,), dt_min, dt_max,
                                                                  **kw)))
         self.A_log = nn.Parameter(torch.log(torch.empty(self.heads, **kw).uniform_(1, 16)))

@@ -31,8 +31,9 @@ head of d channels, b_f[j] = 6 - 5 (j / (d - 1))^p with p = 0.3 + 1.3 * depth, w
 retentions from sigmoid(6) = 0.998 down to sigmoid(1) = 0.73, and deeper blocks (larger p) keep
 more channels near the long end.
 
-The layer around the cell (causal conv + SiLU feeding i and f, head-wise LayerNorm on the output,
-the gated FFN) belongs to the block, not here.
+The published layer around the cell (causal conv + SiLU feeding i and f; head-wise projections;
+head-wise norm on the output) is ``rnnlab.models.mixers.SLSTMLayer`` and the block adds the gated
+FFN; the layer feeds the cell the four gate pre-activations with ``in_proj=False``.
 """
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int, check_number
 from .base import Cell, Heads
+from .mamba import check_in_proj
 from .registry import register
 
 
@@ -58,25 +61,37 @@ def powerlaw_forget_bias(hidden_size: int, heads: int, depth: float,
 
 @register("slstm")
 class SLSTM(Cell):
-    """sLSTM cell. State ``(h, c, n, m)``, each ``(B, H)``; ``u_t: (B, 4H)`` = W x + b in gate
-    order (i, f, z, o); ``readout`` is h."""
+    """sLSTM cell (xLSTM, https://arxiv.org/abs/2405.04517). State ``(h, c, n, m)``, each
+    ``(B, H)``; ``u_t: (B, 4H)`` = W x + b in gate order (i, f, z, o); ``readout`` is h.
+
+    ``in_proj=False``: no W, the input is the four gates' pre-activations ``(B, T, 4H)`` (b is
+    still added), as the published block gives them.
+
+    >>> import torch, rnnlab
+    >>> layer = rnnlab.Recurrent("slstm", input_size=8, hidden_size=16)
+    >>> y, (h, c, n, m) = layer(torch.randn(2, 5, 8))
+    >>> tuple(y.shape), tuple(c.shape)
+    ((2, 5, 16), (2, 16))
+    """
 
     def __init__(self, input_size: int, hidden_size: int, heads: int | None = None,
-                 depth: float = 0.0, device=None, dtype=None):
+                 depth: float = 0.0, in_proj: bool = True, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         H = hidden_size
         if heads is None:
             heads = 1 if H % 4 else 4
-        if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 or H % heads:
+        check_int("SLSTM", "heads", heads, 1)
+        if H % heads:
             raise ValueError(f"SLSTM: heads must be an int >= 1 dividing hidden_size={H}, "
                              f"got {heads!r}")
-        if isinstance(depth, bool) or not isinstance(depth, (int, float)) \
-                or not 0.0 <= depth <= 1.0:
-            raise ValueError(f"SLSTM: depth must be a number in [0, 1], got {depth!r}")
+        check_number("SLSTM", "depth", depth, 0.0, 1.0)
+        check_in_proj("SLSTM", in_proj, input_size, 4 * H, "the pre-activations of i, f, z, o")
         kw = dict(device=device, dtype=dtype)
         self.heads, self.head_dim, self.depth = heads, H // heads, float(depth)
         self.structure = Heads(heads, H // heads)
-        self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size, **kw))  # W, rows i, f, z, o
+        self.weight_ih = None  # in_proj=False: the input is W x already
+        if in_proj:
+            self.weight_ih = nn.Parameter(torch.empty(4 * H, input_size, **kw))  # rows i, f, z, o
         self.bias = nn.Parameter(torch.empty(4 * H, **kw))
         # R[g, n]: head n's (d, d) recurrent block of gate g; pre[g, n, j] += R[g, n, j, k] h[n, k]
         self.weight_hh = nn.Parameter(torch.empty(4, heads, self.head_dim, self.head_dim, **kw))
@@ -84,7 +99,8 @@ class SLSTM(Cell):
 
     def reset_parameters(self) -> None:
         H = self.hidden_size
-        nn.init.normal_(self.weight_ih, 0.0, math.sqrt(2.0 / (5.0 * self.input_size)))
+        if self.weight_ih is not None:
+            nn.init.normal_(self.weight_ih, 0.0, math.sqrt(2.0 / (5.0 * self.input_size)))
         nn.init.zeros_(self.weight_hh)
         with torch.no_grad():
             self.bias.zero_()
@@ -95,6 +111,8 @@ class SLSTM(Cell):
         return ((self.hidden_size,),) * 4
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_ih is None:
+            return x + self.bias  # (B, T, 4H)
         return F.linear(x, self.weight_ih, self.bias)  # (B, T, D) -> (B, T, 4H)
 
     def recur(self, h: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..cells.registry import check_options
+from ..checks import check_bool, check_int
 
 KVCache = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -43,12 +44,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         check_options("CausalSelfAttention", CausalSelfAttention,
                       dict(d_model=d_model, heads=heads, window=window))
-        if heads < 1 or d_model < 1 or d_model % heads:
+        check_int("CausalSelfAttention", "d_model", d_model, 1)
+        check_int("CausalSelfAttention", "heads", heads, 1)
+        if d_model % heads:
             raise ValueError(f"CausalSelfAttention: d_model must be divisible by heads, got "
                              f"d_model={d_model}, heads={heads!r}")
-        if window is not None and window < 1:
-            raise ValueError(f"CausalSelfAttention: window must be None or an int >= 1, "
-                             f"got {window!r}")
+        check_int("CausalSelfAttention", "window", window, 1, optional=True)
         self.heads, self.window = heads, window
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -81,3 +82,20 @@ class CausalSelfAttention(nn.Module):
                 keep, v.shape[2]):]
         cache = (k, v, torch.tensor(start + T, device=x.device))
         return self.out(y.transpose(1, 2).reshape(B, T, D)), cache  # (B, T, D)
+
+
+class SelfAttention(CausalSelfAttention):
+    """``CausalSelfAttention`` that can also attend both ways (``causal=False``); reads whole
+    sequences: ``(B, T, D) -> (B, T, D)``, no cache."""
+
+    def __init__(self, d_model: int, heads: int = 4, causal: bool = True):
+        super().__init__(d_model, heads)
+        check_bool("SelfAttention", "causal", causal)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)

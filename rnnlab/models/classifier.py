@@ -1,5 +1,5 @@
-"""``Classifier``: sequence classification from ``LMBlock``s of any registered cell, optionally
-bidirectional.
+"""``Classifier``: sequence classification from residual blocks (``models.block.make_block``, as
+the LM's) of any registered cell, optionally bidirectional.
 
     clf = Classifier(vocab_size=100, n_classes=5, cell="gru", bidirectional=True)
     logits = clf(ids, lengths)                 # (B, T), (B,) -> (B, n_classes)
@@ -11,7 +11,7 @@ direction runs each sequence's own valid part reversed (``reverse_within``: posi
 L_b`` swaps with ``L_b - 1 - t``; padding stays where it is, after the valid part again), and
 pooling is masked by ``lengths``.
 
-A bidirectional layer is two ``LMBlock``s that read the same residual stream ``x``, one forward
+A bidirectional layer is two blocks that read the same residual stream ``x``, one forward
 and one on the reversed sequence, each adding its own update: ``y = x + g_fwd(x) +
 rev(g_bwd(rev(x)))`` (the sum of both directions, as in bidirectional Mamba/Vim), so depth and
 width stay as in the unidirectional model. ``save_pretrained(dir)`` /
@@ -25,16 +25,10 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .. import cells as _cells
-from .blocks import LMBlock
-from .sequence import ATTENTION
+from ..checks import check_bool, check_choice, check_int, check_number
+from .block import ATTENTION, ResidualBlock, check_block, check_mixer, make_block
 
 POOLINGS = ("mean", "last", "max")
-
-
-def _positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Classifier: {name} must be an int >= 1, got {value!r}")
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -71,19 +65,19 @@ def check_lengths(lengths, B: int, T: int, device) -> torch.Tensor:
 
 
 class Classifier(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["rnnlab"]):
-    """Embedding -> ``n_layers`` (bidirectional) ``LMBlock`` layers -> norm -> pooling over the
-    valid positions -> dropout -> linear head.
+    """Embedding -> ``n_layers`` (bidirectional) blocks -> norm -> pooling over the valid
+    positions -> dropout -> linear head.
 
     Args:
         vocab_size, n_classes: input tokens and output classes.
         cell: a registered cell name, or ``"attention"`` (a causal Transformer per direction).
-        bidirectional: add a backward ``LMBlock`` to every layer (see the module docstring).
+        bidirectional: add a backward block to every layer (see the module docstring).
         pooling: ``"mean"`` / ``"max"`` over the valid positions, or ``"last"``: the last valid
             position (and, when bidirectional, the first one too, where the backward direction
             has read the whole sequence; the two are concatenated, ``(B, 2D)``).
         dropout: on the embeddings, between layers and before the head (0 = none).
         conv, dynamic_conv, fsmn, fsmn_dilation, heads, window, engine, cell_options,
-        attention_every: block options, as in ``LM``.
+        attention_every, block: block options, as in ``LM``.
     """
 
     def __init__(self, vocab_size: int, n_classes: int, d_model: int = 128, n_layers: int = 2,
@@ -91,22 +85,27 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["
                  dropout: float = 0.0, conv: int = 0, dynamic_conv: bool = False, fsmn: int = 0,
                  fsmn_dilation: int = 1, attention_every: int = 0,
                  window: Optional[int] = None, heads: int = 4, engine: str = "auto",
-                 cell_options: Optional[dict] = None):
+                 cell_options: Optional[dict] = None, block: str = "default"):
         super().__init__()
         self._check_args(vocab_size, n_classes, d_model, n_layers, cell, bidirectional,
                          pooling, dropout, attention_every)
+        if cell != ATTENTION:  # attention layers always take the default block
+            check_block("Classifier", block, cell)
         self.vocab_size, self.n_classes = vocab_size, n_classes
         self.bidirectional, self.pooling = bidirectional, pooling
         self.embed = nn.Embedding(vocab_size, d_model)
         self.drop = nn.Dropout(dropout)
 
-        def block(i: int) -> LMBlock:
-            attn = attention_every and (i + 1) % attention_every == 0
-            return LMBlock(d_model, ATTENTION if attn else cell, conv, dynamic_conv, fsmn,
-                           fsmn_dilation, heads, window, engine, cell_options)
+        def layer(i: int) -> ResidualBlock:
+            attn = cell == ATTENTION or (attention_every and (i + 1) % attention_every == 0)
+            return make_block(ATTENTION if attn else cell, d_model,
+                              block="default" if attn else block, conv=conv,
+                              dynamic_conv=dynamic_conv, fsmn=fsmn, fsmn_dilation=fsmn_dilation,
+                              heads=heads, window=window, engine=engine,
+                              cell_options=None if attn else cell_options)
 
-        self.forward_blocks = nn.ModuleList(block(i) for i in range(n_layers))
-        self.backward_blocks = nn.ModuleList(block(i) for i in range(n_layers)) \
+        self.forward_blocks = nn.ModuleList(layer(i) for i in range(n_layers))
+        self.backward_blocks = nn.ModuleList(layer(i) for i in range(n_layers)) \
             if bidirectional else None
         self.norm = nn.LayerNorm(d_model)
         width = 2 * d_model if bidirectional and pooling == "last" else d_model
@@ -115,24 +114,15 @@ class Classifier(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["
     @staticmethod
     def _check_args(vocab_size, n_classes, d_model, n_layers, cell, bidirectional, pooling,
                     dropout, attention_every) -> None:
+        owner = "Classifier"
         for name, value in (("vocab_size", vocab_size), ("n_classes", n_classes),
                             ("d_model", d_model), ("n_layers", n_layers)):
-            _positive(name, value)
-        if cell != ATTENTION and cell not in _cells.available():
-            raise ValueError(f"Classifier: cell must be {ATTENTION!r} or a registered cell "
-                             f"({', '.join(_cells.available())}), got {cell!r}")
-        if not isinstance(bidirectional, bool):
-            raise TypeError(f"Classifier: bidirectional must be a bool, got {bidirectional!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"Classifier: pooling must be one of {list(POOLINGS)}, "
-                             f"got {pooling!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0 <= dropout < 1:
-            raise ValueError(f"Classifier: dropout must be a number in [0, 1), got {dropout!r}")
-        if isinstance(attention_every, bool) or not isinstance(attention_every, int) \
-                or attention_every < 0:
-            raise ValueError(f"Classifier: attention_every must be an int >= 0, "
-                             f"got {attention_every!r}")
+            check_int(owner, name, value, 1)
+        check_mixer(owner, "cell", cell)
+        check_bool(owner, "bidirectional", bidirectional)
+        check_choice(owner, "pooling", pooling, POOLINGS)
+        check_number(owner, "dropout", dropout, 0, 1, high_open=True)
+        check_int(owner, "attention_every", attention_every, 0)
 
     def encode(self, ids: torch.Tensor, lengths=None) -> torch.Tensor:
         """Per-position features ``(B, T, D)`` of ``ids (B, T)``; with ``lengths (B,)`` only

@@ -6,13 +6,14 @@
     out = lm.generate(prompt, max_new_tokens=100, temperature=0.8, top_k=20)
 
 ``attention_every=k`` makes every k-th layer causal attention (``window`` for sliding-window);
-``cell="attention"`` makes them all attention (a Transformer LM). ``save_pretrained(dir)`` /
+``cell="attention"`` makes them all attention (a Transformer LM). ``block="published"`` gives the
+recurrent layers their family's published block (``models.block.make_block``: Mamba's gated
+block, xLSTM's blocks, DeltaNet's convs and norms, ...). ``save_pretrained(dir)`` /
 ``LM.from_pretrained(dir)`` write and read config.json + model.safetensors (huggingface_hub).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
@@ -22,11 +23,10 @@ from huggingface_hub import PyTorchModelHubMixin
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
-from .. import cells as _cells
 from ..cells.base import OptionTypeError
-from ..cells.registry import check_options, did_you_mean
-from .blocks import LMBlock
-from .sequence import ATTENTION, run_blocks
+from ..cells.registry import check_options
+from ..checks import check_int, check_number
+from .block import ATTENTION, check_block, check_mixer, make_block, run_blocks
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"  # what save_pretrained writes
 
@@ -80,16 +80,13 @@ def _check_arguments(cell_options, **args) -> None:
         raise OptionTypeError(f"LM: cell_options must be a dict of cell options or None, "
                               f"got {type(cell_options).__name__}")
     for name in ("vocab_size", "d_model", "n_layers"):
-        if args[name] < 1:
-            raise ValueError(f"LM: {name} must be an int >= 1, got {args[name]!r}")
+        check_int("LM", name, args[name], 1)
+    for name in ("conv", "fsmn", "attention_every"):
+        check_int("LM", name, args[name], 0)
     cell, every, window = args["cell"], args["attention_every"], args["window"]
-    names = [ATTENTION] + _cells.available()
-    if cell not in names:
-        raise ValueError(f"LM: cell must be {ATTENTION!r} or a registered cell "
-                         f"({', '.join(_cells.available())}), got {cell!r}"
-                         f"{did_you_mean(cell, names)}")
-    if every < 0:
-        raise ValueError(f"LM: attention_every must be an int >= 0, got {every!r}")
+    check_mixer("LM", "cell", cell)
+    if cell != ATTENTION:  # attention layers always take the default block
+        check_block("LM", args["block"], cell)
     layers = f"(cell={cell!r}, attention_every={every})"
     if cell_options and (cell == ATTENTION or every == 1):
         raise ValueError(f"LM: cell_options apply to recurrent layers and this model has none "
@@ -109,29 +106,34 @@ def _tensors(tree) -> Iterator[torch.Tensor]:
 
 
 class LM(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["rnnlab"]):
-    """Causal LM: embedding -> ``n_layers`` ``LMBlock`` -> norm -> logits (tied to the embedding
-    when ``tie_embeddings``). Options of every block: ``conv`` (short conv width, 0 = none),
-    ``dynamic_conv``, ``fsmn`` (FSMN memory order, 0 = none), ``fsmn_dilation``, ``heads`` and
-    ``window`` (attention layers), ``engine`` and ``cell_options`` (recurrent layers)."""
+    """Causal LM: embedding -> ``n_layers`` blocks (``make_block``) -> norm -> logits (tied to the
+    embedding when ``tie_embeddings``). Options of every block: ``conv`` (short conv width, 0 =
+    none), ``dynamic_conv``, ``fsmn`` (FSMN memory order, 0 = none), ``fsmn_dilation``, ``heads``
+    and ``window`` (attention layers), ``engine``, ``cell_options`` and ``block`` (recurrent
+    layers: ``"default"`` or ``"published"``)."""
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 2, cell: str = "gru",
                  conv: int = 0, dynamic_conv: bool = False, fsmn: int = 0,
                  fsmn_dilation: int = 1, attention_every: int = 0,
                  window: Optional[int] = None, heads: int = 4, engine: str = "auto",
-                 tie_embeddings: bool = True, cell_options: Optional[dict] = None):
+                 tie_embeddings: bool = True, cell_options: Optional[dict] = None,
+                 block: str = "default"):
         super().__init__()
         _check_arguments(cell_options, vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
                          cell=cell, conv=conv, dynamic_conv=dynamic_conv, fsmn=fsmn,
                          fsmn_dilation=fsmn_dilation, attention_every=attention_every,
-                         window=window, heads=heads, tie_embeddings=tie_embeddings)
+                         window=window, heads=heads, tie_embeddings=tie_embeddings, block=block)
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embed.weight, std=d_model ** -0.5)  # unit-scale tied logits
         self.blocks = nn.ModuleList()
         for i in range(n_layers):
-            attn = attention_every and (i + 1) % attention_every == 0
-            self.blocks.append(LMBlock(d_model, ATTENTION if attn else cell, conv, dynamic_conv,
-                                       fsmn, fsmn_dilation, heads, window, engine, cell_options))
+            attn = cell == ATTENTION or (attention_every and (i + 1) % attention_every == 0)
+            self.blocks.append(make_block(
+                ATTENTION if attn else cell, d_model, block="default" if attn else block,
+                conv=conv, dynamic_conv=dynamic_conv, fsmn=fsmn, fsmn_dilation=fsmn_dilation,
+                heads=heads, window=window, engine=engine,
+                cell_options=None if attn else cell_options))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_embeddings:
@@ -140,11 +142,7 @@ class LM(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["rnnlab"]
     def initial_state(self, batch: int, device=None) -> List[tuple]:
         """The zero state of every layer for ``batch`` sequences (recurrent states, conv
         windows, empty KV caches)."""
-        if isinstance(batch, bool) or not isinstance(batch, int):
-            raise OptionTypeError(f"LM.initial_state: batch must be an int >= 1, "
-                                  f"got {batch!r}")
-        if batch < 1:
-            raise ValueError(f"LM.initial_state: batch must be an int >= 1, got {batch!r}")
+        check_int("LM.initial_state", "batch", batch, 1)
         device = device if device is not None else self.embed.weight.device
         return [block.initial_state(batch, device) for block in self.blocks]
 
@@ -214,14 +212,9 @@ class LM(nn.Module, PyTorchModelHubMixin, library_name="rnnlab", tags=["rnnlab"]
         per token is constant for recurrent-only models). ``temperature=0`` is greedy."""
         check_options("generate", LM.generate, dict(max_new_tokens=max_new_tokens,
                                                     temperature=temperature, top_k=top_k))
-        if max_new_tokens < 0:
-            raise ValueError(f"generate: max_new_tokens must be an int >= 0, "
-                             f"got {max_new_tokens!r}")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"generate: temperature must be a finite number >= 0 (0: greedy), "
-                             f"got {temperature!r}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"generate: top_k must be None or an int >= 1, got {top_k!r}")
+        check_int("generate", "max_new_tokens", max_new_tokens, 0)
+        check_number("generate", "temperature", temperature, 0, note=" (finite; 0: greedy)")
+        check_int("generate", "top_k", top_k, 1, optional=True)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise OptionTypeError(f"generate: generator must be a torch.Generator or None, "
                                   f"got {type(generator).__name__}")

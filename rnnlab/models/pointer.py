@@ -21,13 +21,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import cells as _cells
+from ..checks import check_bool, check_int
 from ..nn.recurrent import Recurrent
-
-
-def _check_int(arg: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"PointerNet: {arg} must be an int >= {low}, got {value!r}")
+from .block import check_mixer
 
 
 class PointerNet(nn.Module):
@@ -52,16 +48,13 @@ class PointerNet(nn.Module):
                  attention: Optional[int] = None, end: bool = True, mask_chosen: bool = True,
                  engine="auto", **cell_kwargs):
         super().__init__()
-        _check_int("input_dim", input_dim, 1)
-        _check_int("hidden", hidden, 1)
+        check_int("PointerNet", "input_dim", input_dim, 1)
+        check_int("PointerNet", "hidden", hidden, 1)
         attention = hidden if attention is None else attention
-        _check_int("attention", attention, 1)
-        if cell not in _cells.available():
-            raise ValueError(f"PointerNet: cell must be a registered cell "
-                             f"({', '.join(_cells.available())}), got {cell!r}")
-        for arg, value in (("end", end), ("mask_chosen", mask_chosen)):
-            if not isinstance(value, bool):
-                raise TypeError(f"PointerNet: {arg} must be a bool, got {value!r}")
+        check_int("PointerNet", "attention", attention, 1)
+        check_mixer("PointerNet", "cell", cell, attention=False)
+        check_bool("PointerNet", "end", end)
+        check_bool("PointerNet", "mask_chosen", mask_chosen)
         self.input_dim, self.end, self.mask_chosen = input_dim, end, mask_chosen
         self.encoder = Recurrent(cell, engine, input_size=input_dim, hidden_size=hidden,
                                  **cell_kwargs)
@@ -96,10 +89,7 @@ class PointerNet(nn.Module):
             return targets.shape[1]
         steps = choices if steps is None else steps
         most = n if (self.mask_chosen and not self.end) else None
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or \
-                (most is not None and steps > most):
-            rng = ">= 1" if most is None else f"in [1, {most}] (every input masked after n)"
-            raise ValueError(f"PointerNet: steps must be an int {rng}, got {steps!r}")
+        check_int("PointerNet", "steps", steps, 1, most)
         return steps
 
     def forward(self, points: torch.Tensor, targets: Optional[torch.Tensor] = None,

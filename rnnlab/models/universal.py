@@ -8,7 +8,10 @@ Each depth step t = 1, 2, ... runs the *same* block on the state ``H (B, T, D)``
     H^t = LN(A^t + Transition(A^t))                        # Transition: D -> 4D -> D, ReLU
 
 The mixer is self-attention (causal by default; rotary positions inside as well) or any registered
-recurrent cell, so the same depth recurrence runs over a Transformer or an RNN.
+recurrent cell, so the same depth recurrence runs over a Transformer or an RNN; ``block=
+"published"`` uses the cell family's published layer as the mixer (``models.block.make_mixer``).
+The depth step ``SharedBlock`` is the ``ResidualBlock`` of every other model with its norms after
+the residual adds (``post_norm=True``) and a ReLU MLP of width 4D.
 
 ACT, per position (UT's formulation of Graves's rule, threshold ``θ = 1 - eps``). Before step t
 the halting probability ``p^t = σ(w·(H^{t-1} + P^t) + b)`` is read (``b`` starts at
@@ -42,11 +45,20 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .. import cells as _cells
-from .attention import CausalSelfAttention, rotary
-from .sequence import ATTENTION, RecurrentMixer
+from ..checks import check_bool, check_choice, check_int, check_number
+from .attention import SelfAttention  # noqa: F401 - re-exported
+from .block import (  # noqa: F401 - re-exported
+    ATTENTION,
+    BidirectionalMixer,
+    ResidualBlock,
+    check_block,
+    check_mixer,
+    make_mixer,
+    make_mlp,
+)
 
 COMBINES = ("interpolate", "sum")
+KINDS = ("tokens", "real")
 
 
 def sinusoid(index: torch.Tensor, d_model: int) -> torch.Tensor:
@@ -60,60 +72,26 @@ def sinusoid(index: torch.Tensor, d_model: int) -> torch.Tensor:
     return nn.functional.pad(signal, (0, d_model - 2 * half))  # (T, D), odd D pads one zero
 
 
-def _mix(mixer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A mixer's output ``(B, T, D)``; mixers that also return a streaming state give
-    ``(y, state)``, whose state a depth step does not need."""
-    y = mixer(x)
-    return y[0] if isinstance(y, tuple) else y
-
-
-class SelfAttention(CausalSelfAttention):
-    """``CausalSelfAttention`` that can also attend both ways (``causal=False``)."""
-
-    def __init__(self, d_model: int, heads: int = 4, causal: bool = True):
-        super().__init__(d_model, heads)
-        self.causal = causal
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
-        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
-
-
-class BidirectionalMixer(nn.Module):
-    """Sum of a forward and a time-reversed ``RecurrentMixer``: ``(B, T, D) -> (B, T, D)``."""
-
-    def __init__(self, cell: str, d_model: int, engine="auto", **cell_kwargs):
-        super().__init__()
-        self.fwd = RecurrentMixer(cell, d_model, engine, **cell_kwargs)
-        self.bwd = RecurrentMixer(cell, d_model, engine, **cell_kwargs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _mix(self.fwd, x) + _mix(self.bwd, x.flip(1)).flip(1)  # (B, T, D)
-
-
-class SharedBlock(nn.Module):
+class SharedBlock(ResidualBlock):
     """One depth step: ``H^t = LN(A + Transition(A))``, ``A = LN(x + Mixer(x))``,
-    ``x = H^{t-1} + P^t``; all ``(B, T, D)``."""
+    ``x = H^{t-1} + P^t``; all ``(B, T, D)``. The post-norm ``ResidualBlock`` with a ReLU MLP of
+    width 4D; ``forward(x) -> y`` (the mixers that read both ways keep no state)."""
+
+    LEGACY = {"norm1.": "norm.", "transition.": "mlp.", "norm2.": "mlp_norm."}  # old -> new
 
     def __init__(self, mixer: nn.Module, d_model: int):
-        super().__init__()
-        self.mixer = mixer
-        self.norm1 = nn.LayerNorm(d_model)
-        self.transition = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.ReLU(),
-                                        nn.Linear(4 * d_model, d_model))
-        self.norm2 = nn.LayerNorm(d_model)
+        super().__init__(mixer, d_model, mlp=make_mlp("relu", d_model), post_norm=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.norm1(x + _mix(self.mixer, x))  # (B, T, D)
-        return self.norm2(a + self.transition(a))  # (B, T, D)
+        return super().forward(x)[0]  # (B, T, D)
 
-
-def _check_int(arg: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"UniversalTransformer: {arg} must be an int >= {low}, got {value!r}")
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        """State dicts saved before the block became a ``ResidualBlock`` (``norm1``,
+        ``transition``, ``norm2``) load under the new names."""
+        for old, new in self.LEGACY.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class UniversalTransformer(nn.Module):
@@ -135,6 +113,8 @@ class UniversalTransformer(nn.Module):
         halting_bias: initial bias of the halting unit (σ(1) ≈ 0.73: most positions halt
             after 2 steps at init).
         act_combine: ``"interpolate"`` (UT) or ``"sum"`` (Graves): how steps form the output.
+        block: ``"default"`` (the cell as a ``Recurrent`` layer) or ``"published"`` (the cell
+            family's published layer as the mixer).
         cell_kwargs: options of the cell (recurrent mixers only).
 
     After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
@@ -146,16 +126,16 @@ class UniversalTransformer(nn.Module):
                  mixer: str = ATTENTION, causal: bool = True, heads: Optional[int] = None,
                  act: bool = True, eps: float = 0.01, ponder_weight: float = 0.01,
                  halting_bias: float = 1.0, act_combine: str = "interpolate",
-                 kind: str = "tokens", engine="auto", **cell_kwargs):
+                 kind: str = "tokens", engine="auto", block: str = "default", **cell_kwargs):
         super().__init__()
         self._check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
                     ponder_weight, halting_bias, act_combine, kind, cell_kwargs)
+        check_block("UniversalTransformer", block, mixer)
         self.d_model, self.max_steps, self.act, self.eps = d_model, max_steps, act, float(eps)
         self.ponder_weight, self.act_combine = float(ponder_weight), act_combine
         self.embed = (nn.Embedding(vocab_size, d_model) if kind == "tokens"
                       else nn.Linear(vocab_size, d_model))
-        self.block = SharedBlock(self._mixer(mixer, d_model, causal, heads, engine, cell_kwargs),
-                                 d_model)
+        self.block = self._block(mixer, d_model, causal, heads, engine, block, cell_kwargs)
         self.halting = nn.Linear(d_model, 1)
         nn.init.constant_(self.halting.bias, float(halting_bias))
         self.norm = nn.LayerNorm(d_model)
@@ -168,44 +148,30 @@ class UniversalTransformer(nn.Module):
     @staticmethod
     def _check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
                ponder_weight, halting_bias, act_combine, kind, cell_kwargs) -> None:
+        owner = "UniversalTransformer"
         for arg, value in (("vocab_size", vocab_size), ("n_outputs", n_outputs),
                            ("d_model", d_model), ("max_steps", max_steps)):
-            _check_int(arg, value, 1)
-        if mixer != ATTENTION and mixer not in _cells.available():
-            raise ValueError(f"UniversalTransformer: mixer must be {ATTENTION!r} or a registered "
-                             f"cell ({', '.join(_cells.available())}), got {mixer!r}")
+            check_int(owner, arg, value, 1)
+        check_mixer(owner, "mixer", mixer)
         if mixer == ATTENTION and cell_kwargs:
             raise ValueError(f"UniversalTransformer: cell options {sorted(cell_kwargs)} need a "
                              f"cell mixer, got mixer={mixer!r}")
-        for arg, value in (("causal", causal), ("act", act)):
-            if not isinstance(value, bool):
-                raise TypeError(f"UniversalTransformer: {arg} must be a bool, got {value!r}")
-        if not isinstance(eps, (int, float)) or not 0 < eps < 1:
-            raise ValueError(f"UniversalTransformer: eps must be in (0, 1), got {eps!r}")
-        if not isinstance(ponder_weight, (int, float)) or not ponder_weight >= 0:
-            raise ValueError(f"UniversalTransformer: ponder_weight must be >= 0, "
-                             f"got {ponder_weight!r}")
-        if not isinstance(halting_bias, (int, float)) or not math.isfinite(halting_bias):
-            raise ValueError(f"UniversalTransformer: halting_bias must be a finite number, "
-                             f"got {halting_bias!r}")
-        if act_combine not in COMBINES:
-            raise ValueError(f"UniversalTransformer: act_combine must be one of {COMBINES}, "
-                             f"got {act_combine!r}")
-        if kind not in ("tokens", "real"):
-            raise ValueError(f"UniversalTransformer: kind must be 'tokens' or 'real', "
-                             f"got {kind!r}")
+        check_bool(owner, "causal", causal)
+        check_bool(owner, "act", act)
+        check_number(owner, "eps", eps, 0, 1, low_open=True, high_open=True)
+        check_number(owner, "ponder_weight", ponder_weight, 0)
+        check_number(owner, "halting_bias", halting_bias, note=" (finite)")
+        check_choice(owner, "act_combine", act_combine, COMBINES)
+        check_choice(owner, "kind", kind, KINDS)
 
     @staticmethod
-    def _mixer(mixer, d_model, causal, heads, engine, cell_kwargs) -> nn.Module:
-        if mixer == ATTENTION:
-            heads = 4 if heads is None else heads
-            _check_int("heads", heads, 1)
-            return CausalSelfAttention(d_model, heads) if causal else \
-                SelfAttention(d_model, heads, causal=False)
-        if heads is not None:
+    def _block(mixer, d_model, causal, heads, engine, block, cell_kwargs) -> SharedBlock:
+        """The shared depth step around ``make_mixer``'s mixer."""
+        check_int("UniversalTransformer", "heads", heads, 1, optional=True)
+        if mixer != ATTENTION and heads is not None:
             cell_kwargs = dict(cell_kwargs, heads=heads)
-        build = RecurrentMixer if causal else BidirectionalMixer
-        return build(mixer, d_model, engine, **cell_kwargs)
+        return SharedBlock(make_mixer(mixer, d_model, 4 if heads is None else heads, None, engine,
+                                      cell_kwargs, causal=causal, block=block), d_model)
 
     def coordinates(self, length: int, step: int, device=None) -> torch.Tensor:
         """``P^step (T, D)``: sinusoidal position plus sinusoidal depth-step embedding."""

@@ -4,7 +4,8 @@ All three mix each channel with its own past frames only. Their streaming state 
 past input frames they read, ``(B, W, D)``; ``forward(x, state) -> (y, state)`` on chunks of any
 length equals one run over the whole sequence.
 
-- ``ShortConv``: ``y_t = sum_{w<W} k[w] * x_{t-w}`` (Mamba/GLA-style short conv before a mixer).
+- ``ShortConv``: ``y_t = sum_{w<W} k[w] * x_{t-w} (+ bias)`` (the short conv of Mamba, GLA,
+  DeltaNet and xLSTM before a mixer).
 - ``DynamicShortConv``: ``y_t = x_t + sum_{w<W} (K_t[w] + k[w]) * x_{t-w}`` with per-token filters
   ``K_t = (norm(x_t) P) U`` shared by the channels of a head, ``U = 0`` at init (Dynamic Short
   Convolutions, Sieberling et al. 2026).
@@ -18,10 +19,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..checks import check_bool, check_choice, check_int
 
-def _check(name: str, arg: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name}: {arg} must be an int >= {low}, got {value!r}")
+CONV_INITS = ("identity", "uniform")  # ShortConv's weight init
 
 
 def with_history(x: torch.Tensor, state: Optional[torch.Tensor], past: int
@@ -45,16 +45,32 @@ def taps(full: torch.Tensor, T: int, lags) -> torch.Tensor:
 
 
 class ShortConv(nn.Module):
-    """Causal depthwise conv of width ``kernel`` over ``(B, T, D)``."""
+    """Causal depthwise conv of width ``kernel`` over ``(B, T, D)``.
 
-    def __init__(self, d_model: int, kernel: int = 4):
+    ``init="identity"`` (default) starts near the identity (lag 0 weight 1, noise 0.02);
+    ``init="uniform"`` is torch's ``nn.Conv1d`` default for a depthwise conv, U(+-1/sqrt(W)) for
+    weights and bias, as the published Mamba, DeltaNet and xLSTM layers start. ``bias`` adds one
+    per channel."""
+
+    def __init__(self, d_model: int, kernel: int = 4, bias: bool = False,
+                 init: str = "identity"):
         super().__init__()
-        _check("ShortConv", "kernel", kernel, 1)
+        check_int("ShortConv", "d_model", d_model, 1)
+        check_int("ShortConv", "kernel", kernel, 1)
+        check_bool("ShortConv", "bias", bias)
+        check_choice("ShortConv", "init", init, CONV_INITS)
         self.kernel = kernel
         self.weight = nn.Parameter(torch.zeros(kernel, d_model))  # (W, D): lag-major
+        self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+        bound = kernel ** -0.5  # nn.Conv1d's: fan_in is the kernel width for a depthwise conv
         with torch.no_grad():
-            self.weight[0] = 1.0  # starts as the identity
-            self.weight.add_(torch.randn_like(self.weight) * 0.02)
+            if init == "identity":
+                self.weight[0] = 1.0  # starts as the identity
+                self.weight.add_(torch.randn_like(self.weight) * 0.02)
+            else:
+                self.weight.uniform_(-bound, bound)
+                if self.bias is not None:
+                    self.bias.uniform_(-bound, bound)
 
     def initial_state(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
         return torch.zeros(batch, self.kernel - 1, self.weight.shape[1], device=device,
@@ -63,7 +79,8 @@ class ShortConv(nn.Module):
     def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None):
         full, state = with_history(x, state, self.kernel - 1)
         window = taps(full, x.shape[1], range(self.kernel))  # (B, T, W, D)
-        return (window * self.weight).sum(2), state
+        y = (window * self.weight).sum(2)  # (B, T, D)
+        return (y if self.bias is None else y + self.bias), state
 
 
 class DynamicShortConv(nn.Module):
@@ -71,8 +88,9 @@ class DynamicShortConv(nn.Module):
 
     def __init__(self, d_model: int, kernel: int = 4, heads: int = 4, rank: int = 15):
         super().__init__()
-        _check("DynamicShortConv", "kernel", kernel, 1)
-        _check("DynamicShortConv", "rank", rank, 1)
+        check_int("DynamicShortConv", "kernel", kernel, 1)
+        check_int("DynamicShortConv", "rank", rank, 1)
+        check_int("DynamicShortConv", "heads", heads, 1)
         if d_model % heads:
             raise ValueError(f"DynamicShortConv: heads must divide d_model={d_model}, "
                              f"got heads={heads}")
@@ -102,8 +120,8 @@ class FSMNMemory(nn.Module):
 
     def __init__(self, d_model: int, order: int = 4, dilation: int = 1):
         super().__init__()
-        _check("FSMNMemory", "order", order, 1)
-        _check("FSMNMemory", "dilation", dilation, 1)
+        check_int("FSMNMemory", "order", order, 1)
+        check_int("FSMNMemory", "dilation", dilation, 1)
         self.order, self.dilation = order, dilation
         self.weight = nn.Parameter(torch.zeros(order, d_model))  # (N, D): a_1..a_N
 
