@@ -29,7 +29,7 @@ CACHE_FIELD = ("cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
                else "past_key_values")
 LM_FIELDS = ("vocab_size", "d_model", "n_layers", "cell", "conv", "dynamic_conv", "fsmn",
              "fsmn_dilation", "attention_every", "window", "heads", "engine", "tie_embeddings",
-             "cell_options")
+             "cell_options", "block")
 
 
 class RnnlabConfig(PretrainedConfig):
@@ -41,8 +41,9 @@ class RnnlabConfig(PretrainedConfig):
                  cell: str = "gru", conv: int = 0, dynamic_conv: bool = False, fsmn: int = 0,
                  fsmn_dilation: int = 1, attention_every: int = 0, window: Optional[int] = None,
                  heads: int = 4, engine: str = "auto", tie_embeddings: bool = True,
-                 cell_options: Optional[dict] = None, **kwargs):
+                 cell_options: Optional[dict] = None, block: str = "default", **kwargs):
         self.vocab_size, self.d_model, self.n_layers, self.cell = vocab_size, d_model, n_layers, cell
+        self.block = block  # "published": the cell family's own block (models.block)
         self.conv, self.dynamic_conv, self.fsmn, self.fsmn_dilation = (conv, dynamic_conv, fsmn,
                                                                       fsmn_dilation)
         self.attention_every, self.window, self.heads = attention_every, window, heads

@@ -1,4 +1,6 @@
-"""Shared test helpers: the relative error and the one tolerance table per dtype."""
+"""Shared test helpers. The relative error and the one tolerance table per dtype (``TOL``,
+``rel_err``, ``assert_close``, ``widen``, ``sq_norm``) are ``rnnlab.testing``'s, which holds the
+generic cell checks; re-exported here for the tests that import them from this module."""
 from __future__ import annotations
 
 import importlib
@@ -10,42 +12,7 @@ import torch
 
 import rnnlab
 from rnnlab.cells import as_tuple, map_state
-
-# rel_err(a, b) = ||a - b|| / ||b|| must stay under this, per compute dtype.
-TOL = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-5,
-    torch.float16: 5e-3,
-    torch.bfloat16: 3e-2,
-}
-
-
-def widen(t: torch.Tensor) -> torch.Tensor:
-    """fp64, or complex128 for complex tensors."""
-    return t.to(torch.complex128 if t.is_complex() else torch.float64)
-
-
-def sq_norm(state) -> torch.Tensor:
-    """Sum of |x|^2 over a state's leaves: a real scalar, also for complex states."""
-    return sum((t.abs() ** 2).sum() for t in as_tuple(state))
-
-
-def rel_err(a, b) -> float:
-    """``||a - b|| / ||b||`` over tensors or tuples of tensors (0 when both are zero)."""
-    a = tuple(t.detach() for t in as_tuple(a))
-    b = tuple(t.detach() for t in as_tuple(b))
-    assert len(a) == len(b), f"layouts differ: {len(a)} vs {len(b)} tensors"
-    for x, y in zip(a, b):
-        assert x.shape == y.shape, f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}"
-    a, b = tuple(map(widen, a)), tuple(map(widen, b))
-    num = sum(float((x - y).norm() ** 2) for x, y in zip(a, b)) ** 0.5
-    den = sum(float(y.norm() ** 2) for y in b) ** 0.5
-    return num / den if den > 0 else num
-
-
-def assert_close(a, b, dtype=torch.float32, what: str = "") -> None:
-    err = rel_err(a, b)
-    assert err <= TOL[dtype], f"{what}: relative error {err:.3e} > {TOL[dtype]:.0e} ({dtype})"
+from rnnlab.testing.tolerance import TOL, assert_close, rel_err, sq_norm, widen  # noqa: F401
 
 
 def fla_naive(module: str):

@@ -33,3 +33,18 @@ def test_forward_loss_matches_cross_entropy():
     out = model(ids, labels=ids)
     want = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
     torch.testing.assert_close(out.loss, want)
+
+
+def test_the_published_block_round_trips(tmp_path):
+    """``block="published"`` is part of the config: a saved Mamba-block model loads as one."""
+    from rnnlab.hf import RnnlabConfig, RnnlabForCausalLM
+    torch.manual_seed(0)
+    model = RnnlabForCausalLM(RnnlabConfig(vocab_size=40, d_model=16, n_layers=2, cell="mamba",
+                                           block="published")).eval()
+    model.save_pretrained(tmp_path)
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert back.config.block == "published"
+    assert sorted(back.state_dict()) == sorted(model.state_dict())
+    assert any(k.endswith("mixer.out_proj.weight") for k in model.state_dict())  # gated block
+    ids = torch.randint(0, 40, (2, 7))
+    assert torch.equal(back(ids).logits, model(ids).logits)

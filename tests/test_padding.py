@@ -9,58 +9,24 @@ import pytest
 import torch
 
 import rnnlab
-from rnnlab import cells
-from rnnlab.cells import as_tuple, map_state
+from rnnlab import cells, testing
+from rnnlab.cells import as_tuple
 from rnnlab.models.classifier import Classifier
 from rnnlab.ops import ssm_convolution, ssm_convolution_reference
 
-from .helpers import cell_engine_pairs, sq_norm
+from .helpers import cell_engine_pairs
 
 D, H = 5, 6
-FILLS = [float("nan"), float("inf"), -float("inf"), 1e30]
-
 
 PAIRS = cell_engine_pairs(D, H)
+PARALLEL = [(name, engine) for name, engine in PAIRS if engine != "sequential"]
 
 
-def _run(name, engine, x, lengths, h0=None):
-    """(y, h_T, grad x, gradients of every parameter) of ``y.sum() + h.sum()`` (the issue's
-    loss), plus the squared norm of h so that complex states count too."""
-    torch.manual_seed(0)
-    layer = rnnlab.Recurrent(cells.get(name, D, H), engine=engine)
-    x = x.clone().requires_grad_()
-    y, h = layer(x, h0, lengths=lengths)
-    loss = y.sum() + sum(t.real.sum() for t in as_tuple(h)) + sq_norm(h)
-    names, params = zip(*layer.cell.named_parameters())
-    grads = torch.autograd.grad(loss, [x, *params])
-    h = tuple(t.detach() for t in as_tuple(h))
-    return y.detach(), h, grads[0], dict(zip(names, grads[1:]))
-
-
-@pytest.mark.parametrize("name,engine", PAIRS, ids=[f"{n}-{e}" for n, e in PAIRS])
+@pytest.mark.parametrize("name,engine", PARALLEL, ids=[f"{n}-{e}" for n, e in PARALLEL])
 def test_nonfinite_or_huge_padding_has_no_influence(name, engine):
-    torch.manual_seed(1)
-    lengths = torch.tensor([6, 3, 0])
-    clean = torch.randn(3, 6, D)
-    clean[1, 3:], clean[2] = 0.0, 0.0
-    h0 = map_state(lambda z: 0.5 * torch.randn(z.shape, dtype=z.dtype),
-                   cells.get(name, D, H).init_state(3))
-    y0, h0_T, gx0, gp0 = _run(name, engine, clean, lengths, h0)
-    assert (y0[1, 3:] == 0).all() and (y0[2] == 0).all(), f"{name} on {engine}: padded outputs"
-    assert all(torch.equal(a[2], b[2]) for a, b in zip(h0_T, as_tuple(h0))), \
-        f"{name} on {engine}: an empty sequence's final state is not its initial state"
-    for fill in FILLS:
-        x = clean.clone()
-        x[1, 3:], x[2] = fill, fill
-        y, h, gx, gp = _run(name, engine, x, lengths, h0)
-        what = f"{name} on {engine} with {fill} padding"
-        assert torch.equal(y, y0), f"{what}: outputs changed"
-        assert all(torch.equal(a, b) for a, b in zip(h, h0_T)), f"{what}: final state changed"
-        assert torch.equal(gx, gx0) and (gx[1, 3:] == 0).all() and (gx[2] == 0).all(), \
-            f"{what}: the input gradient changed or reaches the padding"
-        for p, grad in gp.items():
-            assert torch.isfinite(grad).all() and torch.equal(grad, gp0[p]), \
-                f"{what}: the gradient of {p} changed"
+    """``rnnlab.testing.check_padding``: NaN, inf, -inf and 1e30 padding change no output,
+    state or gradient and get no gradient (the sequential engine: ``test_cells_generic.py``)."""
+    testing.check_padding(name, engine=engine, input_size=D, hidden_size=H)
 
 
 def test_the_issue_case_gives_finite_parameter_gradients_on_every_engine():

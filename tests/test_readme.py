@@ -21,3 +21,8 @@ def test_readme_examples_run(monkeypatch):
         exec(compile(block, str(README), "exec"), scope)
     layer = rnnlab.Recurrent(cells.get("leaky_tanh", 3, 4))
     assert layer(torch.randn(2, 5, 3))[0].shape == (2, 5, 4)
+    # "Write a linear cell" and "Check a cell": minGRU ran on every engine and passed them all.
+    report = scope["report"]
+    assert report.cell == "MinGRU" and not report.skipped
+    assert report.engines == ["sequential", "scan", "newton", "quasi"]
+    assert str(report).startswith("MinGRU: 16 checks passed on sequential, scan, newton, quasi")

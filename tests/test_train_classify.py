@@ -180,7 +180,7 @@ def test_resume_with_other_settings_is_refused_and_a_damaged_checkpoint_restarts
     (dict(lr=0.0), r"--lr: expected a finite number > 0, got 0.0"),
     (dict(dropout=1.0), r"--dropout"),
     (dict(pooling="min"), r"--pooling: expected one of \['mean', 'last', 'max'\], got 'min'"),
-    (dict(cell="lsmt"), r"--cell: .* got 'lsmt' \(did you mean 'lstm'\?\)"),
+    (dict(cell="lsmt"), r"--cell: unknown cell 'lsmt' \(did you mean 'lstm'\?\)"),
     (dict(conv=-1), r"--conv: expected an integer >= 0, got -1"),
     (dict(n_layers=2 ** 30), r"--d-model/--layers/--batch/--max-chars: a training step needs"),
     (dict(device="cuda:99"), r"--device"),

@@ -135,7 +135,7 @@ def test_checkpoint_past_the_budget_is_refused_not_finished(tmp_path):
     (dict(d_model=2.5), r"--d-model: expected an integer, got 2.5"),
     (dict(seed=-1), r"--seed: expected an integer >= 0, got -1"),
     (dict(seed=2 ** 40), r"--seed: expected an integer <= 4294967295, got 1099511627776"),
-    (dict(cell="gruu"), r"--cell: expected .* got 'gruu' \(did you mean 'gru'\?\)"),
+    (dict(cell="gruu"), r"--cell: unknown cell 'gruu' \(did you mean 'gru'\?\)"),
     (dict(length=5000), r"--length: expected at most 249 .* got 5000"),
     (dict(device="cuda:99"), r"--device"),
     (dict(n_layers=10 ** 9), r"--d-model/--layers/--batch/--length: a training step needs"),

@@ -23,7 +23,7 @@ from torch import nn
 from ..checks import check_int
 from .base import Linear
 from .linear import LinearCell
-from .mamba import check_in_proj, input_projection
+from .projection import check_in_proj, input_projection
 from .registry import register
 from .ssm_init import check_dt_range, inverse_softplus, log_uniform
 

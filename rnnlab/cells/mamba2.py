@@ -20,8 +20,8 @@ from torch import nn
 from .base import Linear
 from .factors import OuterProduct
 from .linear import LinearCell
-from .mamba import input_projection
 from .options import check_range
+from .projection import input_projection
 from .registry import register
 from .ssm_init import check_dt_range, inverse_softplus, log_uniform
 

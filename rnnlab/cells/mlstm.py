@@ -22,8 +22,8 @@ from torch import nn
 from ..checks import check_bool
 from ..ops.monoids import mlstm_combine, mlstm_identity
 from .factors import StabilizedOuterProduct
-from .mamba import check_in_proj
 from .monoid import MonoidCell
+from .projection import check_in_proj
 from .registry import register
 
 

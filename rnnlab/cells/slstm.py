@@ -46,7 +46,7 @@ from torch import nn
 
 from ..checks import check_int, check_number
 from .base import Cell, Heads
-from .mamba import check_in_proj
+from .projection import check_in_proj
 from .registry import register
 
 

@@ -33,10 +33,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import cells as _cells
-from ..checks import check_bool, check_choice, check_int, did_you_mean
+from ..checks import check_bool, check_choice, check_int
+from ..models.block import check_mixer
 from ..models.classifier import POOLINGS, Classifier
-from ..models.sequence import ATTENTION
 from ..tools import checkpoint
 from ..tools.device import check_device
 from ..tools.files import write_atomic
@@ -188,10 +187,7 @@ def check_config(cfg: ClassifyConfig) -> torch.device:
         _options.number(cfg, "minutes", infinite=True)
     check_bool(None, "--bidirectional", cfg.bidirectional)
     check_choice(None, "--pooling", cfg.pooling, POOLINGS)
-    if cfg.cell != ATTENTION and cfg.cell not in _cells.available():
-        raise ValueError(f"--cell: expected {ATTENTION!r} or a registered cell "
-                         f"({', '.join(_cells.available())}), got {cfg.cell!r}"
-                         f"{did_you_mean(cfg.cell, _cells.available())}")
+    check_mixer(None, "--cell", cfg.cell)
     return check_device(cfg.device)
 
 

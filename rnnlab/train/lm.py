@@ -27,10 +27,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import cells as _cells
-from ..cells.registry import did_you_mean
+from ..models.block import check_mixer
 from ..models.lm import LM
-from ..models.sequence import ATTENTION
 from ..tools import checkpoint
 from ..tools.device import check_device
 from ..tools.files import write_atomic
@@ -83,10 +81,7 @@ def check_config(cfg: LMConfig) -> torch.device:
     _options.number(cfg, "weight_decay", strict=False)
     _options.number(cfg, "minutes", infinite=True)
     _options.number(cfg, "val_fraction", high=0.5)
-    if cfg.cell != ATTENTION and cfg.cell not in _cells.available():
-        raise ValueError(f"--cell: expected {ATTENTION!r} or a registered cell "
-                         f"({', '.join(_cells.available())}), got {cfg.cell!r}"
-                         f"{did_you_mean(cfg.cell, _cells.available())}")
+    check_mixer(None, "--cell", cfg.cell)
     if not isinstance(cfg.cell_options, dict):
         raise TypeError(f"--cell-options: expected a dict of options, got {cfg.cell_options!r}")
     return check_device(cfg.device)
