@@ -267,15 +267,10 @@ def block_parts(mixer: str, d_model: int, *, block: str = "default", mlp: Option
                 mlp=make_mlp(mlp, d_model), post_norm=post_norm)
 
 
-def make_block(mixer: str, d_model: int, *, block: str = "default", mlp: Optional[str] = None,
-               base_mlp: str = "swiglu", norm: Optional[str] = None, conv: int = 0,
-               dynamic_conv: bool = False, fsmn: int = 0, fsmn_dilation: int = 1,
-               heads: int = 4, window: Optional[int] = None, engine="auto",
-               cell_options: Optional[dict] = None, causal: bool = True,
-               post_norm: bool = False) -> ResidualBlock:
+def make_block(mixer: str, d_model: int, **options) -> ResidualBlock:
     """The one block factory: a ``ResidualBlock`` around ``make_mixer(mixer, ...)``.
 
-    Args:
+    Args (``options``, all by keyword; ``block_parts`` has the signature):
         mixer: ``"attention"`` or a registered cell.
         block: ``"default"`` (the cell as a ``Recurrent`` layer) or ``"published"`` (the
             family's published layer, norm and MLP, ``PUBLISHED``).
@@ -300,11 +295,7 @@ def make_block(mixer: str, d_model: int, *, block: str = "default", mlp: Optiona
     >>> tuple(y.shape)
     (2, 5, 16)
     """
-    return ResidualBlock(**block_parts(
-        mixer, d_model, block=block, mlp=mlp, base_mlp=base_mlp, norm=norm, conv=conv,
-        dynamic_conv=dynamic_conv,
-        fsmn=fsmn, fsmn_dilation=fsmn_dilation, heads=heads, window=window, engine=engine,
-        cell_options=cell_options, causal=causal, post_norm=post_norm))
+    return ResidualBlock(**block_parts(mixer, d_model, **options))
 
 
 def run_blocks(blocks, x: torch.Tensor, state=None):

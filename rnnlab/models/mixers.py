@@ -66,6 +66,13 @@ def conv(width: int, kernel: int, bias: bool = True) -> ShortConv:
     return ShortConv(width, kernel, bias=bias, init="uniform")
 
 
+class ConvThenCell(nn.Module):
+    """A published layer whose state is its short conv's window, then its cell's state."""
+
+    def initial_state(self, batch: int, device=None):
+        return self.conv.initial_state(batch, device), self.rnn.initial_state(batch, device)
+
+
 class HeadLayerNorm(nn.Module):
     """LayerNorm over each head's channels of ``(..., heads * d)`` with a per-channel weight and
     no bias (xLSTM's ``MultiHeadLayerNorm``)."""
@@ -80,7 +87,7 @@ class HeadLayerNorm(nn.Module):
         return F.layer_norm(h, h.shape[-1:], eps=EPS).flatten(-2) * self.weight  # (..., D)
 
 
-class MambaLayer(nn.Module):
+class MambaLayer(ConvThenCell):
     """Mamba's block mixer (module docstring); ``cell_options`` go to the ``mamba`` cell
     (``dt_rank`` defaults to ceil(D / 16) as in mamba_ssm)."""
 
@@ -97,8 +104,6 @@ class MambaLayer(nn.Module):
                              **options)
         self.out_proj = nn.Linear(E, d_model, bias=False)
 
-    def initial_state(self, batch: int, device=None):
-        return self.conv.initial_state(batch, device), self.rnn.initial_state(batch, device)
 
     def forward(self, x: torch.Tensor, state=None):
         conv_s, rnn_s = (None, None) if state is None else state
@@ -108,7 +113,7 @@ class MambaLayer(nn.Module):
         return self.out_proj(y * F.silu(z)), (conv_s, rnn_s)  # (B, T, D)
 
 
-class Mamba2Layer(nn.Module):
+class Mamba2Layer(ConvThenCell):
     """Mamba-2's block mixer (module docstring); ``cell_options`` go to the ``mamba2`` cell."""
 
     def __init__(self, d_model: int, engine="auto", expand: int = 2, kernel: int = 4,
@@ -127,8 +132,6 @@ class Mamba2Layer(nn.Module):
         self.norm = nn.RMSNorm(E, eps=EPS)
         self.out_proj = nn.Linear(E, d_model, bias=False)
 
-    def initial_state(self, batch: int, device=None):
-        return self.conv.initial_state(batch, device), self.rnn.initial_state(batch, device)
 
     def forward(self, x: torch.Tensor, state=None):
         conv_s, rnn_s = (None, None) if state is None else state
@@ -215,7 +218,7 @@ def _block_size(width: int, most: int = 4) -> int:
     return next(b for b in range(most, 0, -1) if width % b == 0)
 
 
-class MLSTMLayer(nn.Module):
+class MLSTMLayer(ConvThenCell):
     """xLSTM's mLSTM block mixer (module docstring); E = ``expand`` D, ``heads`` (default 4
     where it divides E) and other ``cell_options`` go to the ``mlstm`` cell."""
 
@@ -239,8 +242,6 @@ class MLSTMLayer(nn.Module):
         self.skip = nn.Parameter(torch.ones(E))
         self.down_proj = nn.Linear(E, d_model, bias=False)
 
-    def initial_state(self, batch: int, device=None):
-        return self.conv.initial_state(batch, device), self.rnn.initial_state(batch, device)
 
     def forward(self, x: torch.Tensor, state=None):
         conv_s, rnn_s = (None, None) if state is None else state
@@ -254,7 +255,7 @@ class MLSTMLayer(nn.Module):
         return self.down_proj(h * F.silu(z)), (conv_s, rnn_s)  # (B, T, D)
 
 
-class SLSTMLayer(nn.Module):
+class SLSTMLayer(ConvThenCell):
     """xLSTM's sLSTM layer (module docstring); ``heads`` and other ``cell_options`` go to the
     ``slstm`` cell (H = D)."""
 
@@ -269,8 +270,6 @@ class SLSTMLayer(nn.Module):
         self.zo_proj = HeadwiseLinear(d_model, d_model, 2, heads)  # z, o from x
         self.norm = HeadLayerNorm(d_model, heads)
 
-    def initial_state(self, batch: int, device=None):
-        return self.conv.initial_state(batch, device), self.rnn.initial_state(batch, device)
 
     def forward(self, x: torch.Tensor, state=None):
         conv_s, rnn_s = (None, None) if state is None else state
