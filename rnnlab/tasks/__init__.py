@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     metrics,
     parity,
     pointer,
+    reber,
     recall,
     selectivbench,
     state_tracking,
