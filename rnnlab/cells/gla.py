@@ -6,6 +6,10 @@ decay on its key dimension.
 q, k, v, alpha from the input; log alpha_t = logsigmoid(W_2 W_1 x_t + b) / tau with a rank-16
 W_2 W_1 and tau = 16 (slow forgetting at init); q scaled by K^-1/2. H = heads * V. The output
 norm and gate of the GLA block belong to the model layer.
+
+``decay_scale``, ``state_norm``, ``window``: Stuffed Mamba's training-free state-collapse
+mitigations (off by default), as ``mamba2.py``'s docstring describes them; the ring of
+``window`` holds k, v and the per-key decay.
 """
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ from torch import nn
 from .base import Linear
 from .factors import OuterProduct
 from .linear import LinearCell
+from .mitigations import Mitigated
 from .options import check_range
 from .registry import register
 
 
 @register("gla")
-class GLA(LinearCell):
+class GLA(Mitigated, LinearCell):
     """GLA cell. State ``(B, heads, K, V)``; ``u_t: (B, heads * (3K + V))`` = [q, k, log a, v].
 
     Paper: Yang et al., "Gated Linear Attention Transformers with Hardware-Efficient Training",
@@ -43,6 +48,7 @@ class GLA(LinearCell):
 
     def __init__(self, input_size: int, hidden_size: int, heads: int = 1,
                  key_dim: int | None = None, gate_rank: int = 16, tau: float = 16.0,
+                 decay_scale: float = 1.0, state_norm: float | None = None, window: int = 0,
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         self.init_heads(heads, key_dim)
@@ -56,9 +62,14 @@ class GLA(LinearCell):
         self.qkv = nn.Linear(input_size, 2 * nk + hidden_size, bias=False, **kw)
         self.gate = nn.Sequential(nn.Linear(input_size, gate_rank, bias=False, **kw),
                                   nn.Linear(gate_rank, nk, **kw))
+        self.init_mitigations(decay_scale, state_norm, window)
 
     def state_shapes(self):
-        return ((self.heads, self.key_dim, self.value_dim),)
+        return self.with_ring(((self.heads, self.key_dim, self.value_dim),))
+
+    def window_shapes(self):
+        n, K = self.heads, self.key_dim
+        return ((n, K), (n, self.value_dim), (n, K, 1))  # k, v, the decay per key
 
     def project(self, x):
         nk = self.heads * self.key_dim
@@ -76,7 +87,7 @@ class GLA(LinearCell):
 
     def factors(self, u):
         q, k, log_a, v = self._split(u)
-        return OuterProduct(q, k, v, g=log_a)  # decays per key, broadcast over V
+        return OuterProduct(q, k, v, g=self.scaled(log_a))  # decays per key, broadcast over V
 
     def finish(self, o, u):
         return o.flatten(-2)  # (..., heads, V) -> (..., H)

@@ -11,6 +11,11 @@ Init: A = -exp(A_log), A_log[d, n] = log(n + 1); b_dt = softplus^-1(dt), dt log-
 The block around it (in_proj to x and z, causal conv + SiLU on x, the scan, ``y * SiLU(z)``,
 out_proj) is ``rnnlab.models.mixers.MambaLayer`` (``block="published"`` in the models); it feeds
 the cell the conv's output with ``in_proj=False``, so W_in is the identity there.
+
+``decay_scale``, ``state_norm``, ``window``: Stuffed Mamba's training-free state-collapse
+mitigations (off by default), as ``mamba2.py``'s docstring describes them; here a "head" of
+``state_norm`` is one channel's N numbers, and the ring of ``window`` holds x, dt, B and the
+decay (H, N) of each step.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from torch import nn
 from .base import Linear
 from .factors import Selective
 from .linear import LinearCell
+from .mitigations import Mitigated
 from .options import check_range
 from .projection import input_projection
 from .registry import register
@@ -30,7 +36,7 @@ from .ssm_init import check_dt_range, farange, inverse_softplus, log_uniform
 
 
 @register("mamba")
-class Mamba(LinearCell):
+class Mamba(Mitigated, LinearCell):
     """S6 cell (Mamba, https://arxiv.org/abs/2312.00752). State ``(B, H, N)`` real;
     ``u_t: (B, 2H + 2N)`` = [x, dt, B_t, C_t].
 
@@ -49,6 +55,7 @@ class Mamba(LinearCell):
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
                  dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
                  dt_floor: float = 1e-4, allow_neg_eigval: bool = False, in_proj: bool = True,
+                 decay_scale: float = 1.0, state_norm: float | None = None, window: int = 0,
                  device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         check_range("Mamba", "state_size", state_size, 1)
@@ -67,9 +74,14 @@ class Mamba(LinearCell):
             self.dt_proj.bias.copy_(inverse_softplus(dt))
         self.A_log = nn.Parameter(torch.log(farange(N, **kw) + 1).repeat(H, 1))
         self.D = nn.Parameter(torch.ones(H, **kw))
+        self.init_mitigations(decay_scale, state_norm, window)
 
     def state_shapes(self):
-        return ((self.hidden_size, self.state_size),)
+        return self.with_ring(((self.hidden_size, self.state_size),))
+
+    def window_shapes(self):
+        H, N = self.hidden_size, self.state_size
+        return ((H,), (H,), (N,), (H, N))  # x, dt, B, the decay
 
     def project(self, x):
         xin = self.in_proj(x)  # (B, T, D) -> (B, T, H)
@@ -83,7 +95,9 @@ class Mamba(LinearCell):
 
     def factors(self, u):
         xin, dt, b_t, c_t = self._split(u)
-        return Selective(xin, dt, -torch.exp(self.A_log), b_t, c_t, self.allow_neg_eigval)
+        # a^s = exp(dt s A): decay_scale scales A (untouched at s = 1)
+        A = self.scaled(-torch.exp(self.A_log))
+        return Selective(xin, dt, A, b_t, c_t, self.allow_neg_eigval)
 
     def finish(self, o, u):
         return o + self.D * self._split(u)[0]  # (..., H)

@@ -7,6 +7,9 @@ with x, dt, B, C from one input projection, dt = softplus(. + dt_bias). Init: A_
 (stored as a log, A = -exp(A_log)), dt log-uniform in [dt_min, dt_max], D = 1.
 ``allow_neg_eigval=True`` maps a to 2a - 1. H = heads * head_dim.
 
+``decay_scale``, ``state_norm`` and ``window`` are the training-free state-collapse mitigations of
+Chen et al. 2024 (``mitigations.py``), off by default.
+
 The block around it (in_proj to z, [x, B, C] and dt; causal conv + SiLU on [x, B, C]; the scan;
 gated RMSNorm ``norm(y * SiLU(z))``; out_proj) is ``rnnlab.models.mixers.Mamba2Layer``, which
 feeds the cell [x, dt, B, C] with ``in_proj=False``.
@@ -20,6 +23,7 @@ from torch import nn
 from .base import Linear
 from .factors import OuterProduct
 from .linear import LinearCell
+from .mitigations import Mitigated
 from .options import check_range
 from .projection import input_projection
 from .registry import register
@@ -27,7 +31,7 @@ from .ssm_init import check_dt_range, inverse_softplus, log_uniform
 
 
 @register("mamba2")
-class Mamba2(LinearCell):
+class Mamba2(Mitigated, LinearCell):
     """SSD cell (Mamba-2, https://arxiv.org/abs/2405.21060). State ``(B, heads, P, N)``;
     ``u_t: (B, H + heads + 2N)`` = [x, dt, B_t, C_t].
 
@@ -45,7 +49,8 @@ class Mamba2(LinearCell):
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16,
                  head_dim: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 allow_neg_eigval: bool = False, in_proj: bool = True, device=None, dtype=None):
+                 allow_neg_eigval: bool = False, in_proj: bool = True, decay_scale: float = 1.0,
+                 state_norm: float | None = None, window: int = 0, device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         check_range("Mamba2", "state_size", state_size, 1)
         check_range("Mamba2", "head_dim", head_dim, 1, optional=True)
@@ -62,9 +67,14 @@ class Mamba2(LinearCell):
                                                                  **kw)))
         self.A_log = nn.Parameter(torch.log(torch.empty(self.heads, **kw).uniform_(1, 16)))
         self.D = nn.Parameter(torch.ones(self.heads, **kw))
+        self.init_mitigations(decay_scale, state_norm, window)
 
     def state_shapes(self):
-        return ((self.heads, self.head_dim, self.state_size),)
+        return self.with_ring(((self.heads, self.head_dim, self.state_size),))
+
+    def window_shapes(self):
+        n = self.heads
+        return ((n, self.state_size), (n, self.head_dim), (n,))  # k = B_t, v = dt x, decay
 
     def project(self, x):
         return self.in_proj(x)  # (B, T, D) -> (B, T, H + heads + 2N)
@@ -81,7 +91,7 @@ class Mamba2(LinearCell):
         q = c_t.unsqueeze(-2).expand(heads)  # (..., N) -> (..., heads, N): shared by the heads
         k = b_t.unsqueeze(-2).expand(heads)
         v = dt.unsqueeze(-1) * x  # (..., heads, P)
-        log_a = -torch.exp(self.A_log) * dt  # (..., heads)
+        log_a = self.scaled(-torch.exp(self.A_log) * dt)  # (..., heads)
         if self.allow_neg_eigval:  # a = 2 e^{log a} - 1 may be negative: no real log
             return OuterProduct(q, k, v, a=2 * torch.exp(log_a) - 1, transposed=True)
         return OuterProduct(q, k, v, g=log_a, transposed=True)
