@@ -129,7 +129,7 @@ def collapse(models: str = typer.Option(COLLAPSE_MODELS, help=MODELS_HELP),
              out: str = typer.Option("results/collapse.json", help="JSON output file",
                                      metavar="<path>"),
              plot_prefix: str = typer.Option("results/collapse", help="PNG per model: "
-                                             "<prefix>_<cell>.png", metavar="<path>")) -> None:
+                                             "PREFIX_CELL.png", metavar="<path>")) -> None:
     """State collapse (Stuffed Mamba): train each model on passkey at --train-length, then trace
     its state norm per step far beyond it and test passkey with the needle always in the last L
     tokens, plain and with each training-free mitigation (decay_scale, state_norm calibrated at
