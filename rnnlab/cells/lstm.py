@@ -4,6 +4,11 @@
     c' = f * c + i * g
     h' = o * tanh(c'),  then  h' <- W_hr h'  when proj_size > 0
 
+``peephole=True`` adds Gers & Schmidhuber's peephole connections (diagonal weights p_i, p_f on
+the old cell c, p_o on the new one): i, f = sigmoid(. + p_{i,f} * c), o = sigmoid(. + p_o * c').
+SR-LSTM-P (Wang & Niepert 2019) uses them so that memory can live in c. Off by default, when
+the cell holds no extra parameter and its numbers are torch.nn.LSTM's.
+
 Torch adds nothing to the forget bias at init; ``forget_bias`` (default 0) opts in to the +1 trick.
 """
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checks import check_int
+from ..checks import check_bool, check_int
 from .base import Dense, NewtonWins
 from .options import check_range
 from .registry import register
@@ -45,8 +50,9 @@ class LSTM(TorchStyleCell):
     gates = 4
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, proj_size: int = 0,
-                 forget_bias: float = 0.0, device=None, dtype=None):
+                 forget_bias: float = 0.0, peephole: bool = False, device=None, dtype=None):
         check_int("LSTM", "proj_size", proj_size, 0)
+        check_bool("LSTM", "peephole", peephole)
         if proj_size >= hidden_size:
             raise ValueError(f"LSTM: proj_size must be smaller than hidden_size={hidden_size}, "
                              f"got {proj_size}")
@@ -58,6 +64,9 @@ class LSTM(TorchStyleCell):
         kw = dict(device=device, dtype=dtype)
         self.weight_hr = (nn.Parameter(torch.empty(proj_size, hidden_size, **kw)) if proj_size
                           else None)
+        # (3, H): the peephole weights p_i, p_f, p_o; None keeps the default cell torch's
+        self.weight_peep = (nn.Parameter(torch.empty(3, hidden_size, **kw)) if peephole
+                            else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -81,8 +90,14 @@ class LSTM(TorchStyleCell):
         """``(h', c')``, the activated gates ``(i, f, g, o)`` and ``tanh(c')``, each ``(B, H)``."""
         h, c = state
         i, f, g, o = (u_t + self.recur(h)).chunk(4, dim=-1)  # 4 x (B, H)
-        gates = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c = gates[1] * c + gates[0] * gates[2]
+        p = self.weight_peep
+        if p is not None:  # i and f peek at the old cell, o (below) at the new one
+            i, f = i + p[0] * c, f + p[1] * c
+        i, f, g = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g)
+        c = f * c + i * g
+        if p is not None:
+            o = o + p[2] * c
+        gates = i, f, g, torch.sigmoid(o)
         tc = torch.tanh(c)
         h = gates[3] * tc
         if self.weight_hr is not None:
@@ -99,17 +114,27 @@ class LSTM(TorchStyleCell):
           f``, ``dc'/dh = sum_gates dc W_hh[gH + c, c]``, ``dc'/dc = f``.
         - ``proj_size = P``: h' = W_hr y (P wide) and c (H wide) differ, so the diagonals,
           ``(B, 1, P)`` and ``(B, 1, H)``: ``dh'[p]/dh[p] = sum_{gates, j} W_hr[p, j] dy[gH + j]
-          W_hh[gH + j, p]``, one matmul the size of the step's own ``W_hh h``; ``dc'/dc = f``."""
+          W_hh[gH + j, p]``, one matmul the size of the step's own ``W_hh h``; ``dc'/dc = f``.
+
+        Peepholes change two coefficients only: c moves i and f too, so ``dc'/dc = f + dc_f p_f
+        + dc_i p_i`` (``dcc``), and c' moves o, so ``dy/dc' = e + o (1 - o) tanh(c') p_o``
+        (``ey``) replaces e wherever a path runs through c'."""
         H, c = self.hidden_size, state[1]
         (h_new, c_new), (i, f, g, o), tc = self._step(u_t, state)
         dc = (g * i * (1 - i), c * f * (1 - f), i * (1 - g * g))  # d c' / d (i, f, g) pre-acts
-        e = o * (1 - tc * tc)  # d y / d c'
-        dy = torch.cat([e * k for k in dc] + [o * (1 - o) * tc], -1)  # (B, 4H) on (i, f, g, o)
+        so = o * (1 - o) * tc  # d y / d (o's pre-activation)
+        e = o * (1 - tc * tc)  # d y / d c' with o fixed
+        dcc, ey = f, e
+        if self.weight_peep is not None:
+            p = self.weight_peep
+            dcc = f + dc[0] * p[0] + dc[1] * p[1]
+            ey = e + so * p[2]
+        dy = torch.cat([ey * k for k in dc] + [so], -1)  # (B, 4H) on (i, f, g, o)
         w = self.weight_hh.unflatten(0, (4, H))  # (4H, R) -> (4, H, R)
         if self.weight_hr is not None:
             dh = dy @ (w * self.weight_hr.T).flatten(0, 1)  # (B, 4H) @ (4H, P) -> (B, P)
-            return (h_new, c_new), (dh.unsqueeze(1), f.unsqueeze(1))
+            return (h_new, c_new), (dh.unsqueeze(1), dcc.unsqueeze(1))
         wd = w.diagonal(dim1=1, dim2=2)  # (4, H): W_hh[gH + c, c]
         dh = (dy.unflatten(-1, (4, H)) * wd).sum(1)  # (B, 4, H) -> (B, H)
         dch = dc[0] * wd[0] + dc[1] * wd[1] + dc[2] * wd[2]
-        return (h_new, c_new), (torch.stack((dh, e * f), 1), torch.stack((dch, f), 1))
+        return (h_new, c_new), (torch.stack((dh, ey * dcc), 1), torch.stack((dch, dcc), 1))
