@@ -368,5 +368,16 @@ def _register_tools() -> None:
 
 _register_tools()
 
+
+def _register_recipes() -> None:
+    """The recipes beyond the language model and the classifier (``rnnlab train <recipe>``):
+    each ``rnnlab/train/<recipe>_cli.py`` adds its command with ``register(train_app)``."""
+    from .train import sasrec_cli
+    for recipe in (sasrec_cli,):
+        recipe.register(train_app)
+
+
+_register_recipes()
+
 if __name__ == "__main__":
     app()
