@@ -24,11 +24,11 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from .. import cells as _cells
-from ..checks import check_choice, check_int, check_number
+from ..checks import check_int, check_number
 from ..tools.device import check_device
 from ..tools.files import write_atomic
 from . import point_clouds as pc
+from .options import check_models_and_tasks
 
 BASELINE = "pointnet"
 
@@ -59,16 +59,10 @@ class LIONConfig:
 def check(cfg: LIONConfig) -> torch.device:
     """Every setting, each error naming its field, before anything is written."""
     owner = "LIONConfig"
-    if not cfg.models or not cfg.tasks:
-        raise ValueError(f"{owner}: models and tasks must be non-empty, got {cfg.models!r} "
-                         f"and {cfg.tasks!r}")
-    for name in cfg.models:
-        check_choice(owner, "models", name, [*_cells.available(), BASELINE])
+    check_models_and_tasks(owner, cfg.models, cfg.tasks, pc.TASKS, BASELINE)
     if all(name == BASELINE for name in cfg.models):
         raise ValueError(f"{owner}: models needs at least one cell (the baseline's size is "
                          f"matched to the first), got {cfg.models!r}")
-    for task in cfg.tasks:
-        check_choice(owner, "tasks", task, pc.TASKS)
     for field in ("d_model", "layers", "window", "steps", "batch", "train_clouds",
                   "test_clouds"):
         check_int(owner, field, getattr(cfg, field), 1)

@@ -25,11 +25,11 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .. import cells as _cells
 from ..checks import check_choice, check_int, check_number
 from ..tools.device import check_device
 from ..tools.files import write_atomic
 from . import moving_digits as md
+from .options import check_models_and_tasks
 
 TASKS = ("direction", "identity")
 BASELINE = "average"
@@ -59,13 +59,7 @@ class LRCNConfig:
 def check(cfg: LRCNConfig) -> torch.device:
     """Every setting, each error naming its field, before anything is written."""
     owner = "LRCNConfig"
-    if not cfg.models or not cfg.tasks:
-        raise ValueError(f"{owner}: models and tasks must be non-empty, got {cfg.models!r} "
-                         f"and {cfg.tasks!r}")
-    for name in cfg.models:
-        check_choice(owner, "models", name, [*_cells.available(), BASELINE])
-    for task in cfg.tasks:
-        check_choice(owner, "tasks", task, TASKS)
+    check_models_and_tasks(owner, cfg.models, cfg.tasks, TASKS, BASELINE)
     md.check_geometry(cfg.frames, cfg.canvas, cfg.directions, cfg.occluded, 1)
     for field in ("d_model", "channels", "steps", "batch", "test_clips"):
         check_int(owner, field, getattr(cfg, field), 1)

@@ -85,3 +85,17 @@ def free_bytes(device: torch.device) -> Optional[int]:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def check_models_and_tasks(owner: str, models, tasks, task_names, baseline: str) -> None:
+    """A recipe's ``models`` (registered cells or its ``baseline``) and ``tasks`` (among
+    ``task_names``): both non-empty, each name known (the error suggests the closest)."""
+    from .. import cells
+    from ..checks import check_choice
+    if not models or not tasks:
+        raise ValueError(f"{owner}: models and tasks must be non-empty, got {models!r} and "
+                         f"{tasks!r}")
+    for name in models:
+        check_choice(owner, "models", name, [*cells.available(), baseline])
+    for task in tasks:
+        check_choice(owner, "tasks", task, task_names)
