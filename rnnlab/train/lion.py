@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -28,6 +27,7 @@ from ..checks import check_int, check_number
 from ..tools.device import check_device
 from ..tools.files import write_atomic
 from . import point_clouds as pc
+from .loop import train_steps
 from .options import check_models_and_tasks
 
 BASELINE = "pointnet"
@@ -111,24 +111,14 @@ def train_one(name: str, model: nn.Module, task: str, cfg: LIONConfig, train, te
     from ..models.lion import n_params
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(  # cosine from the peak to 5% of it
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     order = torch.Generator().manual_seed(cfg.seed + 1)  # the same batches for every model
-    start, losses = time.perf_counter(), []
-    model.train()
-    for _ in range(cfg.steps):
+
+    def next_loss():
         idx = torch.randint(train["xyz"].shape[0], (cfg.batch,), generator=order)
         batch = {k: v[idx].to(device) for k, v in train.items()}
-        loss = loss_of(model, batch["xyz"], batch, task)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name} on {task}: the loss became {loss.item()}")
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    seconds = time.perf_counter() - start
+        return loss_of(model, batch["xyz"], batch, task)
+
+    losses, seconds = train_steps(model, opt, cfg.steps, cfg.lr, next_loss, f"{name} on {task}")
     result = evaluate(model, test, task, cfg, device)
     result.update(loss=round(sum(losses[-20:]) / len(losses[-20:]), 4),
                   seconds=round(seconds, 1), params=n_params(model))

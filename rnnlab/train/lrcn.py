@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -29,6 +28,7 @@ from ..checks import check_choice, check_int, check_number
 from ..tools.device import check_device
 from ..tools.files import write_atomic
 from . import moving_digits as md
+from .loop import train_steps
 from .options import check_models_and_tasks
 
 TASKS = ("direction", "identity")
@@ -95,24 +95,14 @@ def train_one(name: str, task: str, cfg: LRCNConfig, data, test, device) -> dict
     torch.manual_seed(cfg.seed)
     model = build_model(name, cfg, n_classes(task, cfg)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(  # cosine from the peak to 5% of it
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     stream = torch.Generator().manual_seed(cfg.seed + 1)  # the same clips for every model
-    start, losses = time.perf_counter(), []
-    model.train()
-    for _ in range(cfg.steps):
+
+    def next_loss():
         batch = clips(data["train"], cfg.batch, stream, cfg)
-        loss = nn.functional.cross_entropy(model(batch["clips"].to(device)),
+        return nn.functional.cross_entropy(model(batch["clips"].to(device)),
                                            label(batch, task).to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name} on {task}: the loss became {loss.item()}")
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    seconds = time.perf_counter() - start
+
+    losses, seconds = train_steps(model, opt, cfg.steps, cfg.lr, next_loss, f"{name} on {task}")
     correct = evaluate(model, test, task, cfg, device)
     last_hidden = test["hidden"][:, -1]
     engine = getattr(getattr(model, "rnn", None), "stats", {}).get("engine", "-")
