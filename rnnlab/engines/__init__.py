@@ -1,7 +1,8 @@
 """Engines run a cell over a sequence: ``Sequential`` (the reference, every cell), ``Scan``
 (linear cells, in parallel over time) and ``Newton`` (nonlinear cells, parallel Newton
-iterations; its methods ``NewtonSteps`` and ``ELK``). ``resolve`` turns a name into an engine; ``"auto"`` picks by the cell's structure
-and, for nonlinear cells, by what was measured faster at the sizes of each call (``auto.py``)."""
+iterations; its methods ``NewtonSteps`` and ``ELK``). ``resolve`` turns a name into an engine;
+``"auto"`` picks by the cell's structure and, for nonlinear cells, by what was measured faster
+at the sizes of each call (``auto.py``)."""
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Union

@@ -48,8 +48,9 @@ from .base import Engine
 from .compiled import HotFunctions
 from .elk import ELK
 from .iterate import NewtonSteps, Problem, SolveResult
-from .linearize import (Layout, Step, flatten, from_leaves, layout, linear_on_newton, probe,
+from .linearize import (Layout, Step, flatten, from_leaves, layout, linear_on_newton,
                         quasi_layout, sizes)
+from .probe import probe
 from .sequential import Sequential
 
 DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
