@@ -71,6 +71,30 @@ def path(text: str, option: str) -> Path:
     return Path(text)
 
 
+def output_dir(text: str, option: str = "--out") -> Path:
+    """An output folder: an existing directory, or one that can be created in a writable
+    place; refused before any work starts (not after an hour of training)."""
+    from .train.rundir import check_writable
+    out = path(text, option)
+    check_writable(out, option)
+    return out
+
+
+def output_file(text: str, option: str = "--out", suffix: Optional[str] = None,
+                what: str = "file") -> Path:
+    """An output file (with ``suffix`` when given, e.g. ``".json"``; ``what`` names it in the
+    error): not a directory, its folder existing or creatable and writable; refused before any
+    work starts."""
+    from .train.rundir import check_writable
+    out = path(text, option)
+    if out.is_dir() or not out.name:
+        raise ValueError(f"{option}: expected a {what} path, got the directory {text!r}")
+    if suffix is not None and out.suffix != suffix:
+        raise ValueError(f"{option}: expected a {suffix} file path, got {text!r}")
+    check_writable(out.parent, option)
+    return out
+
+
 def specs(text: Optional[str], option: str, example: str) -> Optional[List[str]]:
     """Comma-separated specs (None when the option is not given); an empty list is refused."""
     from .arena.spec import split_list

@@ -38,8 +38,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 def _settings(out: Optional[str], figure: Optional[str], **counts) -> tuple:
     from .. import cli_checks as checks
     checks.counts(**counts)
-    return (None if out is None else checks.path(out, "--out"),
-            None if figure is None else checks.path(figure, "--figure"))
+    return (None if out is None else checks.output_file(out, "--out"),
+            None if figure is None else checks.output_file(figure, "--figure"))
 
 
 def tomita_command(

@@ -36,15 +36,6 @@ def _specs(text: str) -> list:
     return specs
 
 
-def _file(text: str, option: str, suffix: str) -> Path:
-    from ..train.rundir import check_writable
-    path = checks.path(text, option)
-    if path.is_dir() or path.suffix != suffix:
-        raise ValueError(f"{option}: expected a {suffix} file path, got {text!r}")
-    check_writable(path.parent)
-    return path
-
-
 def _train_config(train_length, steps, batch, lr, d_model, layers, seed):
     from .capacity import TrainConfig
     checks.counts(steps=steps, batch=batch, d_model=d_model, layers=layers)
@@ -92,7 +83,8 @@ def capacity(models: str = typer.Option(CAPACITY_MODELS, help=MODELS_HELP),
         checks.counts(task.min_length, None, train_length=train_length)
         tests = checks.ints(lengths, "--lengths", "64,256,1024", task.min_length)
         cfg = _train_config(train_length, steps, batch, lr, d_model, layers, seed)
-        json_path, png_path = _file(out, "--out", ".json"), _file(plot, "--plot", ".png")
+        json_path = checks.output_file(out, "--out", ".json")
+        png_path = checks.output_file(plot, "--plot", ".png")
         specs = _specs(models)
         torch.set_num_threads(threads)
         records = cap.capacity_study(specs, task, cfg, tests, threshold, examples,
@@ -152,9 +144,9 @@ def collapse(models: str = typer.Option(COLLAPSE_MODELS, help=MODELS_HELP),
         checks.counts(train_length, None, trace_length=trace_length)
         tests = checks.ints(lengths, "--lengths", "64,256,1024", task.min_length)
         cfg = _train_config(train_length, steps, batch, lr, d_model, layers, seed)
-        json_path = _file(out, "--out", ".json")
+        json_path = checks.output_file(out, "--out", ".json")
         prefix = checks.path(plot_prefix, "--plot-prefix")
-        _file(str(prefix) + "_x.png", "--plot-prefix", ".png")
+        checks.output_file(str(prefix) + "_x.png", "--plot-prefix", ".png")
         specs = _specs(models)
         for s in specs:
             if s.mixer not in MITIGATED:

@@ -54,10 +54,7 @@ def _one_cell(text: str) -> str:
 
 
 def _json_path(out: str) -> Path:
-    path = checks.path(out, "--out")
-    if path.suffix != ".json":
-        raise ValueError(f"--out: expected a .json file path, got {out!r}")
-    return path
+    return checks.output_file(out, "--out", ".json")
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -102,7 +99,8 @@ def _oneshot_command(
         if not lr > 0:
             raise ValueError(f"--lr: expected a number > 0, got {lr!r}")
         path = _json_path(out)
-        png_path = path.with_suffix(".png") if png is None else checks.path(png, "--png")
+        png_path = (path.with_suffix(".png") if png is None
+                    else checks.output_file(png, "--png"))
         result = oneshot(names, values, group, train_size, test_size, length, hidden, layers,
                          epochs, retrain_epochs, lr, seed, engine, log=typer.echo)
         write_json(result, path)
@@ -141,7 +139,8 @@ def _graphs_command(
         checks.counts(9, length=length)
         checks.counts(0, seed=seed)
         path = _json_path(out)
-        png_path = path.with_suffix(".png") if png is None else checks.path(png, "--png")
+        png_path = (path.with_suffix(".png") if png is None
+                    else checks.output_file(png, "--png"))
         from .prune_graphs import study
         task, train, test = reber_data(train_size, test_size, length, seed)
         if not lr > 0:

@@ -98,15 +98,6 @@ def print_table(result: dict, out: Console = console) -> None:
     out.print(table)
 
 
-def _out_path(out: str) -> Path:
-    from ..train.rundir import check_writable
-    path = checks.path(out, "--out")
-    if path.is_dir() or not path.name:
-        raise ValueError(f"--out: expected a JSON file path, got the directory {str(path)!r}")
-    check_writable(path.parent)
-    return path
-
-
 def score(models: str = typer.Option("gru,lstm,mamba", help=MODELS_HELP),
           task: str = typer.Option("parity(supervise='all')", help=TASK_HELP),
           d_model: int = typer.Option(64, help="width of every block"),
@@ -128,7 +119,7 @@ def score(models: str = typer.Option("gru,lstm,mamba", help=MODELS_HELP),
         checks.counts(d_model=d_model, layers=layers, batch=batch)
         checks.counts(0, layers - 1, layer=layer)
         checks.counts(0, SEED_MAX, seed=seed)
-        path = _out_path(out)
+        path = checks.output_file(out, "--out", what="JSON file")
         specs = _models(models)
         label, the_task = _task(task)
         n = length if length is not None else the_task.train_lengths[1]

@@ -46,4 +46,5 @@ def train_lion(models: str = typer.Option("mamba,pointnet",
                        test_clouds=test_clouds,
                        timing_windows=checks.ints(timing_windows, "--timing-windows", "1,5,20",
                                                   1),
-                       seed=seed, out=str(checks.path(out, "--out")), device=device), Console())
+                       seed=seed, out=str(checks.output_dir(out, "--out")), device=device),
+            Console())

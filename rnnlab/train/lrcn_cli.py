@@ -39,5 +39,5 @@ def train_lrcn(models: str = typer.Option("lstm,mamba,average",
                        tasks=checks.specs(tasks, "--tasks", "direction"), frames=frames,
                        canvas=canvas, directions=directions, occluded=occluded,
                        d_model=d_model, pooling=pooling, steps=steps, batch=batch, lr=lr,
-                       test_clips=test_clips, seed=seed, out=str(checks.path(out, "--out")),
+                       test_clips=test_clips, seed=seed, out=str(checks.output_dir(out, "--out")),
                        device=device), Console())

@@ -53,5 +53,5 @@ def train_sasrec(data: Optional[str] = typer.Option(
             encoders=names, users=users, items=items, length=length, degree=degree,
             noise=noise, max_len=max_len, d_model=d_model, n_layers=layers, dropout=dropout,
             batch=batch, lr=lr, epochs=epochs, minutes=minutes, eval_every=eval_every,
-            negatives=negatives, seed=seed, out=str(checks.path(out, "--out")), device=device)
+            negatives=negatives, seed=seed, out=str(checks.output_dir(out, "--out")), device=device)
         run(cfg, Console())
