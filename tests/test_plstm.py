@@ -10,7 +10,14 @@ from typer.testing import CliRunner
 
 import rnnlab
 from rnnlab.cells.plstm import PLSTM
-from rnnlab.models.plstm2d import PLSTM2D, RAW, gates_from, plstm2d_loop, plstm2d_wavefront
+from rnnlab.models.plstm2d import (
+    PLSTM2D,
+    RAW,
+    gates_from,
+    plstm2d_doubling,
+    plstm2d_loop,
+    plstm2d_wavefront,
+)
 from rnnlab.testing import check_cell
 from rnnlab.train.arrows import arrows, ray
 from rnnlab.train.plstm import PLSTMConfig, check
@@ -62,17 +69,18 @@ def _inputs(X, Y, n=2, K=3, V=4, seed=0):
 
 
 @pytest.mark.parametrize("mode", ["P", "D"])
-@pytest.mark.parametrize("size", [(5, 7), (7, 5), (1, 4), (3, 3)])
+@pytest.mark.parametrize("size", [(5, 7), (7, 5), (1, 4), (3, 3), (1, 1), (9, 2)])
 def test_2d_parallel_equals_loop_with_gradients(mode, size):
     q, k, v, raw = _inputs(*size)
     w = torch.randn(2, *size, 2, 4, dtype=F64)
     got = []
-    for form in (plstm2d_loop, plstm2d_wavefront):
+    for form in (plstm2d_loop, plstm2d_wavefront, plstm2d_doubling):
         y = form(q, k, v, gates_from(raw, mode))
         got.append((y, torch.autograd.grad((y * w).sum(), (q, k, v, raw))))
-    torch.testing.assert_close(got[0][0], got[1][0])
-    for a, b in zip(got[0][1], got[1][1]):
-        torch.testing.assert_close(a, b)
+    for y, grads in got[1:]:
+        torch.testing.assert_close(y, got[0][0])
+        for a, b in zip(grads, got[0][1]):
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("mode", ["P", "D"])
@@ -81,12 +89,13 @@ def test_2d_layer_forms_agree_on_every_parameter_gradient(mode):
     layer = PLSTM2D(4, heads=2, mode=mode, form="loop").double()
     x = torch.randn(2, 5, 7, 4, dtype=F64, requires_grad=True)
     grads = []
-    for form in ("loop", "wavefront"):
+    for form in ("loop", "wavefront", "doubling"):
         layer.form = form
         y = layer(x)
         grads.append([y, *torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b)
+    for other in grads[1:]:
+        for a, b in zip(other, grads[0]):
+            torch.testing.assert_close(a, b)
 
 
 def _path_sum(g, src, dst):
@@ -171,6 +180,8 @@ def test_arrows_and_config_errors():
         check(PLSTMConfig(models=["cnn"]))
     with pytest.raises(ValueError, match="heads"):
         check(PLSTMConfig(d_model=6, heads=4))
+    with pytest.raises(ValueError, match="form"):
+        check(PLSTMConfig(form="quadtree"))
 
 
 def _app():
@@ -187,7 +198,8 @@ def test_cli_runs_the_recipe_end_to_end_at_toy_size(tmp_path):
     out = tmp_path / "run"
     args = ["plstm", "--models", "plstm,plstm_d,vit,rowscan", "--train-size", "5",
             "--test-sizes", "5,7", "--d-model", "4", "--layers", "1", "--train-images", "16",
-            "--test-images", "8", "--steps", "2", "--batch", "4", "--out", str(out)]
+            "--test-images", "8", "--steps", "2", "--batch", "4", "--form", "doubling",
+            "--out", str(out)]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "results.json").read_text())
@@ -201,3 +213,5 @@ def test_cli_help_and_bad_arguments():
     assert "Arrow-pointing" in runner.invoke(_app(), ["plstm", "--help"]).output
     bad = runner.invoke(_app(), ["plstm", "--models", "cnn", "--out", "x"])
     assert bad.exit_code == 2 and "models" in bad.output
+    bad = runner.invoke(_app(), ["plstm", "--form", "quadtree", "--out", "x"])
+    assert bad.exit_code == 2 and "form" in bad.output

@@ -17,11 +17,16 @@ The node-to-node gate sums over every monotone path, so the transitions are cons
 The four flips of the grid (so that information reaches a cell from every quadrant) run with
 their own gates and their outputs are averaged.
 
-Two exact forms of one orientation: ``plstm2d_loop`` walks the cells in raster order (the
-reference), ``plstm2d_wavefront`` updates a whole anti-diagonal i + j = s at once (X + Y - 1
-sequential steps instead of X Y; the cells on one anti-diagonal do not depend on each other).
+Three exact forms of one orientation: ``plstm2d_loop`` walks the cells in raster order (the
+reference); ``plstm2d_wavefront`` updates a whole anti-diagonal i + j = s at once (X + Y - 1
+sequential steps instead of X Y; the cells on one anti-diagonal do not depend on each other);
+``plstm2d_doubling`` builds the node-to-node gate matrix by repeated squaring of the edge
+transitions (log2(X + Y) steps, the paper's log-depth parallelism in a dense form) and applies
+it like attention.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +114,48 @@ def plstm2d_wavefront(q, k, v, g):
     return skewed[:, i, i + torch.arange(Y, device=q.device)[None, :]]  # (B, X, Y, n, V)
 
 
-FORMS = {"loop": plstm2d_loop, "wavefront": plstm2d_wavefront}
+def _gate_matrix(g, X: int, Y: int) -> torch.Tensor:
+    """The node-to-node gates ``G: (B, n, XY, XY)``, G[t, s] = the sum over every monotone path
+    s -> t of M T...T S (plus D on the diagonal), in log-depth.
+
+    The edge states are ``e = L e + S kv`` with L the edge-to-edge transitions (2XY x 2XY; edge
+    p is node p's right out-edge, XY + p its down out-edge). L is nilpotent (a path has at most
+    X + Y - 2 turns), so ``(I - L)^-1 = (I + L)(I + L^2)(I + L^4)...``: ceil(log2(X + Y))
+    doublings, each two matrix products."""
+    N = X * Y
+    gate = {name: t.flatten(1, 2).movedim(1, -1) for name, t in g.items()}  # (B, n, N)
+    B, n = gate["d"].shape[:2]
+    p = torch.arange(N, device=gate["d"].device)
+    has_left, has_up = p % Y > 0, p >= Y
+    tl, tu = p[has_left], p[has_up]  # nodes with a left / an upper neighbour
+    L = gate["d"].new_zeros(B, n, 2 * N, 2 * N)
+    L[..., tl, tl - 1] = gate["t_rl"][..., tl]  # right out-edge <- left in-edge
+    L[..., tu, N + tu - Y] = gate["t_ru"][..., tu]  # right out-edge <- upper in-edge
+    L[..., N + tl, tl - 1] = gate["t_dl"][..., tl]
+    L[..., N + tu, N + tu - Y] = gate["t_du"][..., tu]
+    E = torch.cat([torch.diag_embed(gate["s_r"]), torch.diag_embed(gate["s_d"])], -2)  # (B, n, 2N, N)
+    for level in range(max(1, math.ceil(math.log2(X + Y)))):
+        E = E + L @ E  # E <- (I + L^(2^level)) E
+        if 2 ** (level + 1) < X + Y:
+            L = L @ L
+    read = gate["d"].new_zeros(B, n, N, 2 * N)  # the marks: node t reads its two in-edges
+    read[..., tl, tl - 1] = gate["m_l"][..., tl]
+    read[..., tu, N + tu - Y] = gate["m_u"][..., tu]
+    return read @ E + torch.diag_embed(gate["d"])  # (B, n, N, N)
+
+
+def plstm2d_doubling(q, k, v, g):
+    """The same as ``plstm2d_loop`` in O(log(X + Y)) dependent steps: the gate matrix G
+    (``_gate_matrix``), then ``y_t = sum_s G[t, s] (q_t . k_s) v_s`` as in attention. Costs
+    O((XY)^3) per head: the form for small grids on wide hardware."""
+    B, X, Y, n, K = q.shape
+    G = _gate_matrix(g, X, Y)  # (B, n, XY, XY)
+    q, k, v = (t.flatten(1, 2).transpose(1, 2) for t in (q, k, v))  # (B, n, XY, .)
+    y = (G * (q @ k.transpose(-1, -2))) @ v  # (B, n, XY, V)
+    return y.transpose(1, 2).unflatten(1, (X, Y))  # (B, X, Y, n, V)
+
+
+FORMS = {"loop": plstm2d_loop, "wavefront": plstm2d_wavefront, "doubling": plstm2d_doubling}
 
 
 class PLSTM2D(nn.Module):

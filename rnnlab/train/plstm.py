@@ -27,6 +27,7 @@ from torch import nn
 
 from ..checks import check_choice, check_int, check_number
 from ..tools.files import write_atomic
+from ..models.plstm2d import FORMS
 from .arrows import arrows
 
 MODELS = ("plstm", "plstm_d", "vit", "rowscan")
@@ -45,6 +46,7 @@ class PLSTMConfig:
     steps: int = 2500  # optimizer steps per model
     batch: int = 32
     lr: float = 3e-3  # AdamW peak (cosine decay)
+    form: str = "wavefront"  # pLSTM's exact form (models/plstm2d.FORMS); the same numbers
     seed: int = 0
     out: str = "results/plstm"
 
@@ -65,6 +67,7 @@ def check(cfg: PLSTMConfig) -> None:
     if cfg.d_model % cfg.heads:
         raise ValueError(f"{owner}: heads must divide d_model={cfg.d_model}, got {cfg.heads!r}")
     check_int(owner, "seed", cfg.seed, 0)
+    check_choice(owner, "form", cfg.form, tuple(FORMS))
     check_number(owner, "lr", cfg.lr, 0, 1, low_open=True)
 
 
@@ -115,7 +118,7 @@ def mixer(name: str, cfg: PLSTMConfig) -> nn.Module:
     if name in ("plstm", "plstm_d"):
         # K = V / 2 keeps the per-edge states (the cost of every sweep step) small
         return PLSTM2D(cfg.d_model, heads=cfg.heads, key_dim=max(1, cfg.d_model // cfg.heads // 2),
-                       mode="P" if name == "plstm" else "D")
+                       mode="P" if name == "plstm" else "D", form=cfg.form)
     if name == "vit":
         return Attention(cfg.d_model, cfg.heads)
     return RowScan(cfg.d_model, cfg.heads)
@@ -127,7 +130,7 @@ class GridClassifier(nn.Module):
     def __init__(self, name: str, cfg: PLSTMConfig, channels: int = 3, classes: int = 2):
         super().__init__()
         D = cfg.d_model
-        self.positions = name == "vit"
+        self.positions = name in ("vit", "rowscan")  # a raster scan alone loses the 2-D geometry
         self.embed = nn.Linear(channels, D)
         self.mixers = nn.ModuleList(mixer(name, cfg) for _ in range(cfg.layers))
         self.mlps = nn.ModuleList(nn.Sequential(nn.LayerNorm(D), nn.Linear(D, 2 * D), nn.GELU(),

@@ -30,6 +30,8 @@ def train_plstm(models: str = typer.Option("plstm,vit,rowscan",
                 steps: int = typer.Option(2500, help="optimizer steps per model"),
                 batch: int = typer.Option(32, help="images per step"),
                 lr: float = typer.Option(3e-3, help="peak learning rate (cosine decay)"),
+                form: str = typer.Option("wavefront", help="pLSTM's exact form: wavefront "
+                                         "(X+Y-1 steps), doubling (log-depth, O((XY)^3)), loop"),
                 seed: int = typer.Option(0, help="data, init and batch order"),
                 out: str = typer.Option("results/plstm", help="output folder",
                                         metavar="<path>")) -> None:
@@ -39,5 +41,5 @@ def train_plstm(models: str = typer.Option("plstm,vit,rowscan",
         run(PLSTMConfig(models=checks.specs(models, "--models", "plstm,vit"),
                         train_size=train_size, test_sizes=_sizes(test_sizes), d_model=d_model,
                         heads=heads, layers=layers, train_images=train_images,
-                        test_images=test_images, steps=steps, batch=batch, lr=lr, seed=seed,
-                        out=str(checks.path(out, "--out"))))
+                        test_images=test_images, steps=steps, batch=batch, lr=lr, form=form,
+                        seed=seed, out=str(checks.output_dir(out, "--out"))))
