@@ -133,7 +133,7 @@ def _gate_matrix(g, X: int, Y: int) -> torch.Tensor:
     L[..., tu, N + tu - Y] = gate["t_ru"][..., tu]  # right out-edge <- upper in-edge
     L[..., N + tl, tl - 1] = gate["t_dl"][..., tl]
     L[..., N + tu, N + tu - Y] = gate["t_du"][..., tu]
-    E = torch.cat([torch.diag_embed(gate["s_r"]), torch.diag_embed(gate["s_d"])], -2)  # (B, n, 2N, N)
+    E = torch.cat([torch.diag_embed(gate["s_r"]), torch.diag_embed(gate["s_d"])], -2)  # (B,n,2N,N)
     for level in range(max(1, math.ceil(math.log2(X + Y)))):
         E = E + L @ E  # E <- (I + L^(2^level)) E
         if 2 ** (level + 1) < X + Y:

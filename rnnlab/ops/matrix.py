@@ -31,25 +31,29 @@ _CPU_WORK_MAX = 1 << 15  # batch·N³ from which CPU matmul time outweighs the l
 
 
 def _loop(A: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Plain steps: A ``(M, T, N, N)``, b ``(M, T, N)``, h ``(M, N)`` -> states ``(M, T, N)``."""
+    """Plain steps: A ``(M, T, N, N)``, b ``(M, T, N, C)``, h ``(M, N, C)`` -> states
+    ``(M, T, N, C)`` (C columns share each A: dims over which A was broadcast)."""
     outs = []
     for A_t, b_t in zip(A.unbind(1), b.unbind(1)):
-        h = torch.baddbmm(b_t.unsqueeze(-1), A_t, h.unsqueeze(-1)).squeeze(-1)  # (M, N)
+        h = torch.baddbmm(b_t, A_t, h)  # (M, N, C)
         outs.append(h)
-    return torch.stack(outs, 1)  # T x (M, N) -> (M, T, N)
+    return torch.stack(outs, 1)  # T x (M, N, C) -> (M, T, N, C)
 
 
-def _auto_chunk(M: int, T: int, N: int, device: torch.device) -> int:
-    if T <= _LOOP_MAX_STEPS or (device.type == "cpu" and M * N ** 3 >= _CPU_WORK_MAX):
+def _auto_chunk(M: int, T: int, N: int, cols: int, device: torch.device) -> int:
+    # per step the chunked path composes N x N maps (N³) and runs the columns twice (2 N² cols)
+    if T <= _LOOP_MAX_STEPS or (device.type == "cpu" and M * N ** 2 * (N + cols) >= _CPU_WORK_MAX):
         return 1
     return math.isqrt(T - 1) + 1  # ceil(sqrt(T))
 
 
 def _scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
           chunk: Optional[int]) -> torch.Tensor:
-    """Chunked scan: A ``(M, T, N, N)``, b ``(M, T, N)``, h0 ``(M, N)`` -> states ``(M, T, N)``."""
+    """Chunked scan: A ``(M, T, N, N)``, b ``(M, T, N, C)``, h0 ``(M, N, C)`` -> states
+    ``(M, T, N, C)``."""
     M, T, N, _ = A.shape
-    C = _auto_chunk(M, T, N, A.device) if chunk is None else chunk
+    cols = b.shape[-1]
+    C = _auto_chunk(M, T, N, cols, A.device) if chunk is None else chunk
     if C <= 1 or T <= C:
         return _loop(A, b, h0)
     n_chunks = -(-T // C)
@@ -57,10 +61,10 @@ def _scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
     if pad:  # identity steps at the end change no earlier state
         eye = torch.eye(N, dtype=A.dtype, device=A.device)
         A = torch.cat((A, eye.expand(M, pad, N, N)), 1)  # (M, n_chunks·C, N, N)
-        b = torch.cat((b, b.new_zeros(M, pad, N)), 1)  # (M, n_chunks·C, N)
+        b = torch.cat((b, b.new_zeros(M, pad, N, cols)), 1)  # (M, n_chunks·C, N, cols)
     # Position-in-chunk first, so each loop step reads one contiguous slab of all chunks.
     A_c = A.reshape(M * n_chunks, C, N, N).transpose(0, 1).contiguous()  # (C, M·n_chunks, N, N)
-    b_c = b.reshape(M * n_chunks, C, N, 1).transpose(0, 1).contiguous()  # (C, M·n_chunks, N, 1)
+    b_c = b.reshape(M * n_chunks, C, N, cols).transpose(0, 1).contiguous()  # (C, M·n_chunks, N, c)
     P, s = A_c[0], b_c[0]  # each chunk's map h -> P h + s, built up step by step
     for A_j, b_j in zip(A_c[1:], b_c[1:]):
         s = torch.baddbmm(b_j, A_j, s)
@@ -68,28 +72,30 @@ def _scan(A: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
     # The state entering chunk c >= 1 is the state after chunk c - 1: a scan over the chunk
     # maps (all but the last), by this same function on a T/C times shorter sequence.
     P = P.view(M, n_chunks, N, N)[:, :-1]  # (M, n_chunks - 1, N, N)
-    s = s.view(M, n_chunks, N)[:, :-1]  # (M, n_chunks - 1, N)
-    entering = torch.cat((h0.unsqueeze(1), _scan(P, s, h0, chunk)), 1)  # (M, n_chunks, N)
-    h, outs = entering.reshape(M * n_chunks, N, 1), []
+    s = s.view(M, n_chunks, N, cols)[:, :-1]  # (M, n_chunks - 1, N, cols)
+    entering = torch.cat((h0.unsqueeze(1), _scan(P, s, h0, chunk)), 1)  # (M, n_chunks, N, cols)
+    h, outs = entering.reshape(M * n_chunks, N, cols), []
     for A_j, b_j in zip(A_c, b_c):
-        h = torch.baddbmm(b_j, A_j, h)  # (M·n_chunks, N, 1)
+        h = torch.baddbmm(b_j, A_j, h)  # (M·n_chunks, N, cols)
         outs.append(h)
-    return torch.stack(outs, 1).view(M, n_chunks * C, N)[:, :T]  # (M, T, N)
+    return torch.stack(outs, 1).view(M, n_chunks * C, N, cols)[:, :T]  # (M, T, N, cols)
 
 
 def _adjoint(A: torch.Tensor, grad_h: torch.Tensor, chunk: Optional[int]) -> torch.Tensor:
     """``g_t = grad_h_t + A_{t+1}ᵀ g_{t+1}`` (g_T = grad_h_T): A ``(M, T, N, N)``, grad_h
-    ``(M, T, N)`` -> g ``(M, T, N)``. Reversed in time it is a forward scan started from g_T."""
-    g_last = grad_h[:, -1]  # (M, N)
+    ``(M, T, N, C)`` -> g ``(M, T, N, C)``. Reversed in time it is a forward scan started from
+    g_T."""
+    g_last = grad_h[:, -1]  # (M, N, C)
     if A.shape[1] == 1:
         return grad_h
     A_rev = A[:, 1:].transpose(-1, -2).flip(1)  # A_{t+1}ᵀ for t = T-1 ... 1: (M, T-1, N, N)
-    g_rev = _scan(A_rev, grad_h[:, :-1].flip(1), g_last, chunk)  # (M, T-1, N)
-    return torch.cat((g_rev.flip(1), g_last.unsqueeze(1)), 1)  # (M, T, N)
+    g_rev = _scan(A_rev, grad_h[:, :-1].flip(1), g_last, chunk)  # (M, T-1, N, C)
+    return torch.cat((g_rev.flip(1), g_last.unsqueeze(1)), 1)  # (M, T, N, C)
 
 
 class _MatrixScan(torch.autograd.Function):
-    """Flat layout: A ``(M, T, N, N)``, b ``(M, T, N)``, h0 ``(M, N)`` -> h ``(M, T, N)``."""
+    """Flat layout: A ``(M, T, N, N)``, b ``(M, T, N, C)``, h0 ``(M, N, C)`` -> h
+    ``(M, T, N, C)``."""
 
     @staticmethod
     def forward(ctx, A, b, h0, chunk):
@@ -101,14 +107,21 @@ class _MatrixScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h):
         A, h0, h = ctx.saved_tensors
-        g = _adjoint(A, grad_h, ctx.chunk)  # (M, T, N)
+        g = _adjoint(A, grad_h, ctx.chunk)  # (M, T, N, C)
         dA = dh0 = None
         if ctx.needs_input_grad[0]:
-            h_prev = torch.cat((h0.unsqueeze(1), h[:, :-1]), 1)  # (M, T, N)
-            dA = g.unsqueeze(-1) * h_prev.unsqueeze(-2)  # g_t h_{t-1}ᵀ: (M, T, N, N)
+            h_prev = torch.cat((h0.unsqueeze(1), h[:, :-1]), 1)  # (M, T, N, C)
+            dA = g @ h_prev.transpose(-1, -2)  # sum over columns of g_t h_{t-1}ᵀ: (M, T, N, N)
         if ctx.needs_input_grad[2]:
-            dh0 = (A[:, 0].transpose(-1, -2) @ g[:, 0].unsqueeze(-1)).squeeze(-1)  # (M, N)
+            dh0 = A[:, 0].transpose(-1, -2) @ g[:, 0]  # (M, N, C)
         return dA, g, dh0, None
+
+
+def _shared_dims(A: torch.Tensor) -> list:
+    """The extra dims (between T and the matrix) over which A is a broadcast view (stride 0,
+    size > 1), e.g. pLSTM's key and value dims: they become columns that share one A instead
+    of being copied, one matrix per column, by a reshape."""
+    return [d for d in range(2, A.dim() - 2) if A.stride(d) == 0 and A.shape[d] > 1]
 
 
 def _run(A, b, h0, chunk) -> torch.Tensor:
@@ -116,11 +129,22 @@ def _run(A, b, h0, chunk) -> torch.Tensor:
     T, N = b.shape[1], b.shape[-1]
     if T == 0:
         return b.new_zeros(b.shape)
-    A_f = A.movedim(1, -3).reshape(-1, T, N, N)  # (B, T, ..., N, N) -> (M, T, N, N)
-    b_f = b.movedim(1, -2).reshape(-1, T, N)  # (B, T, ..., N) -> (M, T, N)
-    h0_f = b_f.new_zeros(b_f.shape[0], N) if h0 is None else h0.reshape(-1, N)  # (M, N)
-    h = _MatrixScan.apply(A_f, b_f, h0_f, chunk)  # (M, T, N)
-    return h.reshape(*b.shape[:1], *b.shape[2:-1], T, N).movedim(-2, 1)  # (B, T, ..., N)
+    shared = _shared_dims(A)
+    own = [d for d in range(2, b.dim() - 1) if d not in shared]
+    for d in shared:
+        A = A.narrow(d, 0, 1)  # one copy of the broadcast matrix
+    A_f = A.permute(0, *own, 1, *shared, A.dim() - 2, A.dim() - 1)  # shared dims have size 1
+    A_f = A_f.reshape(-1, T, N, N)  # (B, T, ..., N, N) -> (M, T, N, N)
+    order = [0, *own, 1, b.dim() - 1, *shared]
+    b_f = b.permute(order)  # (B, own..., T, N, shared...)
+    lead = b_f.shape
+    b_f = b_f.reshape(A_f.shape[0], T, N, -1)  # (M, T, N, C)
+    h0_f = b_f.new_zeros(b_f.shape[0], N, b_f.shape[-1]) if h0 is None else \
+        h0.permute([o if o < 1 else o - 1 for o in order if o != 1]).reshape(
+            A_f.shape[0], N, -1)  # (B, ..., N) -> (M, N, C)
+    h = _MatrixScan.apply(A_f, b_f, h0_f, chunk)  # (M, T, N, C)
+    back = [order.index(d) for d in range(b.dim())]
+    return h.reshape(lead).permute(back)  # (B, T, ..., N)
 
 
 def _packed(A, b, h0, cu):
@@ -131,7 +155,10 @@ def _packed(A, b, h0, cu):
     starts = torch.tensor([start for _, start in live], dtype=torch.long, device=b.device)
     first = torch.zeros(b.shape[1], dtype=torch.bool, device=b.device)
     first[starts] = True
-    A_new = A.masked_fill(first.view(1, -1, *[1] * (A.dim() - 2)), 0.0)  # (1, T, ..., N, N)
+    small = A
+    for d in _shared_dims(A):  # keep a broadcast A broadcast (masked_fill would copy it)
+        small = small.narrow(d, 0, 1)
+    A_new = small.masked_fill(first.view(1, -1, *[1] * (A.dim() - 2)), 0.0).expand(A.shape)
     if h0 is None:
         return A_new, b
     carried = (A[:, starts] @ h0[rows].unsqueeze(0).unsqueeze(-1)).squeeze(-1)  # (1, S, ..., N)

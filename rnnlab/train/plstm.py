@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..checks import check_choice, check_int, check_number
-from ..tools.files import write_atomic
 from ..models.plstm2d import FORMS
+from ..tools.files import write_atomic
 from .arrows import arrows
 
 MODELS = ("plstm", "plstm_d", "vit", "rowscan")
@@ -98,13 +98,14 @@ class Attention(nn.Module):
 
 
 class RowScan(nn.Module):
-    """A 1-D cell over the pixels in raster order, forwards plus backwards."""
+    """A 1-D cell over the pixels in raster order, forwards plus backwards (Vision-LSTM's
+    mLSTM by default, as the paper's row-scanning baseline ViL)."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, cell: str = "mlstm"):
         super().__init__()
         from .. import Recurrent
-        self.fwd = Recurrent("gla", input_size=dim, hidden_size=dim, heads=heads, engine="scan")
-        self.bwd = Recurrent("gla", input_size=dim, hidden_size=dim, heads=heads, engine="scan")
+        self.fwd = Recurrent(cell, input_size=dim, hidden_size=dim, heads=heads, engine="scan")
+        self.bwd = Recurrent(cell, input_size=dim, hidden_size=dim, heads=heads, engine="scan")
 
     def forward(self, x):
         B, X, Y, D = x.shape

@@ -69,6 +69,47 @@ def test_extra_batch_dims(extra):
     check(*run_both(*inputs(63, 5, extra=extra)), torch.float64, f"extra dims {extra}")
 
 
+def broadcast_inputs(T, N, seed=0):
+    """A shared over two of three extra dims (an ``expand`` view, stride 0, as pLSTM's key and
+    value dims) and the same A materialised; b, h0 of the full shape."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.randn(B, T, 2, 1, 1, N, N, generator=g, dtype=torch.float64) * 0.7 / N ** .5
+    b = torch.randn(B, T, 2, 3, 4, N, generator=g, dtype=torch.float64).requires_grad_()
+    h0 = torch.randn(B, 2, 3, 4, N, generator=g, dtype=torch.float64).requires_grad_()
+    small.requires_grad_()
+    return small, b, h0
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 8])
+@pytest.mark.parametrize("T", [1, 7, 63])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_a_broadcast_over_extra_dims_is_shared_not_copied(T, chunk, with_h0):
+    """An A expanded over extra dims runs them as columns of one matrix: the same states and
+    the same gradients (summed over the broadcast, into the unexpanded A) as a copied A."""
+    small, b, h0 = broadcast_inputs(T, 3, seed=T)
+    h0 = h0 if with_h0 else None
+    results = []
+    for A in (small.expand(B, T, 2, 3, 4, 3, 3), small.expand(B, T, 2, 3, 4, 3, 3).clone()):
+        h, h_T = matrix_scan(A, b, h0, True, chunk_size=chunk)
+        up = torch.randn(h.shape, generator=torch.Generator().manual_seed(7), dtype=h.dtype)
+        wrt = [x for x in (small, b, h0) if x is not None]
+        results.append([h, h_T, *torch.autograd.grad((h * up).sum() + h_T.square().sum(), wrt)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    h_r, h_T_r = matrix_scan_reference(small.expand(B, T, 2, 3, 4, 3, 3), b, h0, True)
+    torch.testing.assert_close(results[0][0], h_r)
+
+
+def test_a_broadcast_packed_sequences():
+    small, b, h0 = broadcast_inputs(10, 2)
+    cu = torch.tensor([0, 4, 4, 10])
+    A = small[:1].expand(1, 10, 2, 3, 4, 2, 2)
+    got = matrix_scan(A, b[:1], h0[:1].expand(3, 2, 3, 4, 2), True, cu)
+    want = matrix_scan_reference(A, b[:1], h0[:1].expand(3, 2, 3, 4, 2), True, cu)
+    for a, w in zip(got, want):
+        torch.testing.assert_close(a, w)
+
+
 @settings(max_examples=25, deadline=None)
 @given(T=st.integers(1, 80), N=st.integers(1, 4), extra=st.lists(st.integers(1, 3), max_size=2),
        chunk=st.one_of(st.none(), st.integers(1, 9)), with_h0=st.booleans())
