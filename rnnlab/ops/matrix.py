@@ -12,6 +12,10 @@ fast path does about N times the arithmetic of the loop and wins only while per-
 arithmetic, is the bottleneck: always on GPUs at these sizes, on CPUs only for small
 (batch·N³). ``chunk_size=None`` picks by that rule; ``chunk_size=1`` forces the plain loop.
 
+An A that is a broadcast view over some extra dims (``expand``: stride 0, as pLSTM's transition,
+shared by every key and value) is not copied per position: those dims become columns of a state
+matrix that one A multiplies (``_shared_dims``), and its gradient is summed over them.
+
 Backward is analytic (a custom autograd.Function): the adjoint ``g_t = dL/dh_t + A_{t+1}ᵀ g_{t+1}``
 is the same recurrence run backwards in time on transposed matrices, so it reuses the forward
 path on flipped inputs; then ``dA_t = g_t h_{t-1}ᵀ``, ``db_t = g_t``, ``dh_0 = A_1ᵀ g_1``.
