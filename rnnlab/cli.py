@@ -361,9 +361,10 @@ def bench_cells(sizes: str = typer.Option("8x1024x128,32x128x256",
 def _register_tools() -> None:
     """The tools' commands: each ``rnnlab/tools/<tool>_cli.py`` adds its own with
     ``register(app, eval_app)`` (their heavy imports wait inside the commands)."""
-    from .tools import automata_cli, capacity_cli, prune_cli, score_cli
+    from .tools import automata_cli, capacity_cli, prune_cli, recurrentgpt_cli, score_cli
     for tool in (prune_cli, score_cli, automata_cli, capacity_cli):
         tool.register(app, eval_app)
+    recurrentgpt_cli.register(app)  # a top-level command, nothing under eval
 
 
 _register_tools()
