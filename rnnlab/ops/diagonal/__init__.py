@@ -2,7 +2,8 @@
 
 ``linear_scan`` is the fast op: on CPU a numba kernel (optional dependency) that makes one pass
 over memory with the time loop inside, threaded over sequences and feature blocks with
-``torch.get_num_threads()`` threads; elsewhere (GPU, or numba absent) a pure-torch chunked scan.
+``torch.get_num_threads()`` threads; on CUDA the same one-pass design as Triton kernels (optional
+dependency); elsewhere (or without them) a pure-torch chunked scan.
 ``backend(device)`` says which; setting ``USE_NUMBA = False`` here sends CPU to the torch path
 too. The backward is the analytic reverse scan, never autograd through a loop.
 ``linear_scan_reference`` is the plain loop over time both are tested against.
@@ -12,6 +13,7 @@ One module per path, as fla splits ``naive`` / ``chunk`` / ``fused_recurrent``:
 - ``reference.py``: ``linear_scan_reference``, the plain loop;
 - ``chunked.py``: the torch path;
 - ``numba_kernels.py``: the CPU kernels (thread pool and array helpers in ``ops/numba_pool.py``);
+- ``triton_kernels.py``: the CUDA kernels (custom ops ``torch.ops.rnnlab.diagonal_scan``);
 - ``inputs.py``: the checks and dtypes all of them share;
 - here: the dispatch between the paths, the autograd Function and ``linear_scan``.
 
@@ -21,6 +23,8 @@ Shapes: ``a, b`` are ``(B, T, ...)``; ``a`` may hold size-1 trailing dims that b
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 
 import torch
@@ -34,13 +38,24 @@ from .numba_kernels import numba_backward, numba_forward
 from .reference import linear_scan_reference  # noqa: F401 - public API
 
 USE_NUMBA = _numba is not None  # module-level switch (tests turn it off to test the torch path)
+USE_TRITON = True  # CUDA takes the Triton kernels where triton imports; False: the torch path
 _MIN_BROADCAST = 16  # fewer b elements per broadcast `a` value: expanding `a` is faster
 
 
 def backend(device="cpu") -> str:
-    """The path ``linear_scan`` takes on ``device``: "numba" (CPU kernel) or "torch" (chunked)."""
-    return "numba" if USE_NUMBA and _numba is not None and torch.device(device).type == "cpu" \
-        else "torch"
+    """The path ``linear_scan`` takes on ``device``: "numba" (CPU kernel), "triton" (CUDA
+    kernel, ``triton_kernels.py``) or "torch" (chunked)."""
+    kind = torch.device(device).type
+    if kind == "cpu" and USE_NUMBA and _numba is not None:
+        return "numba"
+    if kind == "cuda" and USE_TRITON and _triton_importable():
+        return "triton"
+    return "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def _numba_ready(*tensors) -> bool:
@@ -109,5 +124,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor | 
         a = a.expand(b.shape)  # (B, T, ...) like b; autograd sums the gradient back
     h0 = (b.new_zeros((b.shape[0] if cu is None else cu.numel() - 1,) + feats, dtype=compute)
           if initial_state is None else initial_state.to(compute))  # (B or N, ...)
-    h, hT = _run_linearscan(a.to(compute), b.to(compute), h0, cu)
+    if backend(b.device) == "triton" and b.numel() > 0:
+        from .triton_kernels import triton_forward  # imports triton: only when used
+        h, hT = triton_forward(a.to(compute), b.to(compute), h0, cu)
+    else:
+        h, hT = _run_linearscan(a.to(compute), b.to(compute), h0, cu)
     return h.to(io), (hT if output_final_state else None)
