@@ -373,8 +373,17 @@ _register_tools()
 def _register_recipes() -> None:
     """The recipes beyond the language model and the classifier (``rnnlab train <recipe>``):
     each ``rnnlab/train/<recipe>_cli.py`` adds its command with ``register(train_app)``."""
-    from .train import conformer_cli, lion_cli, lrcn_cli, plstm_cli, recoding_cli, sasrec_cli
-    for recipe in (plstm_cli, lion_cli, lrcn_cli, sasrec_cli, recoding_cli, conformer_cli):
+    from .train import (
+        conformer_cli,
+        lion_cli,
+        lrcn_cli,
+        plstm_cli,
+        pvrnn_cli,
+        recoding_cli,
+        sasrec_cli,
+    )
+    for recipe in (plstm_cli, lion_cli, lrcn_cli, sasrec_cli, pvrnn_cli, recoding_cli,
+                   conformer_cli):
         recipe.register(train_app)
 
 
