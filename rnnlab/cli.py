@@ -379,11 +379,12 @@ def _register_recipes() -> None:
         lrcn_cli,
         plstm_cli,
         pvrnn_cli,
+        quantum_cli,
         recoding_cli,
         sasrec_cli,
     )
     for recipe in (plstm_cli, lion_cli, lrcn_cli, sasrec_cli, pvrnn_cli, recoding_cli,
-                   conformer_cli):
+                   quantum_cli, conformer_cli):
         recipe.register(train_app)
 
 

@@ -258,7 +258,7 @@ def test_chunked_linearization_matches(monkeypatch, name):
     check_agree(name, 37)
 
 
-# ---- compile, sweeps, buffers ------------------------------------------------------------------------------
+# ---- compile, sweeps, buffers --------------------------------------------------------------
 
 def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
     def broken(fn, **kwargs):
@@ -367,3 +367,13 @@ def test_newton_refuses_meaningless_options(option):
     name = next(iter(option))
     with pytest.raises(ValueError, match=f"Newton: {name} must be"):
         Newton(**option)
+
+
+def test_newton_refuses_a_sequential_only_cell():
+    """A cell whose step is defined only on the states its recurrence reaches (the quantum
+    RNN renormalises amplitudes) declares ``sequential_only``; Newton, which iterates on
+    guessed trajectories, refuses it with the engines' usual error."""
+    cell = cells.get("quantum_rnn", 3, 2)
+    assert cell.sequential_only and not Newton().supports(cell)
+    with pytest.raises(ValueError, match="'newton' cannot run QuantumRNN"):
+        rnnlab.Recurrent(cell, engine="newton")(torch.randn(1, 4, 3))

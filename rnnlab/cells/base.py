@@ -233,6 +233,9 @@ class Cell(nn.Module):
     """
 
     structure: Structure = Dense()
+    # True for a step defined only on the states the recurrence itself reaches (e.g. normalised
+    # amplitudes): engines that iterate on guessed trajectories (Newton) refuse such a cell.
+    sequential_only: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -48,8 +48,16 @@ from .base import Engine
 from .compiled import HotFunctions
 from .elk import ELK
 from .iterate import NewtonSteps, Problem, SolveResult
-from .linearize import (Layout, Step, flatten, from_leaves, layout, linear_on_newton,
-                        quasi_layout, sizes)
+from .linearize import (
+    Layout,
+    Step,
+    flatten,
+    from_leaves,
+    layout,
+    linear_on_newton,
+    quasi_layout,
+    sizes,
+)
 from .probe import probe
 from .sequential import Sequential
 
@@ -184,6 +192,8 @@ class Newton(Engine):
         return self(cell, x, initial_state, lengths, stats=stats, guess=guess)
 
     def supports(self, cell: Cell) -> bool:
+        if cell.sequential_only:  # its step is undefined on Newton's guessed trajectories
+            return False
         return (isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
                 or linear_on_newton(cell.structure))
 
