@@ -11,6 +11,7 @@ from ..cells.base import Cell
 from .auto import Auto
 from .base import Engine, call_with_params, compute_dtype  # noqa: F401
 from .elk import ELK  # noqa: F401 - Newton(method=ELK(...))
+from .fused import Fused
 from .iterate import NewtonSteps  # noqa: F401 - Newton(method=NewtonSteps(...))
 from .newton import Newton
 from .scan import Scan
@@ -18,7 +19,7 @@ from .sequential import Sequential
 
 _ENGINES: Dict[str, Callable[[], Engine]] = {
     "sequential": Sequential, "scan": Scan, "newton": Newton,
-    "quasi": lambda: Newton(quasi=True)}
+    "quasi": lambda: Newton(quasi=True), "fused": Fused}
 
 
 def available() -> List[str]:
