@@ -32,8 +32,6 @@ import torch
 from ..cells.base import Block, Cell, Dense, Diagonal, Heads, Linear, State, as_tuple
 
 
-
-
 @dataclass(frozen=True)
 class Layout:
     """How a flat state of S numbers splits into G groups of M (hashable: compiled code keys on
