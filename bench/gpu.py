@@ -1,11 +1,13 @@
 """Every GPU check and benchmark in one call, for a lent GPU machine's short time:
 
-1. the CUDA suite (``tests/gpu``: every cell x engine on CUDA == CPU, the kernels) and the
-   Triton kernels' parity tests, by pytest in a subprocess (its summary goes in the JSON);
+1. the CUDA suite (``tests/gpu``: every cell x engine on CUDA == CPU, the kernels compiled for
+   the card) by pytest in a subprocess (its summary goes in the JSON; the interpreter tests
+   ``tests/test_triton_*.py`` are for CPU machines);
 2. the diagonal scan at the issue's size (B16 T16384 D1024 fp32): the Triton kernels and the
    torch chunked path, forward and forward+backward, beside the card's copy bandwidth, in the
    same process, with CUDA events (warm-up, then the median of timed runs);
-3. ``bench/gpu_newton.py`` (ParaGRU on Newton vs cuDNN GRU and a GRUCell loop).
+3. ``bench/gpu_fused_rnn.py`` (the fused Elman/GRU/LSTM/sLSTM kernels vs cuDNN);
+4. ``bench/gpu_newton.py`` (ParaGRU on Newton vs cuDNN GRU and a GRUCell loop).
 
 Usage: python bench/gpu.py [OUT_DIR]   (default bench/out/gpu; writes gpu.json, newton.json)
 The peers' figures on an H200 (../shared/anchors/h200-2026-11-26.jsonl): fla chunk_hgrn 1.85 ms
@@ -46,7 +48,7 @@ def suite() -> dict:
     """pytest on the CUDA suite and the kernels' parity tests; the summary line and exit code."""
     start = time.time()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/gpu", "tests/test_triton_diagonal.py"],
+                           "tests/gpu"],
                           cwd=ROOT, capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()
     return dict(exit_code=done.returncode, summary=lines[-1] if lines else "",
@@ -90,12 +92,17 @@ def diagonal_scan(B: int = 16, T: int = 16384, D: int = 1024) -> dict:
     return out
 
 
-def newton(out_dir: Path) -> dict:
-    spec = importlib.util.spec_from_file_location("gpu_newton", ROOT / "bench" / "gpu_newton.py")
+def _load(name: str):
+    """A sibling benchmark script as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def newton(out_dir: Path) -> dict:
     path = out_dir / "newton.json"
-    module.main(str(path))
+    _load("gpu_newton").main(str(path))
     return json.loads(path.read_text())
 
 
@@ -111,8 +118,10 @@ def main(out_dir: str = "bench/out/gpu") -> None:
         triton_version = None
     result = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
                   triton=triton_version)
-    for name, step in (("suite", suite), ("diagonal_scan", diagonal_scan),
-                       ("newton", lambda: newton(out))):
+    sections = (("suite", suite), ("diagonal_scan", diagonal_scan),
+                ("fused_rnn", lambda: _load("gpu_fused_rnn").run()),
+                ("newton", lambda: newton(out)))
+    for name, step in sections:
         start = time.time()
         try:
             result[name] = step()
