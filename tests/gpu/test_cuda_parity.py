@@ -36,7 +36,7 @@ def _rel(a, b):
     return ((a - b).abs().norm() / b.abs().norm().clamp_min(1e-30)).item()
 
 
-CASES = [(c, e) for c in cells.available() for e in ("sequential", "scan", "newton")
+CASES = [(c, e) for c in cells.available() for e in ("sequential", "scan", "newton", "fused")
          if engines.resolve(e, cells.get(c, D, H, device="meta")).supports(
              cells.get(c, D, H, device="meta"))]
 
