@@ -39,6 +39,8 @@ Conventions (fla's layout):
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import Optional, Tuple
 
 import torch
@@ -179,6 +181,32 @@ def default_chunk_size(T: int, per_key: bool) -> int:
     return min(CHUNK, max(T, 1))
 
 
+USE_TRITON = True  # CUDA takes the Triton kernels where triton imports; False: the torch path
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def backend(device="cpu") -> str:
+    """The path ``gated_linear_attention`` takes on ``device``: "triton" (CUDA kernels) or
+    "torch" (the chunked loop below)."""
+    if torch.device(device).type == "cuda" and USE_TRITON and _triton_importable():
+        return "triton"
+    return "torch"
+
+
+def _triton_takes(q, chunk_size) -> bool:
+    """Whether the Triton kernels run this call: the triton backend, T > 0, and a chunk size
+    they take (None, or a power of two >= 16); bad inputs go on to the torch path's checks."""
+    if not isinstance(q, Tensor) or q.dim() < 2 or backend(q.device) != "triton" \
+            or q.shape[1] == 0:
+        return False
+    return chunk_size is None or (isinstance(chunk_size, int) and chunk_size >= 16
+                                  and chunk_size & (chunk_size - 1) == 0)
+
+
 def gated_linear_attention(q: Tensor, k: Tensor, v: Tensor, g: Tensor,
                            scale: Optional[float] = None, initial_state: Optional[Tensor] = None,
                            output_final_state: bool = False,
@@ -193,7 +221,14 @@ def gated_linear_attention(q: Tensor, k: Tensor, v: Tensor, g: Tensor,
 
     Returns ``o (B, T, H, V)`` in q's dtype and, if ``output_final_state``, the final state
     ``(B or N, H, K, V)`` in the compute dtype (fp32, or fp64), else None. Autograd flows
-    through all inputs and ``initial_state``."""
+    through all inputs and ``initial_state``.
+
+    On CUDA, where triton imports (``backend``), the Triton kernels of ``gla_triton.py`` run it
+    (a ``chunk_size`` that is not a power of two >= 16 keeps the torch path)."""
+    if _triton_takes(q, chunk_size):
+        from .gla_triton import gated_linear_attention_triton  # imports triton: only when used
+        return gated_linear_attention_triton(q, k, v, g, scale, initial_state, output_final_state,
+                                             cu_seqlens, chunk_size)
     cu, (q, k, v, g), S0, out_dtype = _prepare(q, k, v, g, scale, initial_state, cu_seqlens,
                                                chunk_size)
     if cu is None:

@@ -82,3 +82,16 @@ def test_matrix_scan_on_cuda():
     got = matrix_scan(A.cuda(), b.cuda(), None, True)
     for g_, w in zip(got, want):
         assert _rel(g_, w) < 1e-4
+
+
+@pytest.mark.parametrize("per_key", [True, False])
+def test_gla_kernels_on_cuda(per_key):
+    from rnnlab.ops.gla import gated_linear_attention, gated_linear_attention_reference
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 100, 2, 16, generator=g), torch.randn(2, 100, 2, 16, generator=g)
+    v = torch.randn(2, 100, 2, 16, generator=g)
+    lg = -torch.rand(2, 100, 2, *((16,) if per_key else ()), generator=g)
+    want = gated_linear_attention_reference(q, k, v, lg, output_final_state=True)
+    got = gated_linear_attention(*(t.cuda() for t in (q, k, v, lg)), output_final_state=True)
+    for g_, w in zip(got, want):
+        assert _rel(g_, w) < 1e-5
