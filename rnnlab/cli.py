@@ -377,6 +377,7 @@ def _register_recipes() -> None:
         conformer_cli,
         lion_cli,
         lrcn_cli,
+        meters_cli,
         plstm_cli,
         pvrnn_cli,
         quantum_cli,
@@ -384,7 +385,7 @@ def _register_recipes() -> None:
         sasrec_cli,
     )
     for recipe in (plstm_cli, lion_cli, lrcn_cli, sasrec_cli, pvrnn_cli, recoding_cli,
-                   quantum_cli, conformer_cli):
+                   quantum_cli, meters_cli, conformer_cli):
         recipe.register(train_app)
 
 
