@@ -17,6 +17,7 @@ if os.environ["TRITON_INTERPRET"] != "1":
     pytest.skip("TRITON_INTERPRET was set to something other than 1", allow_module_level=True)
 
 import rnnlab  # noqa: E402
+from rnnlab.cells import as_tuple  # noqa: E402
 from rnnlab.ops import newton_fused as nf  # noqa: E402
 from rnnlab.ops.newton_fused import reference as ref  # noqa: E402
 from rnnlab.ops.newton_fused import triton_kernels as tk  # noqa: E402
@@ -237,3 +238,27 @@ def test_torch_compile_traces_through_the_solve_op_in_one_graph():
     u = u.requires_grad_()
     got = torch.autograd.grad(compiled(u), u)[0]
     torch.testing.assert_close(got, torch.autograd.grad(loss(u), u)[0])
+
+
+@pytest.mark.parametrize("name", ["paragru", "indrnn", "paralstm"])
+def test_the_newton_engine_runs_the_kernels_where_the_backend_says_triton(name, monkeypatch):
+    """On CUDA ``backend`` says "triton"; forced here on CPU tensors (interpreter), the Newton
+    engine itself takes the fused path, says so in its stats, and equals the sequential
+    engine: outputs, final state and gradients, with padded lengths."""
+    from rnnlab.engines import Newton
+    monkeypatch.setattr(nf, "backend", lambda device="cpu": "triton")
+    torch.manual_seed(0)
+    cell = rnnlab.cells.get(name, 3, 6).double()
+    x = torch.randn(3, 11, 3, dtype=torch.float64)
+    lengths = torch.tensor([11, 6, 0])
+    got, want = [], []
+    for engine, out in ((Newton(), got), ("sequential", want)):
+        layer = rnnlab.Recurrent(cell, engine=engine)
+        xx = x.clone().requires_grad_()
+        y, h = layer(xx, lengths=lengths)
+        loss = y.square().sum() + sum(t.square().sum() for t in as_tuple(h))
+        out.extend([y, *as_tuple(h), *torch.autograd.grad(loss, [xx, *cell.parameters()])])
+        if engine != "sequential":
+            assert layer.stats["kernel"] == "triton" and layer.stats["converged"]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)
