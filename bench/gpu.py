@@ -8,7 +8,9 @@
    same process, with CUDA events (warm-up, then the median of timed runs);
 3. ``bench/gpu_fused_rnn.py`` (the fused Elman/GRU/LSTM/sLSTM kernels vs cuDNN);
 4. ``bench/gpu_gla.py`` (chunked GLA / SSD kernels vs the torch path and fla's chunk_gla);
-5. ``bench/gpu_newton.py`` (ParaGRU on Newton vs cuDNN GRU and a GRUCell loop).
+5. ``bench/gpu_newton_fused.py`` (the fused Newton sweeps: ParaGRU vs the eager Newton path and
+   cuDNN GRU);
+6. ``bench/gpu_newton.py`` (ParaGRU on Newton vs cuDNN GRU and a GRUCell loop).
 
 Usage: python bench/gpu.py [OUT_DIR]   (default bench/out/gpu; writes gpu.json, newton.json)
 The peers' figures on an H200 (../shared/anchors/h200-2026-11-26.jsonl): fla chunk_hgrn 1.85 ms
@@ -122,6 +124,7 @@ def main(out_dir: str = "bench/out/gpu") -> None:
     sections = (("suite", suite), ("diagonal_scan", diagonal_scan),
                 ("fused_rnn", lambda: _load("gpu_fused_rnn").run()),
                 ("gla", lambda: _load("gpu_gla").run()),
+                ("newton_fused", lambda: _load("gpu_newton_fused").run()),
                 ("newton", lambda: newton(out)))
     for name, step in sections:
         start = time.time()

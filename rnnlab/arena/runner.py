@@ -5,6 +5,10 @@ anything is written, take the output directory's lock (one arena per directory),
 directory to the configuration, skip the runs that already have records, train the rest with a
 progress bar per run and one for the grid, and rewrite the records and reports after each run.
 
+Where the runs train is an ``Executor``: ``LocalExecutor`` (this machine: one run after another,
+or ``cfg.jobs`` worker processes) by default, ``ray_executor.RayExecutor`` for a Ray cluster.
+Whichever it is, only this process writes the results directory's records and reports.
+
 When things go wrong: a run that raises is reported in one line and the others go on (then
 ``ArenaFailed`` names the failed runs; running the command again retries them). Ctrl-C or
 SIGTERM ends the workers within seconds, keeps every finished run and says how to resume. An
@@ -19,7 +23,7 @@ import platform
 import signal
 import time
 from pathlib import Path
-from typing import List
+from typing import Callable, Iterator, List, Optional, Protocol, Tuple
 
 import torch
 from rich.console import Console
@@ -38,6 +42,39 @@ class ArenaFailed(RuntimeError):
     """Runs failed (the others are recorded), or the results directory could not be written."""
 
 
+# (model spec, task label, task, seed), the run's result or None, None or the error in one line
+Outcome = Tuple[tuple, Optional[dict], Optional[str]]
+
+
+class Executor(Protocol):
+    """Where a grid's runs train. ``check`` refuses what it cannot run, before anything is
+    written (it may connect to a cluster); calling it trains ``todo`` and yields an ``Outcome``
+    per run as runs finish (closing the generator stops the runs still going; an OSError, a
+    results directory that cannot be written, is raised); ``close`` frees what ``check`` took."""
+
+    def check(self, cfg: ArenaConfig) -> None: ...
+
+    def __call__(self, todo: List[tuple], cfg: ArenaConfig, out: Path, progress: Progress,
+                 warn: Callable[[str], None]) -> Iterator[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """This machine: the runs one after another in this process, or ``cfg.jobs`` at a time in
+    worker processes (``runs.serial``, ``runs.parallel``)."""
+
+    def check(self, cfg: ArenaConfig) -> None:
+        check_device(cfg.device)
+
+    def __call__(self, todo, cfg, out, progress, warn) -> Iterator[Outcome]:
+        execute = runs.parallel if cfg.jobs > 1 and len(todo) > 1 else runs.serial
+        return execute(todo, cfg, out, progress, warn)
+
+    def close(self) -> None:
+        pass
+
+
 def _records(model: str, task_label: str, task, seed: int, result: dict, cfg: ArenaConfig,
              mixer: str, preset: str) -> List[dict]:
     base = {"model": model, "task": task_label, "seed": seed, "metric": task.metric,
@@ -53,17 +90,20 @@ def _records(model: str, task_label: str, task, seed: int, result: dict, cfg: Ar
 
 
 def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "custom",
-              fresh: bool = False) -> List[dict]:
+              fresh: bool = False, executor: Optional[Executor] = None) -> List[dict]:
     """Run (or resume) the grid of ``cfg`` into ``out``; return all records.
 
-    ``fresh`` first deletes the arena's files in ``out`` (holding its lock). Raises ValueError,
+    ``fresh`` first deletes the arena's files in ``out`` (holding its lock). ``executor`` trains
+    the runs (default: ``LocalExecutor``); the records do not depend on it. Raises ValueError,
     with nothing written, for a bad configuration, an unusable ``out``, or an ``out`` that
     another process writes; ``ArenaFailed``; KeyboardInterrupt on Ctrl-C or SIGTERM, once the
     finished runs are recorded.
     """
+    executor = executor if executor is not None else LocalExecutor()
     models, tasks = _resolve(cfg)
     out = Path(out)
     store.check_out(out, fresh)
+    executor.check(cfg)  # the last check: it may start or join a cluster
     cfg = dataclasses.replace(cfg, models=[m.label for m in models],
                               tasks=[label for label, _ in tasks])
     threads = torch.get_num_threads()
@@ -77,21 +117,22 @@ def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "cust
             if ours:  # temporary files of writers killed or out of disk; never sweep `--out ~`
                 remove_stale_temps(out)
             torch.set_num_threads(cfg.threads)
-            return _run_grid(cfg, models, tasks, out, console, preset, records)
+            return _run_grid(cfg, models, tasks, out, console, preset, records, executor)
     except OSError as err:
         raise ArenaFailed(f"arena: cannot write {err.filename or f'in {out}'}: "
                           f"{err.strerror or err}; the finished runs are kept: fix this and run "
                           f"the same command again to resume") from None
     finally:
         torch.set_num_threads(threads)
+        executor.close()
 
 
 def _resolve(cfg: ArenaConfig):
     """The model and task specs, once every field is checked. Each model is built for each task
     on the meta device (no memory, no compute), so an option that only its constructor checks
-    is refused here, not in a run after the directory is written."""
+    is refused here, not in a run after the directory is written. (The device is the
+    executor's to check: it may live on other machines.)"""
     validate(cfg)
-    check_device(cfg.device)
     models = [spec.model(m) for m in cfg.models]
     tasks = [spec.task(t) for t in cfg.tasks]
     for model in models:
@@ -114,7 +155,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _run_grid(cfg, models, tasks, out, console, preset, records) -> List[dict]:
+def _run_grid(cfg, models, tasks, out, console, preset, records, executor) -> List[dict]:
     grid = [(m, label, task, seed) for label, task in tasks for seed in cfg.seeds for m in models]
     lengths = {label: task.test_lengths for label, task in tasks}
     done = store.finished(records, lengths)
@@ -126,7 +167,8 @@ def _run_grid(cfg, models, tasks, out, console, preset, records) -> List[dict]:
     start = time.perf_counter()
     failed: List[str] = []
     try:
-        trained = _train(todo, len(grid), cfg, out, console, preset, records, failed, start)
+        trained = _train(todo, len(grid), cfg, out, console, preset, records, failed, start,
+                         executor)
     except KeyboardInterrupt:
         console.print(f"arena: interrupted; {len(store.finished(records, lengths))} of "
                       f"{len(grid)} runs are recorded in {out}; run the same command again to "
@@ -145,15 +187,14 @@ def _run_grid(cfg, models, tasks, out, console, preset, records) -> List[dict]:
     return records
 
 
-def _train(todo, n_grid, cfg, out, console, preset, records, failed, start) -> int:
-    """Train ``todo``, appending to ``records`` (saved after each run) and to ``failed`` (the
-    runs that raised); returns how many runs were recorded."""
+def _train(todo, n_grid, cfg, out, console, preset, records, failed, start, executor) -> int:
+    """Train ``todo`` with ``executor``, appending to ``records`` (saved after each run) and to
+    ``failed`` (the runs that raised); returns how many runs were recorded."""
     trained = 0
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn()]
-    execute = runs.parallel if cfg.jobs > 1 and len(todo) > 1 else runs.serial
     with Progress(*columns, console=console, transient=True) as progress, \
-            contextlib.closing(execute(todo, cfg, out, progress, _warner(console))) as results:
+            contextlib.closing(executor(todo, cfg, out, progress, _warner(console))) as results:
         overall = progress.add_task("grid", total=n_grid, completed=n_grid - len(todo))
         for (model, task_label, task, seed), result, error in results:
             progress.advance(overall)

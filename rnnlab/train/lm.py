@@ -8,6 +8,11 @@ windows with AdamW, resuming from its checkpoint. Report validation bits per cha
 loss-curve PNG, the checkpoint, the final model (``save_pretrained``) and metrics JSON, and print
 samples.
 
+Under ``torchrun --nproc-per-node N`` the same command trains data-parallel (DDP, or FSDP2 with
+``fsdp``; see ``distributed``): each rank takes its slice of the same global batch, so the run
+equals a single-process one; rank 0 alone prints and writes, and the checkpoint is the
+single-process format (a run may resume with another number of processes).
+
 The learning rate (warm-up, then cosine) is a function of the step and the step budget only, so
 a seeded run is bit-reproducible. A time budget (``minutes``) only stops training early: with
 both budgets, the schedule runs over the step budget, and a run the clock stops has not
@@ -33,6 +38,7 @@ from ..tools import checkpoint
 from ..tools.device import check_device
 from ..tools.files import write_atomic
 from ..tools.schedule import lr_at, optimizer_step
+from . import distributed
 from . import options as _options
 from .rundir import claim, fingerprint, record, save_model, warner
 from .text import Vocab, load_text, undecodable_share, windows
@@ -59,12 +65,13 @@ class LMConfig:
     seed: int = 0  # model init and data order
     out: str = "results/lm"  # checkpoint, model, metrics, loss curve
     sample_chars: int = 400  # characters sampled at the end
-    device: str = "cpu"  # torch device
+    device: str = "cpu"  # torch device (under torchrun, cuda means cuda:LOCAL_RANK)
+    fsdp: bool = False  # under torchrun: shard the model with FSDP2 instead of DDP
 
 
 # Not recorded in OUT/config.json: budgets may be raised to continue a run, and these do not
 # change its numbers. The data is recorded by content (a fingerprint), not by path.
-UNRECORDED = ("data", "steps", "minutes", "out", "device", "sample_chars")
+UNRECORDED = ("data", "steps", "minutes", "out", "device", "sample_chars", "fsdp")
 CHECKPOINT = "checkpoint.safetensors"
 BINARY_SHARE = 0.01  # more NUL or undecodable characters than this: --data is not text
 
@@ -174,8 +181,12 @@ def plot_curve(history: List[dict], path: Path) -> None:
 
 
 def train_loop(lm: LM, opt, gens: dict, corpus: Corpus, cfg: LMConfig, meta: dict,
-               console: Console, save) -> dict:
-    """Train from ``meta`` (step, seconds, history) until a budget ends; returns the new meta."""
+               console: Console, save, world: distributed.World = distributed.SINGLE,
+               model: Optional[torch.nn.Module] = None) -> dict:
+    """Train from ``meta`` (step, seconds, history) until a budget ends; returns the new meta.
+    Distributed: ``model`` is ``lm`` made data-parallel; every rank draws the global batch and
+    trains on its slice, and the budget and loss checks use values all ranks share."""
+    model = lm if model is None else model
     step, history = meta["step"], meta["history"]
     budget = cfg.minutes * 60
     start = time.perf_counter() - meta["seconds"]
@@ -183,18 +194,21 @@ def train_loop(lm: LM, opt, gens: dict, corpus: Corpus, cfg: LMConfig, meta: dic
     columns = [TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         job = progress.add_task(f"training {cfg.cell}", total=1.0)
-        while step < cfg.steps and time.perf_counter() - start < budget:
+        while step < cfg.steps and not distributed.any_rank(
+                time.perf_counter() - start >= budget, world):
             x, y = windows(corpus.train, cfg.batch, cfg.length, gens["data"])
-            logits = lm(x.to(cfg.device))
+            x, y = distributed.shard(x, world), distributed.shard(y, world)  # (B / ranks, T)
+            logits = model(x.to(cfg.device))
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1),
                                                      y.to(cfg.device).flatten())
-            if not torch.isfinite(loss):
+            global_loss = distributed.mean(loss, world)  # the global batch's mean
+            if not torch.isfinite(global_loss):
                 raise FloatingPointError(
-                    f"train lm: the loss is {loss.item()} at step {step}; try a smaller --lr "
-                    f"(the last checkpoint, from before, is kept)")
+                    f"train lm: the loss is {global_loss.item()} at step {step}; try a smaller "
+                    f"--lr (the last checkpoint, from before, is kept)")
             optimizer_step(lm, opt, loss, lr_at(cfg.lr, step, cfg.steps), 1.0)
             step += 1
-            bpc = loss.item() / math.log(2)
+            bpc = global_loss.item() / math.log(2)
             running = bpc if running is None else 0.98 * running + 0.02 * bpc
             if step % cfg.eval_every == 0:
                 val_bpc = bits_per_char(lm, corpus.val, cfg, cfg.eval_windows)
@@ -211,30 +225,66 @@ def train_loop(lm: LM, opt, gens: dict, corpus: Corpus, cfg: LMConfig, meta: dic
 
 def run(cfg: LMConfig, console: Console) -> dict:
     """Train (or resume) and report; returns (and writes to ``out/metrics.json``) the metrics.
-    Every check comes before the first file is written."""
+    Every check comes before the first file is written. Under torchrun every rank returns rank
+    0's metrics, and the process group is left at the end however the run ends."""
     device = check_config(cfg)
+    world, device = distributed.setup(device)
+    try:
+        return train(cfg, distributed.quiet(console, world), world, device)
+    finally:
+        distributed.teardown(world)
+
+
+def train(cfg: LMConfig, console: Console, world: distributed.World,
+          device: torch.device) -> dict:
+    if cfg.fsdp and not world.launched:
+        raise ValueError("--fsdp: shards the model across the processes of a torchrun launch; "
+                         "run under `torchrun --nproc-per-node N`, or leave --fsdp out")
+    distributed.check_batch(cfg.batch, world)
     warn = warner(console)
     corpus = load_data(cfg, warn)
     lm = build(cfg, len(corpus.vocab), device)
-    opt = torch.optim.AdamW(lm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    adamw = lambda params: torch.optim.AdamW(params, lr=cfg.lr,  # noqa: E731
+                                             weight_decay=cfg.weight_decay)
+    opt = adamw(lm.parameters())
     gens = {"data": torch.Generator().manual_seed(cfg.seed)}
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNRECORDED}
     settings["data"] = f"{len(corpus.text):,} characters, sha256 {fingerprint(corpus.text)}"
-    with claim(Path(cfg.out), settings, CHECKPOINT, "train lm") as out:
+    claimed = lambda: claim(Path(cfg.out), settings, CHECKPOINT, "train lm")  # noqa: E731
+    with distributed.main_context(world, claimed, Path(cfg.out)) as out:
         ckpt = out / CHECKPOINT  # refused past the step budget, before a file is written
-        meta = checkpoint.load_or_restart(ckpt, lm, opt, gens, warn, max_step=cfg.steps) \
-            or {"step": 0, "seconds": 0.0, "history": []}
-        record(out, settings)
-        corpus.vocab.save(out / "vocab.json")
-        console.print(f"corpus: {corpus.source}, {len(corpus.text):,} characters, vocabulary "
-                      f"{len(corpus.vocab)}; train {len(corpus.train):,} / validation "
-                      f"{len(corpus.val):,}", markup=False)
-        if meta["step"]:
-            console.print(f"resuming from step {meta['step']} ({meta['seconds']:.0f}s trained)")
-        meta = train_loop(lm, opt, gens, corpus, cfg, meta, console,
-                          lambda m: checkpoint.save(ckpt, lm, opt, gens, m))
-        checkpoint.save(ckpt, lm, opt, gens, meta)
-        return finish(lm, corpus, cfg, meta, out, console)
+        meta = distributed.main_first(world, lambda: prepare(ckpt, lm, opt, gens, corpus, cfg,
+                                                             settings, console, warn))
+        if not world.main:  # read only now: rank 0 has moved a damaged checkpoint aside
+            meta = checkpoint.load(ckpt, lm, opt, gens, max_step=cfg.steps)
+        meta = meta or {"step": 0, "seconds": 0.0, "history": []}
+        par = distributed.parallel(lm, opt, world, cfg.fsdp, adamw)
+
+        def save(m: dict):  # every rank gathers (FSDP); rank 0 writes
+            held = par.full_state()  # (model, optimizer) with the full state; None off rank 0
+            if held is not None:
+                checkpoint.save(ckpt, *held, gens, m)
+            return held
+        meta = train_loop(lm, par.optimizer, gens, corpus, cfg, meta, console, save, world,
+                          par.model)
+        held = save(meta)
+        result = finish(held[0].to(device), corpus, cfg, meta, out, console) if held else None
+        return distributed.broadcast(result, world)
+
+
+def prepare(ckpt: Path, lm: LM, opt, gens: dict, corpus: Corpus, cfg: LMConfig, settings: dict,
+            console: Console, warn) -> Optional[dict]:
+    """Rank 0, holding the output directory: resume from its checkpoint (None: none), record
+    the settings and vocabulary, say what is trained on."""
+    meta = checkpoint.load_or_restart(ckpt, lm, opt, gens, warn, max_step=cfg.steps)
+    record(ckpt.parent, settings)
+    corpus.vocab.save(ckpt.parent / "vocab.json")
+    console.print(f"corpus: {corpus.source}, {len(corpus.text):,} characters, vocabulary "
+                  f"{len(corpus.vocab)}; train {len(corpus.train):,} / validation "
+                  f"{len(corpus.val):,}", markup=False)
+    if meta and meta["step"]:
+        console.print(f"resuming from step {meta['step']} ({meta['seconds']:.0f}s trained)")
+    return meta
 
 
 def finish(lm: LM, corpus: Corpus, cfg: LMConfig, meta: dict, out: Path,

@@ -95,3 +95,19 @@ def test_gla_kernels_on_cuda(per_key):
     got = gated_linear_attention(*(t.cuda() for t in (q, k, v, lg)), output_final_state=True)
     for g_, w in zip(got, want):
         assert _rel(g_, w) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["paragru", "indrnn", "paralstm"])
+def test_newton_takes_the_fused_kernels_on_cuda(name):
+    from rnnlab.engines import Newton
+    torch.manual_seed(0)
+    cpu = rnnlab.Recurrent(cells.get(name, D, H), engine="sequential")
+    gpu = rnnlab.Recurrent(copy.deepcopy(cpu.cell).cuda(), engine=Newton())
+    x = torch.randn(B, 300, D)
+    lengths = torch.tensor([300, 150, 1])
+    h0 = map_state(lambda z: 0.3 * torch.randn(z.shape), cpu.cell.init_state(B))
+    want = _run(cpu, x, h0, lengths)
+    got = _run(gpu, x.cuda(), map_state(lambda t: t.cuda(), h0), lengths.cuda())
+    assert gpu.stats.get("kernel") == "triton"
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert _rel(g, w) < 1e-4, f"{name}: tensor #{i} differs by {_rel(g, w):.2e}"
