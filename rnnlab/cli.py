@@ -158,8 +158,12 @@ def train_lm(data: Optional[str] = typer.Option(
              seed: int = typer.Option(0, help="model init and data order"),
              out: str = typer.Option("results/lm", help="output folder (resumes)",
                                      metavar="<path>"),
-             device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda")) -> None:
-    """Train a character-level LM; report validation bits/char, plot, checkpoint, sample."""
+             device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda"),
+             fsdp: bool = typer.Option(False, help="under torchrun: shard the model and "
+                                       "optimizer state with FSDP2 (fully_shard) instead of "
+                                       "DDP")) -> None:
+    """Train a character-level LM; report validation bits/char, plot, checkpoint, sample.
+    Under `torchrun --nproc-per-node N` it trains data-parallel (rank 0 writes)."""
     from .arena import spec
     from .train.lm import LMConfig, run
     with checks.user_errors(out, RESUME.format(out)):
@@ -168,7 +172,7 @@ def train_lm(data: Optional[str] = typer.Option(
                        cell=cell, cell_options=options, d_model=d_model, n_layers=layers,
                        conv=conv, length=length, batch=batch, lr=lr, steps=steps,
                        minutes=minutes, seed=seed, out=str(checks.path(out, "--out")),
-                       device=device)
+                       device=device, fsdp=fsdp)
         run(cfg, console)
 
 
