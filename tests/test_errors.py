@@ -81,7 +81,7 @@ def test_bad_construction():
     with pytest.raises(ValueError, match=r"proj_size must be smaller than hidden_size=4, got 4"):
         cells.get("lstm", 3, 4, proj_size=4)
     with pytest.raises(ValueError,
-                       match=r"expected 'auto', one of \['newton', 'quasi', 'scan', 'sequential'\]"):
+                       match=r"expected 'auto', one of \['fused', 'newton', 'quasi', 'scan', 'sequential'\]"):
         rnnlab.Recurrent("gru", engine="warp", input_size=3, hidden_size=4)
     with pytest.raises(ValueError, match=r"needs input_size and hidden_size"):
         rnnlab.Recurrent("gru")
