@@ -26,25 +26,10 @@ from pathlib import Path
 
 import torch
 
-from rnnlab.benchmarks.timing import write_json
+from rnnlab.benchmarks.timing import cuda_ms, write_json
 from rnnlab.ops import diagonal
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def cuda_ms(fn, warmup: int = 5, runs: int = 20) -> float:
-    """Median milliseconds of ``fn`` on the current CUDA stream."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
 
 
 def suite() -> dict:

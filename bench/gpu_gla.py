@@ -17,25 +17,14 @@ from pathlib import Path
 
 import torch
 
+from rnnlab.benchmarks import timing
+
 SHAPE = dict(B=8, T=4096, H=4, K=64, V=64)
 WARMUP, RUNS = 5, 20
 
 
-def cuda_ms(fn, warmup: int = WARMUP, runs: int = RUNS) -> float:
-    """Median milliseconds of ``fn`` on the current CUDA stream."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
+def cuda_ms(fn) -> float:
+    return timing.cuda_ms(fn, WARMUP, RUNS)
 
 def _torch_path():
     """``ops/gla.py``'s chunked torch path, whatever gla.py dispatches to on CUDA (its

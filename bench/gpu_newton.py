@@ -14,25 +14,15 @@ import sys
 import torch
 
 import rnnlab
+from rnnlab.benchmarks import timing
 from rnnlab.benchmarks.timing import write_json
 from rnnlab.engines import Newton
 
 B, T, H, WARMUP, RUNS = 16, 4096, 256, 3, 10
 
 
-def cuda_ms(fn, warmup=WARMUP, runs=RUNS) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return min(times)
-
+def cuda_ms(fn) -> float:
+    return timing.cuda_ms(fn, WARMUP, RUNS, stat="min")  # ParaRNN App. B: the minimum
 
 def fwd_and_fwdbwd(run, x):
     def fwd():

@@ -18,24 +18,14 @@ import sys
 
 import torch
 
+from rnnlab.benchmarks import timing
+
 B, T, H, WARMUP, RUNS = 16, 4096, 256, 3, 10
 CONFIGS = ((32, 32), (16, 32), (64, 32), (32, 16), (32, 64))  # (TILE, BLOCK)
 
 
-def cuda_ms(fn, warmup: int = WARMUP, runs: int = RUNS) -> float:
-    """Median milliseconds of ``fn`` on the current CUDA stream."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
+def cuda_ms(fn) -> float:
+    return timing.cuda_ms(fn, WARMUP, RUNS)
 
 def _fwd_and_fwdbwd(forward, x, params) -> dict:
     """forward(x) -> y; timed without grad, then with y.sum().backward()."""

@@ -25,6 +25,23 @@ def best_ms(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> floa
     return min(times) * 1e3
 
 
+def cuda_ms(fn: Callable[[], object], warmup: int = 3, runs: int = 10,
+            stat: str = "median") -> float:
+    """Milliseconds of ``fn`` on the current CUDA stream, timed with CUDA events after
+    ``warmup`` calls: the ``median`` (or ``min``) of ``runs`` timed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return min(times) if stat == "min" else sorted(times)[len(times) // 2]
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     return {"platform": platform.platform(), "python": platform.python_version(),
