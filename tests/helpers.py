@@ -81,3 +81,17 @@ def fill_disk(monkeypatch, where: str = "") -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(fd)
     monkeypatch.setattr(os, "fsync", full)
+
+
+def command_group(register):
+    """A fresh typer group with one module's commands added by ``register(app)``: a group, as
+    rnnlab's ``train``, so each command keeps its name (``["lrcn", "--help"]``)."""
+    import typer
+    app = typer.Typer()
+
+    @app.callback()
+    def main():
+        pass
+
+    register(app)
+    return app

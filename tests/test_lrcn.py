@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 pytest.importorskip("sklearn")
@@ -12,6 +11,8 @@ pytest.importorskip("sklearn")
 from rnnlab.models.lrcn import LRCN, FrameAverage, FrameEncoder, TimeDistributed  # noqa: E402
 from rnnlab.train import moving_digits as md  # noqa: E402
 from rnnlab.train.lrcn_cli import register  # noqa: E402
+
+from .helpers import command_group
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +165,7 @@ def test_missing_scikit_learn_is_named(monkeypatch):
 
 
 def cli():
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # a group, as rnnlab's `train`
-        pass
-
-    register(app)
-    return app
+    return command_group(register)
 
 
 def test_cli_help_and_a_bad_option():

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 import rnnlab
@@ -22,6 +21,8 @@ from rnnlab.testing import check_cell
 from rnnlab.train.arrows import arrows, ray
 from rnnlab.train.plstm import PLSTMConfig, check
 from rnnlab.train.plstm_cli import register
+
+from .helpers import command_group
 
 F64 = torch.float64
 
@@ -185,13 +186,7 @@ def test_arrows_and_config_errors():
 
 
 def _app():
-    app = typer.Typer()
-    register(app)
-
-    @app.callback()
-    def main():
-        pass
-    return app
+    return command_group(register)
 
 
 def test_cli_runs_the_recipe_end_to_end_at_toy_size(tmp_path):

@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from rnnlab.models.pvrnn import PVRNN, AdaptiveVariables, MTRNNLayer, gaussian_kl, loss
 from rnnlab.models.pvrnn_regression import error_regression, prior_prediction
 from rnnlab.train import trajectories as tj
 from rnnlab.train.pvrnn_cli import register
+
+from .helpers import command_group
 
 
 def tiny(seed=0, **kw):
@@ -209,14 +210,7 @@ def test_bad_arguments_are_named(call, words):
 
 
 def cli():
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # a group, as rnnlab's `train`
-        pass
-
-    register(app)
-    return app
+    return command_group(register)
 
 
 def test_cli_help_and_bad_options():

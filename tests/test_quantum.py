@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 import rnnlab
 from rnnlab.cells.quantum import QuantumRNN, admissible
 from rnnlab.ops import statevector as sv
 from rnnlab.train.quantum_cli import register
+
+from .helpers import command_group
 
 C128 = torch.complex128
 
@@ -244,14 +245,7 @@ def test_a_huge_hidden_size_is_refused_naming_it():
 # ---- the recipe -------------------------------------------------------------------------------
 
 def cli():
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # a group, as rnnlab's `train`
-        pass
-
-    register(app)
-    return app
+    return command_group(register)
 
 
 def test_cli_help_and_bad_options():

@@ -6,7 +6,6 @@ import random
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from rnnlab.models import LM
@@ -26,6 +25,8 @@ from rnnlab.tools.recurrentgpt_memory import (
     retrieval_accuracy,
 )
 from rnnlab.train.text import Vocab
+
+from .helpers import command_group
 
 
 class TableEmbedder:
@@ -252,14 +253,7 @@ def test_char_lm_generator_is_a_function_of_the_prompt():
 
 # --- the command ----------------------------------------------------------------------------
 def _app():
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # a group, so the command keeps its name
-        pass
-
-    recurrentgpt_cli.register(app)
-    return app
+    return command_group(recurrentgpt_cli.register)
 
 
 @pytest.fixture(scope="module")
