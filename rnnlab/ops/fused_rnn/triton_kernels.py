@@ -34,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_math import sigmoid as _sigmoid
+from ..triton_math import tanh as _tanh
 from .reference import CELLS
 
 MAX_HEAD_DIM = 64  # G·D² fp32 of R per program: 64 KB for an LSTM head of 64 (FlashRNN's limit)
@@ -41,18 +43,6 @@ BLOCK_B = 16  # sequences per program (tl.dot needs >= 16 rows)
 PRECISION = "ieee"  # full fp32 products, as the cells compute; "tf32" trades accuracy for speed
 CODES = {"rnn_tanh": 0, "gru": 1, "lstm": 2, "slstm": 3}
 AUX = {"rnn_tanh": 0, "gru": 4, "lstm": 5, "slstm": 7}  # saved (B, T, A, H) rows per cell
-
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    e = tl.exp(-2.0 * tl.abs(x))  # in (0, 1]: no overflow
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
 
 
 @triton.jit

@@ -33,24 +33,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ..triton_math import sigmoid as _sigmoid
+from ..triton_math import tanh as _tanh
 from .reference import CELLS, solve_loop
 
 TILE = 32  # steps per tile: a tile's f and A are computed at once, then scanned along time
 BLOCK = 32  # features per program
 CODES = {"paragru": 0, "indrnn_relu": 1, "indrnn_tanh": 2}  # paralstm: its own kernels
 INITS = {"given": 0, "zeros": 1, "step": 2}
-
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    e = tl.exp(-2.0 * tl.abs(x))  # in (0, 1]: no overflow
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
 
 
 @triton.jit
