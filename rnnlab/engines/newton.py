@@ -43,7 +43,6 @@ import torch
 from ..cells.base import Block, Cell, Dense, Diagonal, Heads, State, as_tuple
 from ..checks import check_bool, check_choice, check_int, is_number
 from ..errors import ConvergenceError
-from ..ops import newton_fused as nf
 from .adjoint import Buffers, Solution, Solved
 from .base import Engine
 from .compiled import HotFunctions
@@ -59,6 +58,7 @@ from .linearize import (
     quasi_layout,
     sizes,
 )
+from .newton_kernels import fused_kind, run_fused
 from .probe import probe
 from .sequential import Sequential
 
@@ -225,9 +225,10 @@ class Newton(Engine):
             self._probed.add(cell)
         alive = None if lengths is None else (torch.arange(T, device=x.device)[None, :]
                                               < lengths[:, None])  # (B, T)
-        kind = self._fused_kind(cell, x, guess)
+        kind = fused_kind(self, cell, x, guess)
         if kind is not None:
-            return self._run_fused(kind, cell, x, u, h0, start, lay, lengths, alive, stats)
+            y, h, failure = run_fused(self, kind, cell, u, start, lay, lengths, alive, stats)
+            return self._fail(cell, x, h0, lengths, failure, stats) if failure else (y, h)
         use_compile = self.compile is True or (self.compile == "auto"
                                                and B * T * lay.size >= COMPILE_MIN_ELEMS)
         fns = self._fns.get(use_compile, cell)
@@ -244,35 +245,6 @@ class Newton(Engine):
             self._buffers.give(result.hbuf)
             return self._fail(cell, x, h0, lengths, result.failure, stats)
         return self._outputs(problem, u, start, result, fns, stats)
-
-    # ---- the fused kernels (CUDA) -------------------------------------------------------------
-
-    def _fused_kind(self, cell: Cell, x: torch.Tensor, guess) -> Optional[str]:
-        """The fused kernels' name for this call (``ops/newton_fused``: CUDA with triton, plain
-        Newton steps from no warm start, a cell they take), or None: the generic solve."""
-        if self.quasi or guess is not None or type(self.method) is not NewtonSteps \
-                or nf.backend(x.device) != "triton":
-            return None
-        return nf.engine_supports(cell)
-
-    def _run_fused(self, kind, cell, x, u, h0, start, lay, lengths, alive, stats):
-        """One launch per chunk per iteration, the adjoint likewise; ``stats`` as the generic
-        solve's, with ``kernel = "triton"``."""
-        B, T = u.shape[:2]
-        z, h_T, info = nf.newton_fused(kind, u, start, nf.cell_params(cell), lengths,
-                                       tol=self.tol, max_iters=self.max_iters,
-                                       damping=self.method.damping, init=self.init)
-        failure = info.pop("failure")
-        stats.update(info, kernel="triton", compiled=False)
-        if failure is not None:
-            return self._fail(cell, x, h0, lengths, failure, stats)
-        split = sizes(lay)
-        parts = list(z.reshape(B * T, -1).split(split, -1))  # L x (B*T, S_l)
-        y = cell.readout(from_leaves(parts, lay), u.reshape(B * T, u.shape[-1]))
-        y = y.unflatten(0, (B, T))  # (B*T, H_out) -> (B, T, H_out)
-        if alive is not None:
-            y = torch.where(alive.view(B, T, *([1] * (y.dim() - 2))), y, torch.zeros_like(y))
-        return y, from_leaves(list(h_T.split(split, -1)), lay)
 
     # ---- the solve ---------------------------------------------------------------------------
 
