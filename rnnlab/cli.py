@@ -56,6 +56,13 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
           jobs: int = typer.Option(0, help="runs at a time, each in its own process "
                                             "[default: the number of CPU cores, at most 4]",
                                    show_default=False),
+          executor: str = typer.Option("local", help="where the runs train: `local` (this "
+                                       "machine, --jobs processes) or `ray` (Ray tasks; "
+                                       "`pip install 'rnnlab[ray]'`)"),
+          address: Optional[str] = typer.Option(
+              None, help="the Ray cluster to join with --executor ray, e.g. `auto` or "
+                         "`HOST:6379` [default: RAY_ADDRESS, else this machine's `ray start` "
+                         "cluster, else a new local Ray instance]", show_default=False),
           fresh: bool = typer.Option(False, help="delete previous results in --out first")) -> None:
     """Train models × tasks × seeds on the diagnostic tasks; print tables, write a report.
 
@@ -63,6 +70,7 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
     on from its last checkpoint.
     """
     from .arena import config as arena_config
+    from .arena.ray_executor import from_options as arena_executor
     from .arena.runner import ArenaFailed, run_arena
     # interrupted=None: the arena itself says how to resume
     with checks.user_errors(failures=(ArenaFailed,), interrupted=None):
@@ -80,7 +88,8 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
             cfg.expected = {k: v for k, v in cfg.expected.items()
                             if k[0] in cfg.models and k[1] in cfg.tasks}
         path = checks.path(out, "--out") if out is not None else Path("results") / f"arena-{preset}"
-        run_arena(cfg, path, console, preset=preset, fresh=fresh)
+        execute = arena_executor(executor, address)
+        run_arena(cfg, path, console, preset=preset, fresh=fresh, executor=execute)
 
 
 tasks_app = typer.Typer(help="Diagnostic tasks: list them, show samples.", no_args_is_help=True,
