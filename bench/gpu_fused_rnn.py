@@ -24,25 +24,10 @@ from rnnlab.ops import fused_rnn as fr
 B, T, H, WARMUP, RUNS = 16, 4096, 256, 3, 10
 
 
-def cuda_ms(fn) -> float:
-    return timing.cuda_ms(fn, WARMUP, RUNS)
-
 def _fwd_and_fwdbwd(forward, x, params) -> dict:
-    """forward(x) -> y; times it without grad, then y.sum().backward() with grads."""
-    def fwd():
-        with torch.no_grad():
-            forward(x)
-
-    xg = x.detach().clone().requires_grad_()
-
-    def fwdbwd():
-        for p in params:
-            p.grad = None
-        forward(xg).sum().backward()
-
-    f, fb = cuda_ms(fwd), cuda_ms(fwdbwd)
-    return dict(fwd_ms=round(f, 3), fwd_bwd_ms=round(fb, 3),
-                fwd_us_per_step=round(1000 * f / x.shape[1], 2))
+    """``timing.cuda_fwd_and_fwdbwd`` plus forward microseconds per time step."""
+    out = timing.cuda_fwd_and_fwdbwd(forward, x, params, WARMUP, RUNS)
+    return dict(out, fwd_us_per_step=round(1000 * out["fwd_ms"] / x.shape[1], 2))
 
 
 def _weights(cell: str, heads: int, width: int, dev: str):

@@ -24,23 +24,8 @@ B, T, H, WARMUP, RUNS = 16, 4096, 256, 3, 10
 CONFIGS = ((32, 32), (16, 32), (64, 32), (32, 16), (32, 64))  # (TILE, BLOCK)
 
 
-def cuda_ms(fn) -> float:
-    return timing.cuda_ms(fn, WARMUP, RUNS)
-
 def _fwd_and_fwdbwd(forward, x, params) -> dict:
-    """forward(x) -> y; timed without grad, then with y.sum().backward()."""
-    def fwd():
-        with torch.no_grad():
-            forward(x)
-
-    xg = x.detach().clone().requires_grad_()
-
-    def fwdbwd():
-        for p in params:
-            p.grad = None
-        forward(xg).sum().backward()
-
-    return dict(fwd_ms=round(cuda_ms(fwd), 3), fwd_bwd_ms=round(cuda_ms(fwdbwd), 3))
+    return timing.cuda_fwd_and_fwdbwd(forward, x, params, WARMUP, RUNS)
 
 
 def _fused(cell, stats: dict):

@@ -42,6 +42,25 @@ def cuda_ms(fn: Callable[[], object], warmup: int = 3, runs: int = 10,
     return min(times) if stat == "min" else sorted(times)[len(times) // 2]
 
 
+def cuda_fwd_and_fwdbwd(forward: Callable, x: torch.Tensor, params, warmup: int = 3,
+                        runs: int = 10) -> dict:
+    """``forward(x) -> y`` timed on CUDA without grad, then with ``y.sum().backward()`` (the
+    gradients of ``params`` cleared each call): ``fwd_ms`` and ``fwd_bwd_ms``."""
+    def fwd():
+        with torch.no_grad():
+            forward(x)
+
+    xg = x.detach().clone().requires_grad_()
+
+    def fwdbwd():
+        for p in params:
+            p.grad = None
+        forward(xg).sum().backward()
+
+    return dict(fwd_ms=round(cuda_ms(fwd, warmup, runs), 3),
+                fwd_bwd_ms=round(cuda_ms(fwdbwd, warmup, runs), 3))
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     return {"platform": platform.platform(), "python": platform.python_version(),
