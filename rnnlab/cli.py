@@ -9,6 +9,7 @@ Markdown, so brackets in them (``[default: ...]``, ``mamba[-1,1]``) are shown as
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -383,23 +384,14 @@ def _register_tools() -> None:
 _register_tools()
 
 
+RECIPES = ("plstm", "lion", "lrcn", "sasrec", "pvrnn", "recoding", "quantum", "meters",
+           "conformer")  # the order of `rnnlab train --help`
+
+
 def _register_recipes() -> None:
-    """The recipes beyond the language model and the classifier (``rnnlab train <recipe>``):
-    each ``rnnlab/train/<recipe>_cli.py`` adds its command with ``register(train_app)``."""
-    from .train import (
-        conformer_cli,
-        lion_cli,
-        lrcn_cli,
-        meters_cli,
-        plstm_cli,
-        pvrnn_cli,
-        quantum_cli,
-        recoding_cli,
-        sasrec_cli,
-    )
-    for recipe in (plstm_cli, lion_cli, lrcn_cli, sasrec_cli, pvrnn_cli, recoding_cli,
-                   quantum_cli, meters_cli, conformer_cli):
-        recipe.register(train_app)
+    """Each ``rnnlab/train/<recipe>_cli.py`` adds ``rnnlab train <recipe>`` (``register``)."""
+    for recipe in RECIPES:
+        importlib.import_module(f".train.{recipe}_cli", __package__).register(train_app)
 
 
 _register_recipes()
