@@ -365,6 +365,33 @@ def test_full_disk_in_the_arena_is_one_error_and_the_next_run_cleans_up(tmp_path
     assert not [p for p in out.rglob("*") if "tmp" in p.name]
 
 
+class _KilledMidWrite:
+    """An executor whose worker is stopped while writing a checkpoint: it leaves its temporary
+    file, as a terminated process does, and the arena then fails on a full disk."""
+
+    def check(self, cfg):
+        pass
+
+    def __call__(self, todo, cfg, out, progress, warn):
+        model, task_label, _, seed = todo[0]
+        run = arena_runs.run_dir(out, model, task_label, seed)
+        run.mkdir(parents=True)
+        (run / ".checkpoint.safetensors.999.0badf00d.rnnlab-tmp").write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoint"))
+        yield
+
+    def close(self):
+        pass
+
+
+def test_a_failed_arena_removes_the_temporary_files_of_its_stopped_workers(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ArenaFailed, match="No space left on device"):
+        run_arena(faults(models=["gru"], seeds=[0]), out, quiet(), executor=_KilledMidWrite())
+    assert (out / "runs").is_dir()
+    assert not [p for p in out.rglob("*") if "tmp" in p.name], "temp files left"
+
+
 def test_arena_failures_reach_the_cli_as_one_line(tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "config.json"))

@@ -174,6 +174,10 @@ def _run_grid(cfg, models, tasks, out, console, preset, records, executor) -> Li
                       f"{len(grid)} runs are recorded in {out}; run the same command again to "
                       f"resume", markup=False, soft_wrap=True)
         raise
+    finally:  # a worker stopped mid-write (a failed or interrupted arena) left a temporary file;
+        # every worker has ended here. Only the runs' own directories: `--out` may be ~.
+        for model, label, _, seed in todo:
+            remove_stale_temps(runs.run_dir(out, model, label, seed))
     if not trained:  # the reports are rewritten after each run; else write them now
         report.write_all(out, cfg, records, _meta(cfg, preset, start))
     for table in report.rich_tables(cfg, records):
