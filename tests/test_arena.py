@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from rnnlab.arena import ArenaConfig, preset, run_arena, spec
+from rnnlab.arena.runner import _resolve
 from rnnlab.arena.train import run_ids, train_run
 from rnnlab.cli import app
 
@@ -107,6 +108,7 @@ def test_presets_resolve():
             spec.task(t)
         for (m, t) in cfg.expected:
             assert m in cfg.models and t in cfg.tasks, (name, m, t)
+        _resolve(cfg)  # every model builds for every task (on the meta device)
     with pytest.raises(ValueError, match="--preset: unknown preset"):
         preset("fast")
     with pytest.raises(ValueError, match="--steps: expected an integer >= 1, got 0"):

@@ -6,6 +6,8 @@ fixes options (``mamba[-1,1]`` is Mamba with negative eigenvalues allowed, Grazz
 A plain cell name runs the cell in the generic block (``block="default"``); the aliases run the
 family's published block (``block="published"``: Mamba's conv and gate, DeltaNet's convs and
 norms, ...); ``block=default`` / ``block=published`` in a spec's options picks either.
+``prefix=true`` runs the cells in prefix mode (JRT-RNN, ``nn/prefix.py``: ``gla(prefix=true)``,
+``mamba2[-1,1](prefix=true)``), on tasks that give a context prefix (``Task.prefix``).
 Lists are comma-separated; commas inside brackets or parentheses belong to the spec.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Dict, List, Tuple
 
 from .. import cells, tasks
 from ..cells.registry import check_options, option_types
-from ..checks import check_choice, did_you_mean
+from ..checks import check_bool, check_choice, did_you_mean
 from ..models.attention import CausalSelfAttention
 from ..models.block import ATTENTION, BLOCKS, check_block, check_mixer
 
@@ -120,6 +122,7 @@ class ModelSpec:
     mixer: str  # a registered cell name or "attention"
     options: Dict[str, object]  # cell options (or heads= for attention)
     block: str = "default"  # "default" or "published" (models.block.make_block)
+    prefix: bool = False  # prefix mode: the task's context read non-causally (nn/prefix.py)
 
 
 def model(spec: str) -> ModelSpec:
@@ -130,6 +133,12 @@ def model(spec: str) -> ModelSpec:
     mixer, preset, block = ALIASES.get(name, (name, {}, "default"))
     block = options.pop("block", block)
     check_choice(f"--models: {spec!r}", "block", block, BLOCKS)
+    prefix = options.pop("prefix", False)
+    prefix = bool(prefix) if type(prefix) is int and prefix in (0, 1) else prefix
+    check_bool(f"--models: {spec!r}", "prefix", prefix)
+    if prefix and mixer == ATTENTION:
+        raise ValueError(f"--models: {spec!r}: prefix=true is the prefix mode of a recurrent "
+                         f"cell; attention has none")
     if mixer != ATTENTION:
         check_block(f"--models: {spec!r}", block, mixer)
     if mixer == ATTENTION:
@@ -137,7 +146,7 @@ def model(spec: str) -> ModelSpec:
     else:
         fixed = LAYER_FIXED if block == "published" else CELL_FIXED
         options = typed("--models", spec, cells.registry.constructor(mixer), options, fixed)
-    return ModelSpec(spec.strip(), mixer, {**preset, **options}, block)
+    return ModelSpec(spec.strip(), mixer, {**preset, **options}, block, prefix)
 
 
 def task(spec: str) -> Tuple[str, tasks.Task]:

@@ -29,10 +29,21 @@ def _warn(message: str) -> None:
 
 def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> SequenceModel:
     """The arena's model for ``spec`` on ``task``: a ``SequenceModel`` in ``spec.block`` (the
-    published block for the aliases ``mamba[-1,1]`` etc.) of ``cfg.d_model``, ``cfg.n_layers``."""
+    published block for the aliases ``mamba[-1,1]`` etc.) of ``cfg.d_model``, ``cfg.n_layers``;
+    in prefix mode (``spec.prefix``) only for a task that gives a context prefix."""
+    if spec.prefix and not task.has_prefix:
+        with_prefix = [n for n in _tasks.available() if _tasks.task_class(n).prefix
+                       is not _tasks.Task.prefix]
+        raise ValueError(f"{spec.label!r} runs in prefix mode, but task {task.name!r} gives no "
+                         f"context prefix (tasks that do: {', '.join(with_prefix)})")
     return SequenceModel(task.vocab_size, task.n_outputs, d_model=cfg.d_model,
                          n_layers=cfg.n_layers, mixer=spec.mixer, kind=task.kind, mlp=cfg.mlp,
-                         block=spec.block, **spec.options)
+                         block=spec.block, prefix=spec.prefix, **spec.options)
+
+
+def outputs(model: SequenceModel, task: _tasks.Task, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, given the task's context lengths when the model is in prefix mode."""
+    return model(x, prefix=task.prefix(x)) if getattr(model, "prefix", False) else model(x)
 
 
 def learning_rate(cfg: ArenaConfig, step: int) -> float:
@@ -49,7 +60,7 @@ def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: i
         for start in range(0, examples, EVAL_CHUNK):
             n = min(EVAL_CHUNK, examples - start)
             x, y, mask = (t.to(device) for t in task.sample(n, length, gen))
-            values.append(task.score(model(x), y, mask))
+            values.append(task.score(outputs(model, task, x), y, mask))
             weights.append(n)
     model.train()
     return sum(v * w for v, w in zip(values, weights)) / sum(weights)
@@ -83,7 +94,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     while not done and step < cfg.steps:
         length = int(torch.randint(lo, hi + 1, (1,), generator=gens["length"]))
         x, y, mask = (t.to(cfg.device) for t in task.sample(cfg.batch, length, gens["data"]))
-        loss = task.loss(model(x), y, mask)
+        loss = task.loss(outputs(model, task, x), y, mask)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"arena: {spec.label} on {task.name} (seed {seed}) hit a "
                                      f"non-finite loss at step {step}")

@@ -30,6 +30,7 @@ from torch import nn
 from .. import cells as _cells
 from ..checks import check_bool, check_choice, check_int, did_you_mean
 from ..nn.conv import DynamicShortConv, FSMNMemory, ShortConv
+from ..nn.prefix import prefix_forward
 from ..nn.recurrent import Recurrent
 from .attention import CausalSelfAttention, SelfAttention
 from .mixers import published_layer
@@ -95,8 +96,11 @@ class RecurrentMixer(nn.Module):
     def initial_state(self, batch: int, device=None, dtype=None):
         return self.rnn.initial_state(batch, device)
 
-    def forward(self, x: torch.Tensor, state=None):
-        y, state = self.rnn(x, initial_state=state)  # (B, T, H_out)
+    def forward(self, x: torch.Tensor, state=None, prefix=None):
+        """``prefix (B,)``: run in prefix mode (``nn/prefix.py``: the first ``prefix[b]``
+        steps read non-causally)."""
+        y, state = (self.rnn(x, initial_state=state) if prefix is None
+                    else prefix_forward(self.rnn, x, prefix, state))  # (B, T, H_out)
         return self.proj(y), state  # (B, T, D)
 
 
@@ -214,18 +218,23 @@ class ResidualBlock(nn.Module):
             return None if init is None else init(batch, device)
         return state(self.conv), state(self.mixer), state(self.fsmn)
 
-    def _mix(self, h: torch.Tensor, state):
-        """The mixer on ``h``; mixers that read whole sequences (no state) give a tensor."""
-        out = self.mixer(h) if state is None else self.mixer(h, state)
+    def _mix(self, h: torch.Tensor, state, prefix=None):
+        """The mixer on ``h``; mixers that read whole sequences (no state) give a tensor.
+        ``prefix`` goes only to a mixer in prefix mode (``RecurrentMixer``, published layers)."""
+        if prefix is not None:
+            out = self.mixer(h, state, prefix=prefix)
+        else:
+            out = self.mixer(h) if state is None else self.mixer(h, state)
         return out if isinstance(out, tuple) else (out, None)
 
-    def forward(self, x: torch.Tensor, state: Optional[tuple] = None):
-        """``x (B, T, D)``, ``state`` (None: a full sequence) -> ``(y (B, T, D), state)``."""
+    def forward(self, x: torch.Tensor, state: Optional[tuple] = None, prefix=None):
+        """``x (B, T, D)``, ``state`` (None: a full sequence) -> ``(y (B, T, D), state)``;
+        ``prefix (B,)``: the mixer reads the first ``prefix[b]`` steps non-causally."""
         conv_s, mix_s, fsmn_s = state if state is not None else (None, None, None)
         h = x if self.post_norm else self.norm(x)
         if self.conv is not None:
             h, conv_s = self.conv(h, conv_s)
-        h, mix_s = self._mix(h, mix_s)
+        h, mix_s = self._mix(h, mix_s, prefix)
         if self.fsmn is not None:
             h, fsmn_s = self.fsmn(h, fsmn_s)
         x = self.norm(x + h) if self.post_norm else x + h
@@ -298,11 +307,13 @@ def make_block(mixer: str, d_model: int, **options) -> ResidualBlock:
     return ResidualBlock(**block_parts(mixer, d_model, **options))
 
 
-def run_blocks(blocks, x: torch.Tensor, state=None):
+def run_blocks(blocks, x: torch.Tensor, state=None, prefix=None):
     """``x`` through every block in turn, each with its own entry of ``state`` (None: a full
-    sequence from zero state) -> ``(x, new_state)``, one entry per block."""
+    sequence from zero state) -> ``(x, new_state)``, one entry per block. ``prefix (B,)``:
+    every block's mixer in prefix mode (``nn/prefix.py``)."""
     new = []
+    extra = {} if prefix is None else {"prefix": prefix}  # blocks of other models take none
     for i, block in enumerate(blocks):
-        x, s = block(x, None if state is None else state[i])
+        x, s = block(x, None if state is None else state[i], **extra)
         new.append(s)
     return x, new

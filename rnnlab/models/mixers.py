@@ -21,7 +21,8 @@ with the family's norm and MLP.
   gated MLP (factor 4/3).
 
 Every layer streams: ``forward(x, state) -> (y, state)`` with ``state`` its conv windows and the
-cell's state, from ``initial_state(B)``; chunks of any length equal one run. The cell inside is
+cell's state, from ``initial_state(B)``; chunks of any length equal one run. ``forward(x, state,
+prefix=(B,))`` runs the cell in prefix mode (``nn/prefix.py``). The cell inside is
 ``self.rnn`` (a ``Recurrent``), fed with ``in_proj=False`` so the layer owns every projection.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ..cells.mlstm import init_gates_
 from ..cells.paragru import HeadwiseLinear
 from ..checks import check_int, is_int
 from ..nn.conv import ShortConv
+from ..nn.prefix import prefix_forward
 from ..nn.recurrent import Recurrent
 
 EPS = 1e-5  # the norms' epsilon, as mamba_ssm, fla and xlstm set it
@@ -59,6 +61,12 @@ def _options(owner: str, options: Optional[dict], fixed=("in_proj",)) -> dict:
             raise ValueError(f"{owner}: {name} is set by the published layer, got "
                              f"{name}={options[name]!r}")
     return options
+
+
+def run_cell(rnn: Recurrent, u: torch.Tensor, state, prefix=None):
+    """The layer's cell on ``u (B, T, P)``: causal, or given ``prefix (B,)`` in prefix mode
+    (``nn/prefix.py``; the layer's short convs stay causal)."""
+    return rnn(u, initial_state=state) if prefix is None else prefix_forward(rnn, u, prefix, state)
 
 
 def conv(width: int, kernel: int, bias: bool = True) -> ShortConv:
@@ -105,11 +113,11 @@ class MambaLayer(ConvThenCell):
         self.out_proj = nn.Linear(E, d_model, bias=False)
 
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, prefix=None):
         conv_s, rnn_s = (None, None) if state is None else state
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, 2E) -> 2 x (B, T, E)
         x, conv_s = self.conv(x, conv_s)
-        y, rnn_s = self.rnn(F.silu(x), initial_state=rnn_s)  # (B, T, E)
+        y, rnn_s = run_cell(self.rnn, F.silu(x), rnn_s, prefix)  # (B, T, E)
         return self.out_proj(y * F.silu(z)), (conv_s, rnn_s)  # (B, T, D)
 
 
@@ -133,14 +141,14 @@ class Mamba2Layer(ConvThenCell):
         self.out_proj = nn.Linear(E, d_model, bias=False)
 
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, prefix=None):
         conv_s, rnn_s = (None, None) if state is None else state
         E, N, heads = self.sizes
         z, xbc, dt = self.in_proj(x).split([E, E + 2 * N, heads], dim=-1)
         xbc, conv_s = self.conv(xbc, conv_s)
         xs, b, c = F.silu(xbc).split([E, N, N], dim=-1)
         u = torch.cat([xs, dt, b, c], dim=-1)  # (B, T, E + heads + 2N): the cell's [x, dt, B, C]
-        y, rnn_s = self.rnn(u, initial_state=rnn_s)  # (B, T, E)
+        y, rnn_s = run_cell(self.rnn, u, rnn_s, prefix)  # (B, T, E)
         return self.out_proj(self.norm(y * F.silu(z))), (conv_s, rnn_s)  # (B, T, D)
 
 
@@ -192,7 +200,7 @@ class DeltaLayer(nn.Module):
                                                                self.v_conv))
         return convs + (self.rnn.initial_state(batch, device),)
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, prefix=None):
         qs, ks, vs, rnn_s = (None,) * 4 if state is None else state
         c = self.rnn.cell
         q, qs = self.q_conv(self.q_proj(x), qs)  # (B, T, heads K): the cell applies SiLU, L2
@@ -206,7 +214,7 @@ class DeltaLayer(nn.Module):
             parts = [q, k, v, beta]
         if self.a_proj is not None:
             parts.append(self.a_proj(x))  # (B, T, heads): the decay's input
-        o, rnn_s = self.rnn(torch.cat(parts, dim=-1), initial_state=rnn_s)  # (B, T, H)
+        o, rnn_s = run_cell(self.rnn, torch.cat(parts, dim=-1), rnn_s, prefix)  # (B, T, H)
         o = self.o_norm(o.unflatten(-1, (c.heads, c.value_dim)))  # (B, T, heads, V)
         if self.g_proj is not None:
             o = o * F.silu(self.g_proj(x)).unflatten(-1, (c.heads, c.value_dim))
@@ -243,14 +251,14 @@ class MLSTMLayer(ConvThenCell):
         self.down_proj = nn.Linear(E, d_model, bias=False)
 
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, prefix=None):
         conv_s, rnn_s = (None, None) if state is None else state
         xm, z = self.up_proj(x).chunk(2, dim=-1)  # (B, T, 2E) -> 2 x (B, T, E)
         xc, conv_s = self.conv(xm, conv_s)
         xc = F.silu(xc)
         qkv = torch.cat([self.q_proj(xc), self.k_proj(xc), self.v_proj(xm)], dim=-1)  # (.., 3E)
         u = torch.cat([qkv, self.gates(qkv)], dim=-1)  # (B, T, 3E + 2 heads)
-        h, rnn_s = self.rnn(u, initial_state=rnn_s)  # (B, T, E)
+        h, rnn_s = run_cell(self.rnn, u, rnn_s, prefix)  # (B, T, E)
         h = self.norm(h) + self.skip * xc
         return self.down_proj(h * F.silu(z)), (conv_s, rnn_s)  # (B, T, D)
 
@@ -271,11 +279,11 @@ class SLSTMLayer(ConvThenCell):
         self.norm = HeadLayerNorm(d_model, heads)
 
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, prefix=None):
         conv_s, rnn_s = (None, None) if state is None else state
         xc, conv_s = self.conv(x, conv_s)
         u = torch.cat([self.if_proj(F.silu(xc)), self.zo_proj(x)], dim=-1)  # (B, T, 4D)
-        h, rnn_s = self.rnn(u, initial_state=rnn_s)  # (B, T, D)
+        h, rnn_s = run_cell(self.rnn, u, rnn_s, prefix)  # (B, T, D)
         return self.norm(h), (conv_s, rnn_s)
 
 

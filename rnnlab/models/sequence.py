@@ -54,13 +54,17 @@ class SequenceModel(nn.Module):
         mlp: an MLP in every block (the block's: GELU x2 for ``block="default"``, the family's
             for ``"published"``, which may have none; see ``models.block.PUBLISHED``).
         block: ``"default"`` or ``"published"`` (``models.block.make_block``).
+        prefix: prefix mode (JRT-RNN, ``nn/prefix.py``): every recurrent mixer reads the first
+            ``prefix[b]`` steps of each sequence non-causally; ``forward`` then needs
+            ``prefix=`` ``(B,)`` (a cell mixer only).
         cell_kwargs: options for the cell (``allow_neg_eigval=True``) or ``heads`` / ``window``
             for attention.
     """
 
     def __init__(self, vocab_size: int, n_outputs: int, d_model: int = 64, n_layers: int = 2,
                  mixer: str = "gru", kind: str = "tokens", mlp: bool = True,
-                 engine="auto", block: str = "default", **cell_kwargs):
+                 engine="auto", block: str = "default", prefix: bool = False,
+                 **cell_kwargs):
         super().__init__()
         owner = "SequenceModel"
         check_choice(owner, "kind", kind, KINDS)
@@ -70,7 +74,11 @@ class SequenceModel(nn.Module):
             check_int(owner, arg, value, 1)
         check_bool(owner, "mlp", mlp)
         check_block(owner, block, mixer)
-        self.kind = kind
+        check_bool(owner, "prefix", prefix)
+        if prefix and mixer == ATTENTION:
+            raise ValueError(f"{owner}: prefix=True is the prefix mode of a recurrent cell; "
+                             f"mixer={ATTENTION!r} has none")
+        self.kind, self.prefix = kind, prefix
         self.embed = (nn.Embedding(vocab_size, d_model) if kind == "tokens"
                       else nn.Linear(vocab_size, d_model))
         mixer_options = _mixer_options(mixer, cell_kwargs)
@@ -86,9 +94,16 @@ class SequenceModel(nn.Module):
         device = device if device is not None else self.head.weight.device
         return [block.initial_state(batch, device) for block in self.blocks]
 
-    def forward(self, inputs: torch.Tensor, state=None):
-        """``inputs -> outputs``; with ``state`` (streaming), ``(outputs, state)``."""
-        x, new = run_blocks(self.blocks, self.embed(inputs), state)  # (B, T, D)
+    def forward(self, inputs: torch.Tensor, state=None, prefix=None):
+        """``inputs -> outputs``; with ``state`` (streaming), ``(outputs, state)``. ``prefix
+        (B,)``: the context's length per sequence, required in prefix mode, refused otherwise."""
+        if self.prefix and prefix is None:
+            raise ValueError("SequenceModel: prefix must be given (B,) context lengths: the "
+                             "model was built with prefix=True, got None")
+        if prefix is not None and not self.prefix:
+            raise ValueError("SequenceModel: prefix is for a model built with prefix=True; "
+                             "this one is causal (prefix=False)")
+        x, new = run_blocks(self.blocks, self.embed(inputs), state, prefix)  # (B, T, D)
         out = self.head(self.norm(x))  # (B, T, n_outputs)
         return out if state is None else (out, new)
 

@@ -18,7 +18,7 @@ a model's output is pointer logits ``(B, L_out, n + n_outputs)``, scored like to
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Dict, List, Tuple, Type
+from typing import ClassVar, Dict, List, Optional, Tuple, Type
 
 import torch
 
@@ -82,6 +82,18 @@ class Task:
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
         raise NotImplementedError
 
+    def prefix(self, inputs: torch.Tensor) -> Optional[torch.Tensor]:
+        """The context of each sample, for models in prefix mode (JRT-RNN, ``nn/prefix.py``):
+        ``(B,)`` long, the steps ``[0, M)`` of ``inputs (B, T, ...)`` that they may read
+        non-causally (no scored position may lie in them). None: the task has no context
+        prefix; a task that has one overrides this (``has_prefix``)."""
+        return None
+
+    @property
+    def has_prefix(self) -> bool:
+        """Whether the task gives a context prefix (overrides ``prefix``)."""
+        return type(self).prefix is not Task.prefix
+
     def decode(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> str:
         """One example (``inputs (T,)``, ``targets (T,)``, ``mask (T,)``) as readable text."""
         shown = [int(t) if m else "_" for t, m in zip(targets.tolist(), mask.tolist())]
@@ -89,7 +101,8 @@ class Task:
 
     # --- shared ---------------------------------------------------------------------------
     def sample(self, batch: int, length: int, generator: torch.Generator) -> Sample:
-        """``(inputs, targets, mask)`` for ``batch`` sequences of exactly ``length`` steps."""
+        """``(inputs, targets, mask)`` for ``batch`` sequences of exactly ``length`` steps
+        (``set_disjointness(reads=k)``: ``length`` is one read's, see its docstring)."""
         check_int(f"{self.name}.sample", "batch", batch, 1)
         check_int(f"{self.name}.sample", "length", length, self.min_length)
         if not isinstance(generator, torch.Generator):

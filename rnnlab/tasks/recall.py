@@ -155,10 +155,17 @@ class SetDisjointness(Task):
     Set sizes derive from ``length`` (``|A| + |B| = length - 3``): ``|A| = round(ratio *
     (length - 3))`` clamped to ``[1, length - 4]``. ``ratio < 0.5`` puts the smaller set first.
     A length whose sets do not fit the vocabulary halves is refused.
+
+    ``reads = k`` (JRT-Prompt, "read twice" at k = 2): the context ``1 A 2 B`` is read k times
+    before the final ``3``: ``1 A 2 B 1 A 2 B 3``. ``length`` stays the length of one read, so
+    the sets are those of ``reads=1`` (the same draws) and a sample has ``k (length - 1) + 1``
+    steps, the one exception to "exactly ``length`` steps". ``prefix`` (prefix-mode models) is
+    the whole context, every step but the last.
     """
 
     vocab: int = 512  # V: ids 0-2 are separators, the rest is split into two halves
     ratio: float = 0.25  # |A| / (|A| + |B|): the share of the first set
+    reads: int = 1  # times the context 1 A 2 B is read before the final 3 (2: JRT-Prompt)
 
     name = "set_disjointness"
     train_lengths = (16, 64)
@@ -168,10 +175,16 @@ class SetDisjointness(Task):
     def __post_init__(self):
         check_int(self.name, "vocab", self.vocab, 7)
         check_number(self.name, "ratio", self.ratio, 0, 1, low_open=True, high_open=True)
+        check_int(self.name, "reads", self.reads, 1)
 
     @property
     def vocab_size(self) -> int:
         return self.vocab
+
+    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: the context, every step before the final separator (the answer's)."""
+        B, T = inputs.shape[:2]
+        return torch.full((B,), T - 1, dtype=torch.long, device=inputs.device)
 
     @property
     def chance(self) -> float:
@@ -199,13 +212,17 @@ class SetDisjointness(Task):
         inputs = torch.cat([sep[:, :1], first, sep[:, 1:2], second, sep[:, 2:]], dim=1)
         perm = torch.rand(batch, self.vocab - 3, generator=gen).argsort(dim=1) + 3  # (B, V-3)
         relabel = torch.cat([sep, perm], dim=1)  # (B, V): separators keep their ids
-        last = span(batch, length - 1, length)  # (B, 1): the answer position
-        return compose(relabel.gather(1, inputs), [], last, relabel.gather(1, shared))
+        inputs = relabel.gather(1, inputs)  # (B, length)
+        context = [inputs[:, :-1]] * (self.reads - 1)  # the re-reads of 1 A 2 B
+        inputs = torch.cat(context + [inputs], dim=1)  # (B, reads (length - 1) + 1)
+        last = span(batch, inputs.shape[1] - 1, inputs.shape[1])  # (B, 1): the answer position
+        return compose(inputs, [], last, relabel.gather(1, shared))
 
     def decode(self, inputs, targets, mask) -> str:
-        a, _ = self.sizes(len(inputs))
-        x = inputs.tolist()
-        return (f"A     : {x[1:a + 1]}\nB     : {x[a + 2:-1]}\n"
+        x = inputs.tolist()[-((len(inputs) - 1) // self.reads + 1):]  # the last read and the 3
+        a, _ = self.sizes(len(x))
+        reads = f"reads : {self.reads}\n" if self.reads > 1 else ""
+        return (f"{reads}A     : {x[1:a + 1]}\nB     : {x[a + 2:-1]}\n"
                 f"shared: {int(targets[-1])}")
 
 
