@@ -93,6 +93,16 @@ PRESETS: Dict[str, dict] = {
         source="SelectivBench (Bouhadjar et al. 2026); DLR (Gupta et al. 2022): DLR solves Shift "
                "but not ContextShift; MinMax RNC latching"),
 }
+PRESETS["word_problems"] = dict(
+    # One layer on group word problems: PD transitions (pd_ssm) and Householder products with
+    # n_h = 2 (deltaproduct) can represent A5/S5, a diagonal transition (mamba) cannot.
+    models=["mamba[-1,1]", "deltanet[-1,1]", "deltaproduct[-1,1]", "pd_ssm",
+            "pd_ssm(estimator='straight_through')"],
+    tasks=["word_problem(group='S3')", "word_problem(group='A5')", "word_problem(group='S5')"],
+    seeds=[0, 1, 2], aggregate="best", steps=10000, d_model=64, n_layers=1,
+    source="Merrill et al. 2026 (PD linear RNNs are NC1-complete), Terzić et al. 2025 "
+           "(PD-SSM), Siems et al. 2025 (DeltaProduct n_h = 2 tracks S3 and A5); theory, so no "
+           "expected values: solving is 1.0, chance 1/|G|")
 PRESETS["jrt"] = dict(
     # Just read twice (Arora et al. 2024): set disjointness with the smaller set first (ratio
     # 0.25) or last (0.75), read once or twice (reads=2), and GLA causal or in prefix mode.

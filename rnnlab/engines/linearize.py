@@ -283,7 +283,8 @@ def terms(cell: Cell, lay: Layout, u: torch.Tensor, hseg: torch.Tensor,
     ratios, size = [], 0
     for f_l, h_l, a in zip(f, cur, cols):
         r = f_l - h_l
-        ratios.append((r * r).sum(-1).sqrt() / ((h_l * h_l).sum(-1).sqrt() + 1e-6))  # (C*B,)
+        ratios.append(r.abs().square().sum(-1).sqrt()  # (C*B,): abs, as a state may be complex
+                      / (h_l.abs().square().sum(-1).sqrt() + 1e-6))
         size = size + a.abs().sum((-2, -1))  # inf/NaN where A is
     # Per leaf: leaves differ in scale (sLSTM's h is ~0.1 where its c and n are ~10), and a
     # residual relative to the whole state would leave a small leaf, and every gradient that

@@ -11,4 +11,5 @@ from .gla import gated_linear_attention, gated_linear_attention_reference  # noq
 from .matrix import matrix_scan, matrix_scan_reference  # noqa: F401
 from .minmax import minmax_scan, minmax_scan_reference  # noqa: F401
 from .mlstm import mlstm_chunkwise, mlstm_chunkwise_reference  # noqa: F401
+from .pd_scan import pd_scan, pd_scan_reference  # noqa: F401
 from .selective import selective_scan, selective_scan_reference  # noqa: F401

@@ -1,0 +1,182 @@
+"""PD-SSM (Terzić et al. 2025): a selective SSM whose transition is permutation-diagonal,
+
+    h_t = A_t h_{t-1} + B x_t,   A_t = D_t P_t,   y_t = Re(C h_t)
+
+per head, with P_t one-hot per row (each state entry reads one source entry) and D_t diagonal,
+|d| < 1. PD matrices are closed under products and compose in O(N) (``ops/pd_scan.py``), so the
+scan engine prefix-scans the elements (index, value, b) with that combine; and one layer can
+track non-solvable groups (S5, A5 word problems), which diagonal transitions cannot (Merrill et
+al. 2026: PD linear RNNs are NC^1-complete).
+
+P_t from the input, as in PD-SSM: softmax weights s_t over a dictionary of K learned N x N score
+matrices, M_t = sum_k s_tk M_k, and a hardmax over each row of M_t picks the source column.
+
+**Gradient of the hardmax: two estimators** (option ``estimator``).
+
+- ``"straight_through"`` (PD-SSM's): the forward is the hard PD step with |A_ij| = |d_i|; the
+  backward is that of the dense ``diag(d) (P + S - sg(S))``, S the row softmax. To keep that
+  gradient inside an O(N)-index scan, each element also carries ``E = diag(d) (S - sg(S))``:
+  a dense N x N tensor whose values are exactly 0, composed to first order (``A_b E_a + E_b
+  A_a``, and ``E_b b_a`` in the bias; ``E_b E_a`` is second order, 0 in value and gradient). So
+  the scan and the step give the paper's gradient ``g_t h_{t-1}^T`` to S_t identically, at
+  O(N^2) per combine. That scan measured slower than the loop, so this mode declares ``Dense()``
+  (the sequential engine, or Newton, runs it; the test suite still checks its scan). It is not
+  the derivative of the forward, so finite differences (gradcheck) disagree by design.
+- ``"exact"`` (default): the chosen entry is scaled by its softmax probability to a small power,
+  ``|A_i,index_i| = |d_i| p_i^gamma`` (gamma = ``confidence``): still exactly PD and O(N) per
+  combine, with the true gradient (gradcheck holds), reaching the dictionary and the selection
+  through p (a wrong source lowers its p and raises its rivals' until the argmax moves).
+  gamma = 0 would be the plain hardmax, whose dictionary then gets no gradient at all.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..checks import check_choice
+from ..ops.pd_scan import pd_combine, pd_constant, pd_identity
+from .base import Dense
+from .monoid import MonoidCell
+from .options import check_range
+from .registry import register
+
+ESTIMATORS = ("exact", "straight_through")
+
+
+def _first_order(a, b):
+    """``pd_combine`` plus the zero-valued dense corrections E ``(..., N, N)`` of the
+    straight-through mode, to first order: ``A_b E_a + E_b A_a`` and ``E_b b_a``."""
+    (i_a, v_a, b_a, E_a), (i_b, v_b, _, E_b) = a, b
+    index, value, bias = pd_combine(a[:3], b[:3])
+    lead = torch.broadcast_shapes(E_a.shape[:-1], E_b.shape[:-1])  # (..., N)
+    N = E_a.shape[-1]
+    rows = i_b.unsqueeze(-1).expand(*lead, N)  # row i of A_b E_a is v_b[i] E_a[i_b[i], :]
+    AE = v_b.unsqueeze(-1) * E_a.expand(*lead, N).gather(-2, rows)
+    cols = i_a.unsqueeze(-2).expand(*lead, N)  # (E_b A_a)[:, i_a[j]] += E_b[:, j] v_a[j]
+    src = (E_b * v_a.unsqueeze(-2)).expand(*lead, N)
+    EA = torch.zeros_like(src).scatter_add(-1, cols, src)
+    bias = bias + (E_b @ b_a.unsqueeze(-1)).squeeze(-1)  # (..., N, 1) -> (..., N)
+    return index, value, bias, AE + EA
+
+
+@register("pd_ssm")
+class PDSSM(MonoidCell):
+    """PD-SSM cell. State ``h: (B, heads, N)``, real or (``complex=True``) complex;
+    ``u_t: (B, P)`` with P = heads * (K + 2N) (complex: K + 4N): selection logits, magnitude (and
+    phase) pre-activations, and B x_t. H is the read-out width.
+
+    Args:
+        state_size: N, the state per head (the permutations act on N entries).
+        heads: independent PD blocks.
+        dictionary_size: K, the learned score matrices P_t is selected from.
+        complex: complex diagonal with a learned phase (as the paper); real (0, 1) otherwise.
+        estimator: the hardmax's gradient, "exact" or "straight_through" (see the module).
+        confidence: gamma in [0, 1], the power of the chosen entry's softmax probability in |A|
+            (``estimator="exact"`` only).
+
+    Paper: Terzić, Hersche, Camposampiero, Hofmann, Sebastian, Rahimi, "Structured Sparse
+    Transition Matrices to Enable State Tracking in State-Space Models", NeurIPS 2025,
+    https://arxiv.org/abs/2509.22284
+
+    Example (the scan engine's O(N)-per-combine prefix scan gives the step-by-step outputs):
+
+    >>> import torch, rnnlab
+    >>> cell = rnnlab.cells.get("pd_ssm", 3, 8, state_size=5, heads=2)
+    >>> x = torch.randn(2, 7, 3)  # (B, T, D)
+    >>> y, h = rnnlab.Recurrent(cell, engine="scan")(x)
+    >>> y.shape, h.shape
+    (torch.Size([2, 7, 8]), torch.Size([2, 2, 5]))
+    >>> torch.allclose(y, rnnlab.Recurrent(cell, engine="sequential")(x)[0], atol=1e-5)
+    True
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, state_size: int = 16, heads: int = 4,
+                 dictionary_size: int = 8, complex: bool = False, estimator: str = "exact",
+                 confidence: float = 0.25, device=None, dtype=None):
+        super().__init__(input_size, hidden_size)
+        owner = type(self).__name__
+        check_range(owner, "state_size", state_size, 1)
+        check_range(owner, "heads", heads, 1)
+        check_range(owner, "dictionary_size", dictionary_size, 1)
+        check_choice(owner, "estimator", estimator, ESTIMATORS)
+        check_range(owner, "confidence", confidence, 0.0, 1.0)
+        self.straight = estimator == "straight_through"
+        if self.straight:
+            # Carrying E makes a combine O(N^2) and the scan measured ~2x slower than the loop
+            # (fwd+bwd, B=32, T=256, H=64, CPU): declared Dense, this mode runs step by step
+            # (or on Newton), never on a scan that loses to the loop.
+            self.structure = Dense()
+        self.N, self.heads, self.K = state_size, heads, dictionary_size
+        self.complex, self.confidence = complex, float(confidence)
+        kw = dict(device=device, dtype=dtype)
+        parts = 4 if complex else 2  # magnitude, (phase), b (real, imaginary)
+        self.proj = nn.Linear(input_size, heads * (dictionary_size + parts * state_size), **kw)
+        self.dictionary = nn.Parameter(torch.randn(heads, dictionary_size, state_size,
+                                                   state_size, **kw))
+        self.out = nn.Linear(heads * state_size * (2 if complex else 1), hidden_size, bias=False,
+                             **kw)
+        with torch.no_grad():  # start with long memory: |d| = sigmoid(3) ~ 0.95
+            self.proj.bias[heads * dictionary_size:heads * (dictionary_size + state_size)] = 3.0
+
+    def state_shapes(self):
+        return ((self.heads, self.N),)
+
+    def init_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None):
+        if self.complex:
+            dtype = torch.promote_types(dtype, torch.complex64)
+        return torch.zeros(batch, self.heads, self.N, dtype=dtype, device=device)
+
+    def project(self, x):
+        return self.proj(x)  # (B, T, D) -> (B, T, P)
+
+    def elements(self, u):
+        """``(index, value, b)``, each ``(B, T, heads, N)``: row i of A_t reads entry index[i]."""
+        h, N, K = self.heads, self.N, self.K
+        sel, rest = u.split([h * K, u.shape[-1] - h * K], dim=-1)
+        rest = rest.unflatten(-1, (-1, h, N))  # (B, T, parts, heads, N)
+        s = torch.softmax(sel.unflatten(-1, (h, K)), dim=-1)  # (B, T, heads, K)
+        scores = torch.einsum("bthk,hkij->bthij", s, self.dictionary)  # (.., N, N)
+        log_p, index = torch.log_softmax(scores, dim=-1).max(dim=-1)  # (B, T, heads, N)
+        magnitude = torch.sigmoid(rest[:, :, 0])
+        if not self.straight:
+            magnitude = magnitude * torch.exp(self.confidence * log_p)
+        value, b = magnitude, rest[:, :, 1]
+        if self.complex:
+            value = torch.polar(magnitude, rest[:, :, 1])  # |d| e^{i theta}
+            b = torch.complex(rest[:, :, 2], rest[:, :, 3])
+        if not self._carries_correction():
+            return index, value, b
+        soft = torch.softmax(scores, dim=-1)
+        return index, value, b, value.unsqueeze(-1) * (soft - soft.detach())  # zeros (.., N, N)
+
+    def _carries_correction(self) -> bool:
+        """Whether elements carry the straight-through correction E: only while autograd
+        records (E is zero in value; without a graph it would be dead weight)."""
+        return self.straight and torch.is_grad_enabled()
+
+    def combine(self, a, b):
+        return _first_order(a, b) if len(a) == len(b) == 4 else pd_combine(a[:3], b[:3])
+
+    def identity(self, elems):
+        ident = pd_identity(elems[:3])
+        return (*ident, torch.zeros_like(elems[3])) if len(elems) == 4 else ident
+
+    def to_element(self, h):
+        const = pd_constant(h)
+        if not self._carries_correction():
+            return const
+        return (*const, torch.zeros(*h.shape, h.shape[-1], dtype=h.dtype, device=h.device))
+
+    def from_element(self, e):
+        return e[2]
+
+    def readout(self, h, u_t):
+        flat = h.flatten(-2)  # (..., heads, N) -> (..., heads * N)
+        if self.complex:
+            flat = torch.cat([flat.real, flat.imag], dim=-1)  # Re(C h) with C = Cr + i Ci
+        return self.out(flat)  # (..., H)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, state_size={self.N}, heads={self.heads}, "
+                f"dictionary_size={self.K}, complex={self.complex}, "
+                f"estimator={'straight_through' if self.straight else 'exact'}")

@@ -1,0 +1,246 @@
+"""PD-SSM: the permutation-diagonal scan (``ops/pd_scan.py``) against its loop reference
+(outputs, final state, every gradient), a hand-checked group product, varlen, bad input; the
+``pd_ssm`` cell's scan engine against its sequential engine, with gradients."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import rnnlab
+from rnnlab.ops.pd_scan import pd_scan, pd_scan_reference
+from rnnlab.testing.tolerance import assert_close
+
+from .helpers import sq_norm
+
+N = 5  # odd, and S5 acts on it
+
+
+def _inputs(T, dtype=torch.float64, B=3, heads=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, N, (B, T, heads, N), generator=g)
+    real = torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
+    value = 0.99 * torch.rand(B, T, heads, N, generator=g, dtype=real)
+    b = torch.randn(B, T, heads, N, generator=g, dtype=real)
+    h0 = torch.randn(B, heads, N, generator=g, dtype=real)
+    if dtype.is_complex:
+        phase = torch.randn(B, T, heads, N, generator=g, dtype=real)
+        value = torch.polar(value, phase)
+        b = torch.complex(b, torch.randn(B, T, heads, N, generator=g, dtype=real))
+        h0 = torch.complex(h0, torch.randn(B, heads, N, generator=g, dtype=real))
+    return index, value, b, h0
+
+
+def _run(op, index, value, b, h0, **kw):
+    leaves = [t.clone().requires_grad_() for t in (value, b, h0)]
+    h, final = op(index, *leaves[:2], initial_state=leaves[2], output_final_state=True, **kw)
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(h.shape, generator=g, dtype=h.real.dtype)
+    ((h * w).real.sum() + sq_norm(final)).backward()
+    return h, final, [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("T", [1, 7, 63, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+def test_scan_equals_reference_with_every_gradient(T, dtype):
+    index, value, b, h0 = _inputs(T, dtype)
+    h_s, f_s, g_s = _run(pd_scan, index, value, b, h0)
+    h_r, f_r, g_r = _run(pd_scan_reference, index, value, b, h0)
+    tol = torch.float32 if dtype == torch.float32 else torch.float64
+    assert_close(h_s, h_r, tol, "states")
+    assert_close(f_s, f_r, tol, "final state")
+    assert_close(f_s, h_r[:, -1], tol, "final state is the last state")
+    for name, a, r in zip(("value", "b", "initial_state"), g_s, g_r):
+        assert a is not None and a.abs().sum() > 0, name
+        assert_close(a, r, tol, f"gradient of {name}")
+
+
+def test_no_initial_state_is_zeros_and_no_final_state_is_none():
+    index, value, b, h0 = _inputs(9)
+    h, final = pd_scan(index, value, b)
+    assert final is None
+    assert_close(h, pd_scan_reference(index, value, b, torch.zeros_like(h0))[0], torch.float64)
+
+
+def _perm_matrix(perm):
+    """Row-one-hot: (P h)[i] = h[perm[i]]."""
+    return torch.eye(len(perm), dtype=torch.float64)[list(perm)]
+
+
+def test_s5_permutations_compose_to_the_group_product_exactly():
+    g = torch.Generator().manual_seed(3)
+    perms = list(itertools.permutations(range(N)))  # all of S5
+    T = 40
+    chosen = [perms[i] for i in torch.randint(0, len(perms), (T,), generator=g).tolist()]
+    index = torch.tensor(chosen).view(1, T, N)  # (B, T, N)
+    ones, zeros = torch.ones(1, T, N, dtype=torch.float64), torch.zeros(1, T, N,
+                                                                          dtype=torch.float64)
+    h0 = torch.arange(1.0, N + 1, dtype=torch.float64).view(1, N)  # distinct entries
+    h, final = pd_scan(index, ones, zeros, h0, output_final_state=True)
+    product = torch.eye(N, dtype=torch.float64)
+    for t, perm in enumerate(chosen):
+        product = _perm_matrix(perm) @ product  # P_t ... P_1
+        assert torch.equal(h[0, t], product @ h0[0]), t
+    assert torch.equal(final[0], product @ h0[0])
+    # the state is a permutation of h0: the group element is read off exactly
+    assert torch.equal(final[0].sort().values, h0[0])
+
+
+def test_packed_sequences_equal_each_sequence_alone():
+    index, value, b, _ = _inputs(20, B=1)
+    cu = torch.tensor([0, 6, 6, 13, 20])  # an empty sequence in the middle
+    h0 = torch.randn(4, 2, N, dtype=torch.float64)
+    h, final = pd_scan(index, value, b, h0, True, cu_seqlens=cu)
+    h_r, f_r = pd_scan_reference(index, value, b, h0, True, cu_seqlens=cu)
+    assert_close(h, h_r, torch.float64, "packed states")
+    assert_close(final, f_r, torch.float64, "packed final states")
+    assert torch.equal(final[1], h0[1])  # the empty sequence keeps its start state
+    alone, last = pd_scan_reference(index[:, 6:13], value[:, 6:13], b[:, 6:13], h0[2:3], True)
+    assert_close(h[:, 6:13], alone, torch.float64, "sequence 2 alone")
+    assert_close(final[2:3], last, torch.float64, "sequence 2's final state")
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(index=lambda i: i.double()), "index: expected dtype torch.int64"),
+    (dict(index=lambda i: i + N), r"index: expected entries in \[0, N-1\]"),
+    (dict(value=lambda v: v[..., :-1]), "value: expected the shape of index"),
+    (dict(b=lambda b: b.float()), "value, b: expected one dtype"),
+    (dict(h0=lambda h: h[:, :1]), r"initial_state: expected shape \(B, ..., N\)"),
+    (dict(index=lambda i: i[0, 0]), r"index: expected shape \(B, T, ..., N\)"),
+])
+def test_bad_input_is_refused_naming_the_argument(change, match):
+    args = dict(zip(("index", "value", "b", "h0"), _inputs(4)))
+    for key, fn in change.items():
+        args[key] = fn(args[key])
+    for op in (pd_scan, pd_scan_reference):
+        with pytest.raises((ValueError, TypeError), match=match):
+            op(args["index"], args["value"], args["b"], initial_state=args["h0"])
+
+
+def test_bad_cu_seqlens_is_refused():
+    index, value, b, _ = _inputs(6, B=1)
+    for cu in (torch.tensor([0, 4]), torch.tensor([0, 5, 3, 6]), [0, 6]):
+        with pytest.raises((ValueError, TypeError), match="cu_seqlens"):
+            pd_scan(index, value, b, cu_seqlens=cu)
+
+
+# ---- the cell ----------------------------------------------------------------------------------
+
+def _layer_run(engine, x, h0, lengths, **options):
+    """Outputs, final state and every gradient (x, h0, parameters) of one engine's run."""
+    torch.manual_seed(0)
+    layer = rnnlab.Recurrent(rnnlab.cells.get("pd_ssm", 5, 9, **options), engine=engine)
+    x = x.clone().requires_grad_()
+    h0 = h0.clone().requires_grad_()
+    y, h = layer(x, h0, lengths=lengths)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+    ((y * w).sum() + sq_norm(h)).backward()
+    return y, h, [x.grad, h0.grad, *[p.grad for p in layer.parameters()]]
+
+
+@pytest.mark.parametrize("options", [dict(state_size=5, heads=3),
+                                     dict(state_size=7, complex=True, dictionary_size=3)])
+@pytest.mark.parametrize("T, varlen", [(7, False), (63, True)])
+def test_cell_scan_equals_sequential_with_gradients(options, T, varlen):
+    torch.manual_seed(1)
+    zero = rnnlab.cells.get("pd_ssm", 5, 9, **options).init_state(3)
+    h0 = (0.3 * torch.randn(zero.shape, dtype=zero.dtype))
+    x = torch.randn(3, T, 5)
+    lengths = torch.tensor([T, T // 2, 0]) if varlen else None
+    y_s, h_s, g_s = _layer_run("sequential", x, h0, lengths, **options)
+    y_p, h_p, g_p = _layer_run("scan", x, h0, lengths, **options)
+    assert_close(y_p, y_s, what="outputs")
+    assert_close(h_p, h_s, what="final state")
+    for i, (a, b) in enumerate(zip(g_p, g_s)):
+        assert a.abs().sum() > 0, f"gradient #{i} is zero"
+        assert_close(a, b, what=f"gradient #{i}")
+
+
+def test_straight_through_runs_step_by_step_and_on_newton():
+    """Its O(N^2)-per-combine scan lost to the loop, so the mode declares Dense: auto runs it
+    sequentially, the scan engine refuses it, and Newton agrees with the loop."""
+    options = dict(state_size=6, estimator="straight_through")
+    cell = rnnlab.cells.get("pd_ssm", 5, 9, **options)
+    assert rnnlab.Recurrent(cell, engine="auto").engine_name == "sequential"
+    with pytest.raises(ValueError):
+        rnnlab.Recurrent(cell, engine="scan")
+    torch.manual_seed(1)
+    x, h0 = torch.randn(3, 7, 5), 0.3 * torch.randn(3, 4, 6)
+    y_s, h_s, g_s = _layer_run("sequential", x, h0, None, **options)
+    y_n, h_n, g_n = _layer_run("newton", x, h0, None, **options)
+    assert_close(y_n, y_s, what="outputs")
+    assert_close(h_n, h_s, what="final state")
+    for i, (a, b) in enumerate(zip(g_n, g_s)):
+        assert_close(a, b, what=f"gradient #{i}")
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_cell_transition_is_permutation_diagonal(complex_):
+    """dh_t/dh_{t-1} has one nonzero per row, of magnitude < 1, in each head's own block."""
+    cell = rnnlab.cells.get("pd_ssm", 4, 6, state_size=7, heads=2, complex=complex_).double()
+    u = cell.project(torch.randn(1, 1, 4, dtype=torch.float64))[:, 0]  # (1, P)
+    zero = cell.init_state(1, torch.float64)
+    basis = torch.eye(14, dtype=zero.dtype).view(14, 2, 7)  # unit states
+    A = (cell.step(u.expand(14, -1), basis) - cell.step(u, zero)).reshape(14, 14).T
+    nonzero = A.abs() > 0
+    assert (nonzero.sum(1) == 1).all()
+    assert (A.abs().amax(1) < 1).all()
+    assert not nonzero[:7, 7:].any() and not nonzero[7:, :7].any()  # heads do not mix
+
+
+@pytest.mark.parametrize("option, value", [("state_size", 0), ("heads", 0),
+                                           ("dictionary_size", -1), ("confidence", 1.5)])
+def test_cell_refuses_bad_options_naming_them(option, value):
+    with pytest.raises(ValueError, match=rf"{option}.*{value!r}"):
+        rnnlab.cells.get("pd_ssm", 4, 8, **{option: value})
+
+
+def _dense_straight_through(cell, x, h0):
+    """PD-SSM's straight-through step written densely, the reference for the estimator:
+    ``h_t = diag(d_t) (P_t + S_t - sg(S_t)) h_{t-1} + b_t`` with S the row softmax of the
+    scores; returns the states ``(B, T, heads, N)``."""
+    u = cell.project(x)
+    hh, N, K = cell.heads, cell.N, cell.K
+    sel, rest = u.split([hh * K, u.shape[-1] - hh * K], dim=-1)
+    rest = rest.unflatten(-1, (-1, hh, N))  # (B, T, parts, heads, N)
+    s = torch.softmax(sel.unflatten(-1, (hh, K)), dim=-1)
+    soft = torch.softmax(torch.einsum("bthk,hkij->bthij", s, cell.dictionary), dim=-1)
+    hard = torch.nn.functional.one_hot(soft.argmax(-1), N).to(soft.dtype)
+    A = torch.sigmoid(rest[:, :, 0]).unsqueeze(-1) * (hard + soft - soft.detach())
+    h, states = h0, []
+    for t in range(x.shape[1]):
+        h = (A[:, t] @ h.unsqueeze(-1)).squeeze(-1) + rest[:, t, 1]  # (B, heads, N)
+        states.append(h)
+    return torch.stack(states, dim=1)
+
+
+@pytest.mark.parametrize("engine", ["sequential", "scan"])
+def test_straight_through_gradient_is_the_dense_estimator(engine):
+    torch.manual_seed(0)
+    cell = rnnlab.cells.get("pd_ssm", 4, 6, state_size=5, heads=2, dictionary_size=3,
+                            estimator="straight_through").double()
+    x = torch.randn(2, 11, 4, dtype=torch.float64)
+    h0 = torch.randn(2, 2, 5, dtype=torch.float64)
+    w = torch.randn(2, 11, 2, 5, dtype=torch.float64)
+
+    def grads(states):
+        cell.zero_grad()
+        (states * w).sum().backward()
+        return [p.grad.clone() for p in (cell.proj.weight, cell.dictionary)]
+
+    ref = grads(_dense_straight_through(cell, x, h0))
+    u = cell.project(x)
+    layer_states = []
+    h = h0
+    if engine == "sequential":
+        for t in range(x.shape[1]):
+            h = cell.step(u[:, t], h)
+            layer_states.append(h)
+        got = grads(torch.stack(layer_states, dim=1))
+    else:
+        from rnnlab.engines.scan import _monoid
+        got = grads(_monoid(cell, u, h0, None)[0])
+    assert ref[1].abs().sum() > 0
+    for name, a, r in zip(("selection", "dictionary"), got, ref):
+        assert_close(a, r, torch.float64, f"straight-through gradient of the {name}")
