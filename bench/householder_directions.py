@@ -54,6 +54,8 @@ def main() -> None:
         label, task = spec.task(text)
         for seed in config["seeds"]:
             run = args.out / "runs" / run_ids([args.model, label, str(seed)])
+            if not (run / "checkpoint.safetensors").exists():  # not trained (yet)
+                continue
             model = build_model(spec.model(args.model), task, cfg)
             state = load_file(str(run / "checkpoint.safetensors"))
             model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
