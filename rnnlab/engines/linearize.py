@@ -98,6 +98,13 @@ def linear_on_newton(structure) -> bool:
     return isinstance(structure, Linear) and structure.kind != "complex_diagonal"
 
 
+def complex_state(cell: Cell) -> bool:
+    """Whether any leaf of ``cell``'s state is complex (probed on the meta device: no memory);
+    Newton refuses such a cell, whatever its structure."""
+    h = cell.init_state(1, torch.float32, torch.device("meta"))
+    return any(leaf.is_complex() for leaf in (h if isinstance(h, tuple) else (h,)))
+
+
 def layout(cell: Cell, template: State) -> Layout:
     """The grouping that ``cell.structure`` declares for states shaped like ``template``."""
     leaves = as_tuple(template)

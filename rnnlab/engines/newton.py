@@ -51,6 +51,7 @@ from .iterate import NewtonSteps, Problem, SolveResult
 from .linearize import (
     Layout,
     Step,
+    complex_state,
     flatten,
     from_leaves,
     layout,
@@ -193,10 +194,8 @@ class Newton(Engine):
         return self(cell, x, initial_state, lengths, stats=stats, guess=guess)
 
     def supports(self, cell: Cell) -> bool:
-        if cell.sequential_only:  # its step is undefined on Newton's guessed trajectories
-            return False
-        if _complex_state(cell):  # the Jacobian solves are real (e.g. pd_ssm(complex=True))
-            return False
+        if cell.sequential_only or complex_state(cell):  # a step undefined on guessed
+            return False  # trajectories; a complex state (the solves are real: pd_ssm(complex))
         return (isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
                 or linear_on_newton(cell.structure))
 
@@ -400,9 +399,3 @@ def _finals(steps, start: torch.Tensor, alive: Optional[torch.Tensor],
     empty = (n == 0)[:, None]  # (B, 1)
     return [torch.where(empty, h0_l, z[rows, last])
             for z, h0_l in zip(steps, start.detach().split(split, -1))]
-
-
-def _complex_state(cell: Cell) -> bool:
-    """Whether any leaf of ``cell``'s state is complex (probed on the meta device: no memory)."""
-    h = cell.init_state(1, torch.float32, torch.device("meta"))
-    return any(leaf.is_complex() for leaf in (h if isinstance(h, tuple) else (h,)))
