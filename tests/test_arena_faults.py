@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from rnnlab.arena import ArenaConfig, ArenaFailed, run_arena, spec
 from rnnlab.arena import runs as arena_runs
+from rnnlab.arena.runner import LocalExecutor
 from rnnlab.arena.train import run_ids, train_run
 from rnnlab.cli import app
 from rnnlab.errors import CheckpointError
@@ -365,12 +366,9 @@ def test_full_disk_in_the_arena_is_one_error_and_the_next_run_cleans_up(tmp_path
     assert not [p for p in out.rglob("*") if "tmp" in p.name]
 
 
-class _KilledMidWrite:
+class _KilledMidWrite(LocalExecutor):
     """An executor whose worker is stopped while writing a checkpoint: it leaves its temporary
     file, as a terminated process does, and the arena then fails on a full disk."""
-
-    def check(self, cfg):
-        pass
 
     def __call__(self, todo, cfg, out, progress, warn):
         model, task_label, _, seed = todo[0]
@@ -379,9 +377,6 @@ class _KilledMidWrite:
         (run / ".checkpoint.safetensors.999.0badf00d.rnnlab-tmp").write_text("partial")
         raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoint"))
         yield
-
-    def close(self):
-        pass
 
 
 def test_a_failed_arena_removes_the_temporary_files_of_its_stopped_workers(tmp_path):

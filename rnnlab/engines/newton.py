@@ -194,10 +194,9 @@ class Newton(Engine):
         return self(cell, x, initial_state, lengths, stats=stats, guess=guess)
 
     def supports(self, cell: Cell) -> bool:
-        if cell.sequential_only or complex_state(cell):  # a step undefined on guessed
-            return False  # trajectories; a complex state (the solves are real: pd_ssm(complex))
-        return (isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
-                or linear_on_newton(cell.structure))
+        return ((isinstance(cell.structure, (Diagonal, Block, Heads, Dense))
+                 or linear_on_newton(cell.structure))  # not: a step undefined off its path,
+                and not cell.sequential_only and not complex_state(cell))  # complex (real solves)
 
     def __repr__(self) -> str:
         quasi = ", quasi=True" if self.quasi else ""
