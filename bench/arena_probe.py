@@ -46,7 +46,7 @@ def main() -> None:
     start = time.perf_counter()
     result = train_run(spec.model(args.model), task, args.seed, cfg, run, show)
     print(json.dumps({"model": args.model, "task": args.task, "steps": args.steps,
-                      "scores": result["scores"],
+                      "scores": result["scores"], "extra": result["extra_scores"],
                       "wall_s": round(time.perf_counter() - start)}), flush=True)
 
 

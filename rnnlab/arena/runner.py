@@ -86,7 +86,10 @@ def _records(model: str, task_label: str, task, seed: int, result: dict, cfg: Ar
             "torch_version": torch.__version__,
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
-    return [{**base, "length": n, "value": round(v, 6)} for n, v in result["scores"].items()]
+    extra = result.get("extra_scores", {})
+    return [{**base, "length": n, "value": round(v, 6),
+             **{k: round(x, 6) for k, x in extra.get(n, {}).items()}}
+            for n, v in result["scores"].items()]
 
 
 def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "custom",

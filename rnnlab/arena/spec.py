@@ -6,6 +6,8 @@ fixes options (``mamba[-1,1]`` is Mamba with negative eigenvalues allowed, Grazz
 A plain cell name runs the cell in the generic block (``block="default"``); the aliases run the
 family's published block (``block="published"``: Mamba's conv and gate, DeltaNet's convs and
 norms, ...); ``block=default`` / ``block=published`` in a spec's options picks either.
+``ut`` is the Universal Transformer (``models.universal``: one shared attention block, repeated in
+depth with ACT), with its options (``ut(max_steps=8,act=false)``).
 ``prefix=true`` runs the cells in prefix mode (JRT-RNN, ``nn/prefix.py``: ``gla(prefix=true)``,
 ``mamba2[-1,1](prefix=true)``), on tasks that give a context prefix (``Task.prefix``).
 Lists are comma-separated; commas inside brackets or parentheses belong to the spec.
@@ -22,6 +24,7 @@ from ..cells.registry import check_options, option_types
 from ..checks import check_bool, check_choice, did_you_mean
 from ..models.attention import CausalSelfAttention
 from ..models.block import ATTENTION, BLOCKS, check_block, check_mixer
+from ..models.universal import UniversalTransformer
 
 # alias -> (mixer, options, block). The [a,b] suffix is the range of the transition's
 # eigenvalues; the cell runs in its family's published block.
@@ -37,6 +40,9 @@ ALIASES: Dict[str, Tuple[str, dict, str]] = {
     "gated_deltanet[-1,1]": ("gated_deltanet", {"allow_neg_eigval": True}, "published"),
     "deltaproduct[-1,1]": ("deltaproduct", {"allow_neg_eigval": True}, "published"),
 }
+
+UNIVERSAL = "ut"  # the Universal Transformer: attention shared across depth, with ACT
+UT_FIXED = ("vocab_size", "n_outputs", "d_model", "kind", "mixer", "engine", "block")
 
 ARENA_KINDS = ("tokens", "real")  # what SequenceModel reads and writes
 CELL_FIXED = ("input_size", "hidden_size", "device", "dtype")  # the model sets these, not a spec
@@ -123,13 +129,17 @@ class ModelSpec:
     options: Dict[str, object]  # cell options (or heads= for attention)
     block: str = "default"  # "default" or "published" (models.block.make_block)
     prefix: bool = False  # prefix mode: the task's context read non-causally (nn/prefix.py)
+    universal: bool = False  # a UniversalTransformer (options: its own), not a SequenceModel
 
 
 def model(spec: str) -> ModelSpec:
     """Resolve a model spec (see module docstring); unknown names raise listing the known ones
     and the closest, options are checked against the mixer's signature (names and types)."""
     name, options = parse(spec, "--models")
-    check_mixer(None, "--models", name, attention=False, aliases=ALIASES, noun="model")
+    if name == UNIVERSAL:
+        return _universal(spec, options)
+    check_mixer(None, "--models", name, attention=False, aliases=[*ALIASES, UNIVERSAL],
+                noun="model")
     mixer, preset, block = ALIASES.get(name, (name, {}, "default"))
     block = options.pop("block", block)
     check_choice(f"--models: {spec!r}", "block", block, BLOCKS)
@@ -147,6 +157,18 @@ def model(spec: str) -> ModelSpec:
         fixed = LAYER_FIXED if block == "published" else CELL_FIXED
         options = typed("--models", spec, cells.registry.constructor(mixer), options, fixed)
     return ModelSpec(spec.strip(), mixer, {**preset, **options}, block, prefix)
+
+
+def _universal(spec: str, options: dict) -> ModelSpec:
+    """``ut(...)``: the options are ``UniversalTransformer``'s own (its cell options are not
+    offered: the arena's UT mixes by attention)."""
+    known = [k for k in option_types(UniversalTransformer) if k not in UT_FIXED]
+    for key in options:
+        if key not in known and key not in UT_FIXED:  # the constructor takes any **cell_kwargs
+            raise ValueError(f"--models: unknown option {key!r} in {spec!r}"
+                             f"{did_you_mean(key, known)}; valid options: {', '.join(known)}")
+    options = typed("--models", spec, UniversalTransformer, options, UT_FIXED)
+    return ModelSpec(spec.strip(), ATTENTION, options, "default", False, universal=True)
 
 
 def task(spec: str) -> Tuple[str, tasks.Task]:

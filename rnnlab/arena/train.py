@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from .. import tasks as _tasks
 from ..models.sequence import SequenceModel
+from ..models.universal import UniversalTransformer
 from ..tools import checkpoint
 from ..tools.schedule import lr_at, optimizer_step
 from .config import ArenaConfig
@@ -27,10 +28,15 @@ def _warn(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> SequenceModel:
+def build_model(spec: ModelSpec, task: _tasks.Task, cfg: ArenaConfig) -> torch.nn.Module:
     """The arena's model for ``spec`` on ``task``: a ``SequenceModel`` in ``spec.block`` (the
     published block for the aliases ``mamba[-1,1]`` etc.) of ``cfg.d_model``, ``cfg.n_layers``;
-    in prefix mode (``spec.prefix``) only for a task that gives a context prefix."""
+    in prefix mode (``spec.prefix``) only for a task that gives a context prefix. ``ut`` is a
+    ``UniversalTransformer`` of ``cfg.d_model``: one shared block, its depth set by ACT up to
+    ``max_steps`` (``cfg.n_layers`` does not apply)."""
+    if spec.universal:
+        return UniversalTransformer(task.vocab_size, task.n_outputs, d_model=cfg.d_model,
+                                    kind=task.kind, **spec.options)
     if spec.prefix and not task.has_prefix:
         with_prefix = [n for n in _tasks.available() if _tasks.task_class(n).prefix
                        is not _tasks.Task.prefix]
@@ -51,19 +57,31 @@ def learning_rate(cfg: ArenaConfig, step: int) -> float:
     return lr_at(cfg.lr, step, cfg.steps)
 
 
-def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,
-             gen: torch.Generator, device: str) -> float:
-    """The task's metric on ``examples`` sequences of ``length`` (averaged over chunks)."""
+def ponder_cost(model: torch.nn.Module) -> Optional[torch.Tensor]:
+    """The ACT ponder cost of the model's last forward (``UniversalTransformer``), else None."""
+    return getattr(model, "ponder_cost", None)
+
+
+def evaluate_all(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,
+                 gen: torch.Generator, device: str) -> Dict[str, float]:
+    """``{metric: value}``, the task's metric and its ``extra_metrics``, on ``examples``
+    sequences of ``length`` (averaged over chunks, weighted by their sizes)."""
     model.eval()
-    values, weights = [], []
+    totals: Dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, examples, EVAL_CHUNK):
             n = min(EVAL_CHUNK, examples - start)
             x, y, mask = (t.to(device) for t in task.sample(n, length, gen))
-            values.append(task.score(outputs(model, task, x), y, mask))
-            weights.append(n)
+            for name, value in task.scores(outputs(model, task, x), y, mask).items():
+                totals[name] = totals.get(name, 0.0) + value * n
     model.train()
-    return sum(v * w for v, w in zip(values, weights)) / sum(weights)
+    return {name: total / examples for name, total in totals.items()}
+
+
+def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,
+             gen: torch.Generator, device: str) -> float:
+    """The task's metric on ``examples`` sequences of ``length`` (``evaluate_all``)."""
+    return evaluate_all(model, task, length, examples, gen, device)[task.metric]
 
 
 def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, run_dir: Path,
@@ -74,8 +92,9 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     A damaged checkpoint is moved aside and the run restarts from step 0 after ``warn``; one
     past ``cfg.steps`` raises ``CheckpointError`` (it is never taken as a finished run).
 
-    Returns ``{"scores": {length: value}, "steps": n, "stopped_early": bool, "train_seconds": s,
-    "eval_seconds": s, "parameters": n, "engine": name, "resumed_from": step}``.
+    Returns ``{"scores": {length: value}, "extra_scores": {length: {metric: value}}, "steps": n,
+    "stopped_early": bool, "train_seconds": s, "eval_seconds": s, "parameters": n, "engine":
+    name, "resumed_from": step}``; ``extra_scores`` holds the task's ``extra_metrics``.
     """
     torch.manual_seed(seed)
     model = build_model(spec, task, cfg).to(cfg.device)
@@ -95,6 +114,8 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
         length = int(torch.randint(lo, hi + 1, (1,), generator=gens["length"]))
         x, y, mask = (t.to(cfg.device) for t in task.sample(cfg.batch, length, gens["data"]))
         loss = task.loss(outputs(model, task, x), y, mask)
+        ponder = ponder_cost(model)
+        loss = loss if ponder is None else loss + ponder
         if not torch.isfinite(loss):
             raise FloatingPointError(f"arena: {spec.label} on {task.name} (seed {seed}) hit a "
                                      f"non-finite loss at step {step}")
@@ -113,10 +134,14 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     train_seconds = time.perf_counter() - start
     t0 = time.perf_counter()
     test_gen = _tasks.generator(seed, "test")
-    scores = {n: evaluate(model, task, n, cfg.eval_examples, test_gen, cfg.device)
+    tested = {n: evaluate_all(model, task, n, cfg.eval_examples, test_gen, cfg.device)
               for n in task.test_lengths}
-    engine = getattr(model.blocks[0].mixer, "rnn", None)
-    return {"scores": scores, "steps": step, "stopped_early": done and step < cfg.steps,
+    first = model.block if spec.universal else model.blocks[0]
+    engine = getattr(first.mixer, "rnn", None)
+    return {"scores": {n: values[task.metric] for n, values in tested.items()},
+            "extra_scores": {n: {k: v for k, v in values.items() if k != task.metric}
+                             for n, values in tested.items()},
+            "steps": step, "stopped_early": done and step < cfg.steps,
             "train_seconds": round(train_seconds, 2),
             "eval_seconds": round(time.perf_counter() - t0, 2),
             "parameters": sum(p.numel() for p in model.parameters()),

@@ -2,6 +2,8 @@
 
 - ``listops``: nested MIN / MAX / MED / SM lists over digits (Nangia & Bowman 2018; LRA, Tay et
   al. 2021; the DLR repo's copy of the generator); one answer at the end, 10 classes.
+- ``addition``: two little-endian decimal numbers, then their sum (tensor2tensor; the Universal
+  Transformer's algorithmic table).
 - ``latching``: remember the first token for the whole sequence (Ronca 2026, MinMax RNC
   benchmarks): the aperiodic memory control of the state-tracking suite.
 """
@@ -234,3 +236,80 @@ class Latching(Task):
     def decode(self, inputs, targets, mask) -> str:
         return (f"input : {' '.join(map(str, inputs.tolist()))}\n"
                 f"target: {int(targets[0])} at every step")
+
+
+# --- addition -------------------------------------------------------------------------------
+PLUS, EQUALS, END = 10, 11, 12  # digits are tokens 0..9; END is also the blank of the outputs
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Addition(Task):
+    """Decimal addition (tensor2tensor's ``algorithmic_addition_decimal40``, the Universal
+    Transformer's "addition"): two little-endian numbers, then their little-endian sum.
+
+    A sample of ``length`` L holds ``m = (L - 3) // 2`` digits in all: ``a`` of ``l1 ~ U{1..m-1}``
+    digits, ``+``, ``b`` of ``l2 = m - l1`` digits, ``=``, then ``m + 1`` output slots that read
+    END. Every digit is uniform, except that a number's most significant digit is not 0 unless it
+    has one digit (the reference's rule). The slots must hold the sum's digits and then END
+    (the reference's EOS), and only those are scored: ``accuracy`` per digit, and
+    ``sequence_accuracy`` (the whole sum right) beside it. An even L leaves one unscored END.
+    Lengths follow the reference: at most 40 input tokens in training (L <= 81), 400 in test.
+    """
+
+    name = "addition"
+    train_lengths = (7, 81)
+    test_lengths = (81, 201, 401, 801)
+    min_length = 7  # two one-digit numbers
+    extra_metrics = ("sequence_accuracy",)
+
+    @property
+    def vocab_size(self) -> int:
+        return 13  # digits, +, =, END
+
+    @property
+    def chance(self) -> float:
+        return 1 / 11  # an answer is a digit or END
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        m = (length - 3) // 2
+        l1 = torch.randint(1, m, (batch, 1), generator=gen)  # (B, 1); l2 = m - l1 >= 1
+        digits = torch.randint(0, 10, (batch, m), generator=gen)  # a's digits, then b's
+        lead = torch.randint(1, 10, (batch, 2), generator=gen)  # nonzero leading digits
+        pos = torch.arange(m).expand(batch, -1)  # (B, m)
+        a_top, b_top = (l1 > 1) & (pos == l1 - 1), (m - l1 > 1) & (pos == m - 1)
+        digits = torch.where(a_top, lead[:, :1], torch.where(b_top, lead[:, 1:], digits))
+        a = torch.where(pos < l1, digits, 0)  # (B, m): a little-endian, zero-padded
+        b = torch.where(pos < m - l1, digits.gather(1, (pos + l1).clamp(max=m - 1)), 0)
+        total, size = self._add(a, b)  # (B, m) little-endian, (B, 1) digits of the sum
+        inputs = torch.full((batch, length), END, dtype=torch.long)
+        here, before = (torch.cat([digits, digits[:, :1]], 1),  # (B, m + 1): digit p
+                        torch.cat([digits[:, :1], digits], 1))  # (B, m + 1): digit p - 1
+        inputs[:, :m + 1] = torch.where(torch.arange(m + 1) < l1, here, before)  # a, ?, b
+        inputs.scatter_(1, l1, PLUS)
+        inputs[:, m + 1] = EQUALS
+        out = torch.arange(m + 1).expand(batch, -1)  # (B, m + 1) output slots
+        answer = torch.where(out < size, torch.cat([total, total[:, :1]], 1), END)
+        targets = torch.full_like(inputs, END)
+        targets[:, m + 2:2 * m + 3] = answer
+        mask = torch.zeros(batch, length, dtype=torch.bool)
+        mask[:, m + 2:2 * m + 3] = out <= size
+        return inputs, targets, mask
+
+    @staticmethod
+    def _add(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Little-endian ``a + b`` (both ``(B, m)`` digits, the sum fits in m) by carries, and
+        each sum's digit count ``(B, 1)`` (at least 1: the sum 0 is the digit 0)."""
+        total, carry = torch.zeros_like(a), torch.zeros_like(a[:, 0])
+        for i in range(a.shape[1]):
+            s = a[:, i] + b[:, i] + carry
+            total[:, i], carry = s % 10, s // 10
+        nonzero = (total != 0).long() * torch.arange(1, a.shape[1] + 1)  # (B, m)
+        return total, nonzero.amax(1, keepdim=True).clamp(min=1)
+
+    def decode(self, inputs, targets, mask) -> str:
+        text = {PLUS: "+", EQUALS: "=", END: "."}
+        shown = [text.get(int(t), str(int(t))) if bool(k) else "_"
+                 for t, k in zip(targets, mask)]
+        return (f"input : {' '.join(text.get(t, str(t)) for t in inputs.tolist())}\n"
+                f"target: {' '.join(shown)}  (little-endian)")

@@ -48,7 +48,8 @@ class Task:
     - ``metric``: a name in ``rnnlab.tasks.metrics.METRICS``;
     - ``train_lengths``: ``(min, max)`` inclusive, the lengths a training batch is drawn from;
     - ``test_lengths``: lengths evaluated after training (the first is the train length);
-    - ``min_length``: the shortest ``length`` ``sample`` accepts.
+    - ``min_length``: the shortest ``length`` ``sample`` accepts;
+    - ``extra_metrics``: metrics reported beside ``metric`` (the arena records them too).
 
     Properties a subclass defines (they may depend on its fields): ``vocab_size`` (input tokens, or
     input channels for real tasks), ``n_outputs`` (classes, or output channels; the input tokens
@@ -61,6 +62,7 @@ class Task:
     train_lengths: ClassVar[Tuple[int, int]] = (16, 64)
     test_lengths: ClassVar[Tuple[int, ...]] = (64, 128, 256)
     min_length: ClassVar[int] = 1
+    extra_metrics: ClassVar[Tuple[str, ...]] = ()
 
     @property
     def vocab_size(self) -> int:
@@ -122,6 +124,14 @@ class Task:
     def score(self, outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
         """The task's metric on a batch of model outputs ``(B, T, n_outputs)``."""
         return metrics.compute(self.metric, outputs, targets, mask, chance=self.chance)
+
+    def scores(self, outputs: torch.Tensor, targets: torch.Tensor,
+               mask: torch.Tensor) -> Dict[str, float]:
+        """``{metric: value}`` for the task's metric (``score``) and its ``extra_metrics``, on
+        one batch."""
+        extra = {name: metrics.compute(name, outputs, targets, mask, chance=self.chance)
+                 for name in self.extra_metrics}
+        return {self.metric: self.score(outputs, targets, mask), **extra}
 
     def params(self) -> Dict[str, object]:
         """The task's parameters (its dataclass fields), for records and tables."""

@@ -1,4 +1,5 @@
-"""Copying: reproduce a string after a delay (copy-memory) or in reverse order (reverse).
+"""Copying: reproduce a string after a delay (copy-memory), at once (identity) or in reverse order
+(reverse).
 
 Targets are token ids in the input vocabulary (``n_outputs == vocab_size``); only the output
 slots are scored. Tokens: ``0`` = blank, ``1..symbols`` = symbols, ``symbols + 1`` = delimiter.
@@ -70,27 +71,46 @@ class Copy(_StringTask):
         return k, length - k - 1, length - k
 
 
-@register
 @dataclasses.dataclass(frozen=True)
-class Reverse(_StringTask):
-    """Reverse a string (the tensor2tensor algorithmic task used by the Universal Transformer).
-
-    A random string of ``n = (length - 1) // 2`` symbols (uniform over ``symbols``; decimal
-    digits by default, as in the reference), a delimiter, then ``n`` blank output slots that must
-    hold the string reversed. An even ``length`` leaves one trailing blank, unscored. The output
-    slots are not teacher-forced (they read blanks); only they are scored.
-    """
+class _DecimalString(_StringTask):
+    """The tensor2tensor algorithmic layout (``algorithmic_identity_decimal40`` and
+    ``algorithmic_reverse_decimal40``, the Universal Transformer's copy and reverse): a random
+    string of ``n = (length - 1) // 2`` symbols (uniform over ``symbols``; decimal digits by
+    default), a delimiter, then ``n`` blank output slots that must hold the answer. An even
+    ``length`` leaves one trailing blank, unscored. The output slots are not teacher-forced
+    (they read blanks); only they are scored. Lengths follow the reference: strings of 1 to 40
+    symbols in training (``length`` 3..81), of up to 400 in test (``length`` 801)."""
 
     symbols: int = 10  # distinct symbols
 
-    name = "reverse"
-    train_lengths = (3, 64)
-    test_lengths = (64, 128, 256)
+    train_lengths = (3, 81)
+    test_lengths = (81, 201, 401, 801)
     min_length = 3
+    extra_metrics = ("sequence_accuracy",)  # the UT paper's char and sequence accuracy
 
     def _layout(self, length: int) -> Tuple[int, int, int]:
         n = (length - 1) // 2  # the delimiter right after the string, the output slots next
         return n, n, n + 1
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Identity(_DecimalString):
+    """Copy a string (tensor2tensor's ``algorithmic_identity``, the Universal Transformer's
+    "copy"): the output slots hold the string in order. Layout and lengths: ``_DecimalString``.
+    Not the copy-memory task (``copy``), whose string has a fixed size and a growing delay."""
+
+    name = "identity"
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Reverse(_DecimalString):
+    """Reverse a string (tensor2tensor's ``algorithmic_reverse``, used by the Universal
+    Transformer): the output slots hold the string reversed. Layout and lengths:
+    ``_DecimalString``."""
+
+    name = "reverse"
 
     def _answer(self, data: torch.Tensor) -> torch.Tensor:
         return data.flip(1)

@@ -16,7 +16,7 @@ def test_registry_lists_the_issue_tasks():
     wanted = {"parity", "mod_arith", "word_problem", "tomita", "dyck", "selective_copy", "mqar",
               "selectivbench", "passkey", "set_disjointness", "copy", "reverse", "listops",
               "dlr_shift", "dlr_context_shift", "latching", "iterated_matrix_sign", "sort",
-              "convex_hull"}
+              "convex_hull", "identity", "addition"}
     assert wanted <= set(NAMES)
 
 
