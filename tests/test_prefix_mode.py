@@ -208,9 +208,10 @@ def test_arena_spec_and_build():
         spec.model("transformer(prefix=true)")
     with pytest.raises(TypeError, match="prefix must be a bool"):
         spec.model("gla(prefix=2)")
-    cfg = ArenaConfig(models=["gla"], tasks=["mqar"], d_model=8, n_layers=2)
-    with pytest.raises(ValueError, match="'mqar' gives no context prefix .*set_disjointness"):
-        build_model(spec.model("gla(prefix=true)"), tasks.get("mqar"), cfg)
+    cfg = ArenaConfig(models=["gla"], tasks=["parity"], d_model=8, n_layers=2)
+    with pytest.raises(ValueError, match="'parity' gives no context prefix .tasks that do: "
+                                         "mqar, set_disjointness."):
+        build_model(spec.model("gla(prefix=true)"), tasks.get("parity"), cfg)
 
 
 def test_arena_trains_a_prefix_model(tmp_path):
@@ -244,4 +245,9 @@ def test_set_disjointness_read_twice(length, ratio):
 
 def test_only_tasks_with_a_context_have_a_prefix():
     assert tasks.get("set_disjointness").has_prefix
-    assert not tasks.get("mqar").has_prefix and tasks.get("mqar").prefix(torch.zeros(2, 3)) is None
+    parity = tasks.get("parity")
+    assert not parity.has_prefix and parity.prefix(torch.zeros(2, 3)) is None
+    mqar = tasks.get("mqar", pairs=5)  # the context: the 2 * pairs key-value steps
+    x, _, mask = mqar.sample(16, 40, tasks.generator(0, "train"))
+    assert mqar.has_prefix and mqar.prefix(x).tolist() == [10] * 16
+    assert not mask[:, :10].any() and (x[:, 10:][mask[:, 10:]] < 128).all()  # queries are keys

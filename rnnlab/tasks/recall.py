@@ -60,6 +60,11 @@ class MQAR(Task):
         # Not 1 / n_outputs: an answer is a value, one of the V - V/2 tokens of the upper half.
         return 1 / (self.vocab - self.vocab // 2)
 
+    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: the context is the ``2 * pairs`` key-value steps; every query follows it."""
+        B = inputs.shape[0]
+        return torch.full((B,), 2 * self.pairs, dtype=torch.long, device=inputs.device)
+
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
         n, half = self.pairs, self.vocab // 2
         keys = distinct(batch, n, 1, half, gen)  # (B, N)
