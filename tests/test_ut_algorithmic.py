@@ -28,31 +28,35 @@ def _parse_addition(row, length):
     m = (length - 3) // 2
     toks = row.tolist()
     plus = toks.index(PLUS)
-    assert toks[m + 1] == EQUALS and all(t == END for t in toks[m + 2:])
+    assert toks[m + 1] == EQUALS
     return toks[:plus], toks[plus + 1:m + 1]
 
 
 def test_addition_hand_checked_case():
-    """Find 57 + 8 = 65 among samples of length 9 (m = 3 digits: a = 7 5, b = 8) and read
-    its target: 5 6 END, little-endian, and nothing else scored."""
+    """Find 57 + 8 = 65 among samples of length 9 (m = 3 digits: a = 7 5, b = 8) and read it:
+    "=" predicts 5, the step reading 5 predicts 6, the one reading 6 predicts END; nothing else
+    is scored."""
     task, gen = tasks.get("addition"), tasks.generator(0, "train")
     for _ in range(200):
         x, y, mask = task.sample(256, 9, gen)
         hit = ((x[:, :5] == torch.tensor([7, 5, PLUS, 8, EQUALS])).all(1)).nonzero()
         if len(hit):
             i = int(hit[0])
+            assert x[i, 5:8].tolist() == [5, 6, END]  # teacher forcing: the answer so far
             assert y[i][mask[i]].tolist() == [5, 6, END]
-            assert mask[i].tolist() == [False] * 5 + [True] * 3 + [False]
+            assert mask[i].tolist() == [False] * 4 + [True] * 3 + [False] * 2
             return
     pytest.fail("57 + 8 never drawn")
 
 
 @settings(max_examples=25, deadline=None)
-@given(length=st.integers(7, 120), seed=st.integers(0, 1000))
-def test_addition_targets_are_the_sum(length, seed):
+@given(length=st.integers(7, 120), seed=st.integers(0, 1000), forced=st.booleans())
+def test_addition_targets_are_the_sum(length, seed, forced):
     """Every sample: two numbers of >= 1 digit using all m digits, no leading zero past the
-    first digit, and the scored slots hold the sum little-endian then END."""
-    task = tasks.get("addition")
+    first digit, and the scored steps hold the sum little-endian then END; with teacher
+    forcing they start at "=" and each next step reads the symbol just predicted, without it
+    they start after "=" and read END."""
+    task = tasks.get("addition", teacher_forcing=forced)
     x, y, mask = task.sample(16, length, tasks.generator(seed, "train"))
     m = (length - 3) // 2
     for row, target, scored in zip(x, y, mask):
@@ -62,33 +66,44 @@ def test_addition_targets_are_the_sum(length, seed):
         answer = target[scored].tolist()
         assert answer[-1] == END and END not in answer[:-1]
         assert answer[:-1] == [int(c) for c in str(_number(a) + _number(b))[::-1]]
-        assert int(scored.nonzero()[0]) == m + 2  # the answer starts right after "="
+        first = int(scored.nonzero()[0])
+        assert first == (m + 1 if forced else m + 2)
+        if forced:  # each step after a prediction reads it
+            assert row[first + 1:first + 1 + len(answer)].tolist() == answer
+        else:  # the predicting steps read END
+            assert row[first:first + len(answer)].tolist() == [END] * len(answer)
 
 
-def test_addition_splits_vary_and_bad_lengths_are_refused():
+def test_addition_splits_vary_and_bad_input_is_refused():
     task = tasks.get("addition")
     x, _, _ = task.sample(256, 41, tasks.generator(1, "test"))
     assert len({int((row == PLUS).nonzero()) for row in x}) > 10  # l1 ~ U{1..m-1}
     with pytest.raises(ValueError, match="length must be an int >= 7, got 6"):
         task.sample(2, 6, tasks.generator(0, "train"))
+    with pytest.raises(TypeError, match="addition: teacher_forcing must be a bool"):
+        tasks.get("addition", teacher_forcing="yes")
     assert task.chance == pytest.approx(1 / 11) and task.extra_metrics == ("sequence_accuracy",)
 
 
 @pytest.mark.parametrize("name, answer", [("identity", lambda d: d),
                                           ("reverse", lambda d: d.flip(1))])
-def test_identity_and_reverse_layout(name, answer):
-    """String of n = (L - 1) // 2 digits (tokens 1..10), the delimiter, then n scored slots
-    holding the string (identity) or its reverse; lengths as tensor2tensor's (<= 40 / <= 400)."""
-    task = tasks.get(name)
+@pytest.mark.parametrize("forced", [True, False])
+def test_identity_and_reverse_layout(name, answer, forced):
+    """String of n = (L - 1) // 2 digits (tokens 1..10), the delimiter, then n scored
+    predictions of the string (identity) or its reverse: from the delimiter on, each next step
+    reading the symbol just predicted (teacher forcing), or from the step after it, reading
+    blanks; lengths as tensor2tensor's (<= 40 / <= 400 symbols)."""
+    task = tasks.get(name, teacher_forcing=forced)
     assert task.train_lengths == (3, 81) and task.test_lengths[-1] == 801
     for length in (3, 4, 81):
         x, y, mask = task.sample(8, length, tasks.generator(0, "train"))
         n = (length - 1) // 2
-        data = x[:, :n]
+        data, want = x[:, :n], answer(x[:, :n])
         assert ((data >= 1) & (data <= 10)).all() and (x[:, n] == 11).all()
-        assert (x[:, n + 1:] == 0).all()  # the output slots read blanks
-        assert mask.sum(1).eq(n).all() and mask[:, n + 1:2 * n + 1].all()
-        assert y[:, n + 1:2 * n + 1].equal(answer(data))
+        first = n if forced else n + 1
+        assert mask.sum(1).eq(n).all() and mask[:, first:first + n].all()
+        assert y[:, first:first + n].equal(want)
+        assert x[:, n + 1:2 * n + 1].equal(want if forced else torch.zeros_like(want))
 
 
 def test_scores_reports_the_metric_and_the_extras():

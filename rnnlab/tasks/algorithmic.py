@@ -16,8 +16,9 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
+from ..checks import check_bool
 from .base import Sample, Task, check_int, register
-from .sampling import last_position
+from .sampling import feed_back, last_position
 
 # --- listops --------------------------------------------------------------------------------
 MIN, MAX, MED, SM, LEFT, RIGHT, LIST_PAD = 10, 11, 12, 13, 14, 15, 16
@@ -249,19 +250,26 @@ class Addition(Task):
     Transformer's "addition"): two little-endian numbers, then their little-endian sum.
 
     A sample of ``length`` L holds ``m = (L - 3) // 2`` digits in all: ``a`` of ``l1 ~ U{1..m-1}``
-    digits, ``+``, ``b`` of ``l2 = m - l1`` digits, ``=``, then ``m + 1`` output slots that read
-    END. Every digit is uniform, except that a number's most significant digit is not 0 unless it
-    has one digit (the reference's rule). The slots must hold the sum's digits and then END
-    (the reference's EOS), and only those are scored: ``accuracy`` per digit, and
-    ``sequence_accuracy`` (the whole sum right) beside it. An even L leaves one unscored END.
-    Lengths follow the reference: at most 40 input tokens in training (L <= 81), 400 in test.
+    digits, ``+``, ``b`` of ``l2 = m - l1`` digits, ``=``, then ``m + 1`` output steps. Every
+    digit is uniform, except that a number's most significant digit is not 0 unless it has one
+    digit (the reference's rule). The answer is the sum's digits and then END (the reference's
+    EOS), and only it is scored: ``accuracy`` per digit, and ``sequence_accuracy`` (the whole
+    sum right) beside it. ``teacher_forcing=True`` (default, as the reference's decoder): ``=``
+    predicts the first digit and each output step reads the answer's previous symbol; ``False``:
+    the output steps read END and each predicts its own symbol. Lengths follow the reference:
+    at most 40 input tokens in training (L <= 81), 400 in test.
     """
+
+    teacher_forcing: bool = True  # output steps read the answer so far (else END)
 
     name = "addition"
     train_lengths = (7, 81)
     test_lengths = (81, 201, 401, 801)
     min_length = 7  # two one-digit numbers
     extra_metrics = ("sequence_accuracy",)
+
+    def __post_init__(self):
+        check_bool(self.name, "teacher_forcing", self.teacher_forcing)
 
     @property
     def vocab_size(self) -> int:
@@ -288,8 +296,10 @@ class Addition(Task):
         inputs[:, :m + 1] = torch.where(torch.arange(m + 1) < l1, here, before)  # a, ?, b
         inputs.scatter_(1, l1, PLUS)
         inputs[:, m + 1] = EQUALS
-        out = torch.arange(m + 1).expand(batch, -1)  # (B, m + 1) output slots
+        out = torch.arange(m + 1).expand(batch, -1)  # (B, m + 1) output steps
         answer = torch.where(out < size, torch.cat([total, total[:, :1]], 1), END)
+        if self.teacher_forcing:  # "=" predicts the first digit, each digit read the next
+            return feed_back(inputs, answer, m + 1, out <= size)
         targets = torch.full_like(inputs, END)
         targets[:, m + 2:2 * m + 3] = answer
         mask = torch.zeros(batch, length, dtype=torch.bool)

@@ -11,8 +11,9 @@ from typing import Tuple
 
 import torch
 
+from ..checks import check_bool
 from .base import Sample, check_int, register
-from .sampling import SymbolTask, blank, compose, draw, set_min_length, show, span
+from .sampling import SymbolTask, blank, compose, draw, feed_back, set_min_length, show, span
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,21 +77,38 @@ class _DecimalString(_StringTask):
     """The tensor2tensor algorithmic layout (``algorithmic_identity_decimal40`` and
     ``algorithmic_reverse_decimal40``, the Universal Transformer's copy and reverse): a random
     string of ``n = (length - 1) // 2`` symbols (uniform over ``symbols``; decimal digits by
-    default), a delimiter, then ``n`` blank output slots that must hold the answer. An even
-    ``length`` leaves one trailing blank, unscored. The output slots are not teacher-forced
-    (they read blanks); only they are scored. Lengths follow the reference: strings of 1 to 40
-    symbols in training (``length`` 3..81), of up to 400 in test (``length`` 801)."""
+    default), a delimiter, then ``n`` output steps. Lengths follow the reference: strings of 1
+    to 40 symbols in training (``length`` 3..81), of up to 400 in test (``length`` 801).
+
+    ``teacher_forcing=True`` (default, as the reference's decoder and its metrics): the
+    delimiter predicts the first answer symbol and each output step reads the answer's
+    previous symbol and predicts the next, so a sequence is all right exactly when greedy
+    decoding would write it. ``False``: the output steps read blanks and each predicts its own
+    symbol, with nothing fed back. Only the ``n`` answer predictions are scored; an even
+    ``length`` leaves one trailing step unscored."""
 
     symbols: int = 10  # distinct symbols
+    teacher_forcing: bool = True  # output steps read the answer so far (else blanks)
 
     train_lengths = (3, 81)
     test_lengths = (81, 201, 401, 801)
     min_length = 3
     extra_metrics = ("sequence_accuracy",)  # the UT paper's char and sequence accuracy
 
+    def __post_init__(self):
+        check_bool(self.name, "teacher_forcing", self.teacher_forcing)
+        super().__post_init__()
+
     def _layout(self, length: int) -> Tuple[int, int, int]:
         n = (length - 1) // 2  # the delimiter right after the string, the output slots next
         return n, n, n + 1
+
+    def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:
+        inputs, targets, mask = super()._sample(batch, length, gen)
+        if not self.teacher_forcing:
+            return inputs, targets, mask
+        n, delimiter, out = self._layout(length)
+        return feed_back(inputs, targets[:, out:out + n], delimiter)
 
 
 @register

@@ -16,7 +16,7 @@ mod_arith, parity).
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping, Tuple, Union
+from typing import Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -54,6 +54,23 @@ def compose(filler: torch.Tensor, writes: Iterable[Write], where: torch.Tensor,
     targets = torch.zeros_like(filler).scatter_(1, where, answers)  # (B, T)
     mask = torch.zeros(filler.shape, dtype=torch.bool).scatter_(1, where, True)  # (B, T)
     return filler, targets, mask
+
+
+def feed_back(inputs: torch.Tensor, answer: torch.Tensor, first: int,
+              scored: Optional[torch.Tensor] = None) -> Sample:
+    """Teacher forcing: ``answer (B, n)`` is predicted at steps ``first .. first + n - 1``, and
+    the step after each prediction reads the symbol it predicted: ``inputs[:, first + 1:first +
+    n + 1] = answer`` (in place; the last one where it fits). ``first`` is the step that
+    predicts the first symbol (a delimiter's). The mask scores those n steps, or where
+    ``scored (B, n)`` bool says."""
+    B, T = inputs.shape
+    n = answer.shape[1]
+    inputs[:, first + 1:first + n + 1] = answer[:, :T - first - 1]
+    targets = torch.zeros_like(inputs)
+    targets[:, first:first + n] = answer
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[:, first:first + n] = True if scored is None else scored
+    return inputs, targets, mask
 
 
 def last_position(batch: int, length: int) -> torch.Tensor:

@@ -32,16 +32,25 @@ def test_copy_outputs_equal_inputs(length, tokens):
 
 
 def test_reverse_hand_checked_layout():
-    _, x, y, mask = draw("reverse", 1, 8, symbols=10)  # n = 3, one trailing blank
+    _, x, y, mask = draw("reverse", 1, 8, symbols=10, teacher_forcing=False)  # n = 3, 1 blank
     s, delim = x[0, :3].tolist(), 11
     assert x[0].tolist() == s + [delim, 0, 0, 0, 0]
     assert y[0].tolist() == [0] * 4 + s[::-1] + [0]
     assert mask[0].tolist() == [False] * 4 + [True] * 3 + [False]
 
 
+def test_reverse_teacher_forced_hand_checked_layout():
+    """The delimiter predicts the last symbol; each next step reads the one just predicted."""
+    _, x, y, mask = draw("reverse", 1, 8, symbols=10)  # n = 3, one trailing blank
+    s, delim = x[0, :3].tolist(), 11
+    assert x[0].tolist() == s + [delim] + s[::-1] + [0]
+    assert y[0].tolist() == [0] * 3 + s[::-1] + [0, 0]
+    assert mask[0].tolist() == [False] * 3 + [True] * 3 + [False] * 2
+
+
 @pytest.mark.parametrize("length", [3, 4, 63, 64, 257])
 def test_reverse_outputs_are_reversed_inputs(length):
-    task, x, y, mask = draw("reverse", 16, length)
+    task, x, y, mask = draw("reverse", 16, length, teacher_forcing=False)
     n = (length - 1) // 2
     assert torch.equal(y[:, n + 1:2 * n + 1], x[:, :n].flip(1))
     assert int(mask.sum(1).min()) == int(mask.sum(1).max()) == n
