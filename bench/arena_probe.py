@@ -25,18 +25,23 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=ArenaConfig.lr)
     parser.add_argument("--train-max", type=int, default=None,
                         help="longest train length (tests at it and twice it); default: the task's")
+    parser.add_argument("--train-min", type=int, default=None,
+                        help="shortest train length; default: the task's (at most --train-max)")
     parser.add_argument("--every", type=int, default=250, help="steps between printed losses")
     parser.add_argument("--out", type=Path, default=Path("bench/out/probe"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = ArenaConfig(models=[args.model], tasks=[args.task], d_model=args.d_model,
-                      n_layers=args.layers, steps=args.steps, eval_examples=512,
+                      n_layers=args.layers, steps=args.steps, eval_examples=512, lr=args.lr,
                       early_stop=None, checkpoint_every=args.steps)
     _, task = spec.task(args.task)
     if args.train_max is not None:  # this instance only: the registry's task is unchanged
-        object.__setattr__(task, "train_lengths", (task.train_lengths[0], args.train_max))
+        low = min(task.train_lengths[0], args.train_max) if args.train_min is None \
+            else args.train_min
+        object.__setattr__(task, "train_lengths", (low, args.train_max))
         object.__setattr__(task, "test_lengths", (args.train_max, 2 * args.train_max))
     run = args.out / f"{args.model}-{args.task}-{args.steps}-{args.seed}-{time.time_ns()}"
 
