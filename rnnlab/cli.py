@@ -109,7 +109,8 @@ def tasks_list() -> None:
     for name in _tasks.available():
         task = _tasks.get(name)
         params = ", ".join(f"{k}={v!r}" for k, v in task.params().items())
-        table.add_row(*(escape(s) for s in (name, params, task.kind, task.metric,
+        metric = " + ".join((task.metric, *task.extra_metrics))
+        table.add_row(*(escape(s) for s in (name, params, task.kind, metric,
                                               str(task.train_lengths), str(task.test_lengths))))
     console.print(table)
 
@@ -134,7 +135,8 @@ def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. `mod_arith(
         x, y, mask = task.sample(samples, n, _tasks.generator(seed, "train"))
     console.print(f"[bold]{escape(task.describe())}[/bold]: "
                   f"{escape(type(task).__doc__.strip().splitlines()[0])}")
-    console.print(f"kind={task.kind}, metric={task.metric}, train lengths {task.train_lengths}, "
+    console.print(f"kind={task.kind}, metric={' + '.join((task.metric, *task.extra_metrics))}, "
+                  f"train lengths {task.train_lengths}, "
                   f"test lengths {task.test_lengths}; showing length {n}", markup=False)
     for i in range(samples):
         console.print(f"[dim]sample {i}[/dim]")

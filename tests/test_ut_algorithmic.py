@@ -166,6 +166,15 @@ def test_the_records_carry_the_extra_metric(tmp_path):
         assert rec["metric"] == "accuracy" and 0 <= rec["sequence_accuracy"] <= rec["value"]
 
 
+def test_tasks_list_and_show_name_the_extra_metric():
+    from typer.testing import CliRunner
+
+    from rnnlab.cli import app
+    shown = CliRunner().invoke(app, ["tasks", "show", "addition", "--samples", "1"])
+    assert shown.exit_code == 0 and "metric=accuracy + sequence_accuracy" in shown.output
+    assert "= " in shown.output and "little-endian" in shown.output
+
+
 def test_the_algorithmic_preset_states_the_ut_table():
     cfg = preset("algorithmic")
     assert cfg.models == ["lstm", "transformer", "ut"]
