@@ -55,11 +55,13 @@ def test_other_config_in_the_same_directory_is_refused(tmp_path):
         run_arena(tiny(models=["gru"], tasks=["parity"], steps=7), tmp_path, quiet())
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("model_spec", ["gru", "ut(position_offset=30,max_steps=2)"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, model_spec):
     """A run stopped after step 5 (checkpoint at 4) and restarted ends where one straight run
-    ends: weights, optimizer moments and data streams are all restored."""
+    ends: weights, optimizer moments and data streams are all restored (and the UT's random
+    position offsets: their generator is a buffer)."""
     cfg = tiny(steps=8, early_stop=None)
-    model, (_, task) = spec.model("gru"), spec.task("parity")
+    model, (_, task) = spec.model(model_spec), spec.task("parity")
 
     class Killed(Exception):
         pass

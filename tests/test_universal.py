@@ -158,6 +158,7 @@ def test_sinusoid():
     (dict(vocab_size=0), "vocab_size"),
     (dict(block="published"), "block"),
     (dict(mixer="gru", block="published"), "'gru' has none"),
+    (dict(position_offset=-1), "position_offset must be an int >= 0, got -1"),
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
     args = dict(vocab_size=4, n_outputs=2, d_model=8)
@@ -166,3 +167,35 @@ def test_bad_arguments_name_themselves(kwargs, match):
         UniversalTransformer(**args)
     with pytest.raises(TypeError, match="act"):
         UniversalTransformer(4, 2, act=1)
+
+
+def test_random_position_offsets_shift_the_coordinates_in_training_only():
+    """With position_offset, a training forward equals one whose coordinates start at the drawn
+    offsets; eval starts every row at 0; the draws continue across a state_dict round trip."""
+    torch.manual_seed(0)
+    model = UniversalTransformer(6, 3, d_model=8, max_steps=2, heads=2, act=False,
+                                 position_offset=50)
+    x = torch.randint(0, 6, (1, 5)).expand(4, 5)  # four identical rows
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    offsets = model.offsets(4)
+    model.load_state_dict(saved)  # rewind the generator
+    y = model(x)  # (B, T, O), training mode: shifted positions
+    assert offsets.shape == (4, 1) and 0 <= int(offsets.min()) and int(offsets.max()) <= 50
+    other = int((offsets[:, 0] != offsets[0, 0]).nonzero()[0, 0])  # a row drawn elsewhere
+    assert not torch.allclose(y[0], y[other])
+    plain = UniversalTransformer(6, 3, d_model=8, max_steps=2, heads=2, act=False)
+    plain.load_state_dict({k: v for k, v in saved.items() if k != "offset_rng"})
+    shifted = plain.coordinates  # the same model, positions starting at the drawn offsets
+    plain.coordinates = lambda T, step, device=None, offset=None: shifted(T, step, device,
+                                                                          offsets)
+    torch.testing.assert_close(plain(x), y)
+    model.eval()
+    y_eval = model(x)
+    torch.testing.assert_close(y_eval[0], y_eval[3])  # no offsets in eval
+    plain.coordinates = shifted
+    torch.testing.assert_close(plain.eval()(x), y_eval)
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    after = model.offsets(4)
+    model.load_state_dict(state)
+    assert torch.equal(model.offsets(4), after)  # a resumed run draws the same offsets

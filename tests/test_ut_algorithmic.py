@@ -177,6 +177,8 @@ def test_tasks_list_and_show_name_the_extra_metric():
 
 def test_the_algorithmic_preset_states_the_ut_table():
     cfg = preset("algorithmic")
-    assert cfg.models == ["lstm", "transformer", "ut"]
-    assert cfg.expected[("ut", "reverse")] > cfg.expected[("lstm", "reverse")]
+    ut = "ut(position_offset=800)"  # the paper's UT: random position offsets in training
+    assert cfg.models == ["lstm", "transformer", ut, "ut"]
+    assert cfg.expected[(ut, "reverse")] > cfg.expected[("lstm", "reverse")]
+    assert spec.model(ut).options == {"position_offset": 800}
     assert "ut" in preset("full").models

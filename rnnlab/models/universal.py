@@ -62,14 +62,14 @@ KINDS = ("tokens", "real")
 
 
 def sinusoid(index: torch.Tensor, d_model: int) -> torch.Tensor:
-    """Sinusoidal embedding of ``index (T,)``: ``(T, D)``, sines then cosines over geometric
-    timescales from 1 to 10^4 (Vaswani et al.; t2t's ``get_timing_signal_1d``)."""
+    """Sinusoidal embedding of ``index (...)`` (e.g. ``(T,)``): ``(..., D)``, sines then cosines
+    over geometric timescales from 1 to 10^4 (Vaswani et al.; t2t's ``get_timing_signal_1d``)."""
     half = d_model // 2
     scale = math.log(1e4) / max(half - 1, 1)
     freqs = torch.exp(-scale * torch.arange(half, dtype=torch.float32, device=index.device))
-    angles = index.float()[:, None] * freqs  # (T, D/2)
-    signal = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (T, 2*(D/2))
-    return nn.functional.pad(signal, (0, d_model - 2 * half))  # (T, D), odd D pads one zero
+    angles = index.float()[..., None] * freqs  # (..., D/2)
+    signal = torch.cat([angles.sin(), angles.cos()], dim=-1)  # (..., 2*(D/2))
+    return nn.functional.pad(signal, (0, d_model - 2 * half))  # (..., D), odd D pads one zero
 
 
 class SharedBlock(ResidualBlock):
@@ -115,6 +115,11 @@ class UniversalTransformer(nn.Module):
         act_combine: ``"interpolate"`` (UT) or ``"sum"`` (Graves): how steps form the output.
         block: ``"default"`` (the cell as a ``Recurrent`` layer) or ``"published"`` (the cell
             family's published layer as the mixer).
+        position_offset: in training only, each sequence's positions start at a random offset
+            in ``[0, position_offset]`` (the UT paper's algorithmic tasks: "positions starting
+            with randomized offsets", so that positions beyond the train lengths have been
+            seen); 0 (default) never shifts. The offsets come from the model's own generator,
+            whose state is a buffer (``offset_rng``), so a checkpointed run resumes exactly.
         cell_kwargs: options of the cell (recurrent mixers only).
 
     After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
@@ -126,8 +131,10 @@ class UniversalTransformer(nn.Module):
                  mixer: str = ATTENTION, causal: bool = True, heads: Optional[int] = None,
                  act: bool = True, eps: float = 0.01, ponder_weight: float = 0.01,
                  halting_bias: float = 1.0, act_combine: str = "interpolate",
-                 kind: str = "tokens", engine="auto", block: str = "default", **cell_kwargs):
+                 kind: str = "tokens", engine="auto", block: str = "default",
+                 position_offset: int = 0, **cell_kwargs):
         super().__init__()
+        check_int("UniversalTransformer", "position_offset", position_offset, 0)
         self._check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
                     ponder_weight, halting_bias, act_combine, kind, cell_kwargs)
         check_block("UniversalTransformer", block, mixer)
@@ -144,6 +151,10 @@ class UniversalTransformer(nn.Module):
         self.n_updates: Optional[torch.Tensor] = None
         self.remainders: Optional[torch.Tensor] = None
         self.update_weights: Optional[torch.Tensor] = None
+        self.position_offset = position_offset
+        if position_offset:  # seeded from the global generator: torch.manual_seed fixes it
+            seed = int(torch.randint(0, 2 ** 62, (1,), device="cpu"))
+            self.register_buffer("offset_rng", torch.Generator().manual_seed(seed).get_state())
 
     @staticmethod
     def _check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
@@ -173,10 +184,25 @@ class UniversalTransformer(nn.Module):
         return SharedBlock(make_mixer(mixer, d_model, 4 if heads is None else heads, None, engine,
                                       cell_kwargs, causal=causal, block=block), d_model)
 
-    def coordinates(self, length: int, step: int, device=None) -> torch.Tensor:
-        """``P^step (T, D)``: sinusoidal position plus sinusoidal depth-step embedding."""
-        pos = sinusoid(torch.arange(length, device=device), self.d_model)  # (T, D)
-        return pos + sinusoid(torch.tensor([step], device=device), self.d_model)  # (T, D)
+    def coordinates(self, length: int, step: int, device=None,
+                    offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``P^step``: sinusoidal position plus sinusoidal depth-step embedding, ``(T, D)``, or
+        ``(B, T, D)`` with the positions of row b starting at ``offset (B, 1)``."""
+        index = torch.arange(length, device=device)  # (T,)
+        index = index if offset is None else offset + index  # (T,) or (B, T)
+        pos = sinusoid(index, self.d_model)  # (T, D) or (B, T, D)
+        return pos + sinusoid(torch.tensor([step], device=device), self.d_model)  # (1, D) added
+
+    def offsets(self, batch: int, device=None) -> Optional[torch.Tensor]:
+        """``(B, 1)`` random start positions in ``[0, position_offset]`` while training (None
+        otherwise); advances the generator kept in ``offset_rng``."""
+        if not (self.training and self.position_offset):
+            return None
+        gen = torch.Generator()
+        gen.set_state(self.offset_rng.cpu())
+        drawn = torch.randint(0, self.position_offset + 1, (batch, 1), generator=gen)
+        self.offset_rng.copy_(gen.get_state())
+        return drawn.to(device)
 
     def halting_probability(self, state: torch.Tensor) -> torch.Tensor:
         """``p = σ(w·state + b)``: ``(B, T, D) -> (B, T)``."""
@@ -193,8 +219,9 @@ class UniversalTransformer(nn.Module):
     def _fixed(self, h: torch.Tensor) -> torch.Tensor:
         """Exactly ``max_steps`` steps; the last state is the output."""
         B, T, _ = h.shape
+        offset = self.offsets(B, h.device)
         for step in range(1, self.max_steps + 1):
-            h = self.block(h + self.coordinates(T, step, h.device).to(h.dtype))  # (B, T, D)
+            h = self.block(h + self.coordinates(T, step, h.device, offset).to(h.dtype))
         self.ponder_cost = h.new_zeros(())
         self.n_updates = torch.full((B, T), self.max_steps, dtype=torch.long, device=h.device)
         self.remainders = h.new_zeros(B, T)
@@ -213,8 +240,9 @@ class UniversalTransformer(nn.Module):
         n = torch.zeros(B, T, dtype=torch.long, device=h.device)  # N
         out = torch.zeros_like(h)  # (B, T, D)
         weights = []
+        offset = self.offsets(B, h.device)
         for step in range(1, self.max_steps + 1):
-            x = h + self.coordinates(T, step, h.device).to(h.dtype)  # (B, T, D)
+            x = h + self.coordinates(T, step, h.device, offset).to(h.dtype)  # (B, T, D)
             p = self.halting_probability(x)  # (B, T)
             running = ~halted
             halt = running & ((hp + p >= theta) | (step == self.max_steps))
