@@ -158,12 +158,20 @@ def test_the_ponder_cost_is_in_the_training_loss(tmp_path):
 
 def test_the_records_carry_the_extra_metric(tmp_path):
     cfg = ArenaConfig(models=["gru", "ut(max_steps=2)"], tasks=["identity"], d_model=8,
-                      steps=2, batch=4, eval_examples=4, early_stop=None)
+                      steps=2, batch=4, eval_examples=4, early_stop=None,
+                      expected={("gru", "identity"): 0.5})
     run_arena(cfg, tmp_path, quiet())
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").open()]
     assert len(records) == 2 * 4
     for rec in records:
         assert rec["metric"] == "accuracy" and 0 <= rec["sequence_accuracy"] <= rec["value"]
+    report = (tmp_path / "results.md").read_text()  # a table per metric, the extra one after
+    assert report.index("### identity — accuracy") < report.index(
+        "### identity — sequence_accuracy")
+    main, extra = report.split("### identity — sequence_accuracy")
+    assert "| 0.500 |" in main and "0.500" not in extra  # expected values: the main metric's
+    assert (tmp_path / "plots" / "identity.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "identity_sequence_accuracy.png").stat().st_size > 0
 
 
 def test_tasks_list_and_show_name_the_extra_metric():

@@ -2,7 +2,9 @@
 
 Per task: one row per model, the metric at each test length (the first is the longest train
 length), the mean beyond training, and where the preset documents an expected outcome, that
-value and whether the run agrees with it within ``TOLERANCE``.
+value and whether the run agrees with it within ``TOLERANCE``. A task's extra metrics
+(``Task.extra_metrics``, carried in its records: ``sequence_accuracy``) get a table of their own
+after it, without expected values.
 """
 from __future__ import annotations
 
@@ -15,38 +17,53 @@ from typing import Dict, List, Optional, Tuple
 
 from rich.table import Table
 
+from ..tasks.metrics import METRICS
 from .config import ArenaConfig
 from .store import summary, write_atomic
 
 TOLERANCE = 0.1  # |measured - expected| that counts as a reproduction
 
 
+def _with_extras(records: List[dict]) -> List[dict]:
+    """Each record, followed by one per extra metric it carries, as if that were its metric."""
+    out = []
+    for r in records:
+        out.append(r)
+        out += [{**r, "metric": m, "value": r[m]} for m in METRICS if m in r and m != r["metric"]]
+    return out
+
+
 def task_tables(cfg: ArenaConfig, records: List[dict]) -> List[Tuple[str, str, List[int],
                                                                     List[list]]]:
-    """``[(task, metric, lengths, rows)]``; a row is ``[model, v@len..., beyond, expected, ok]``
-    with None where a value is missing (a run not finished yet)."""
-    means = summary(records, cfg.aggregate)
+    """``[(task, metric, lengths, rows)]``, the task's metric first, then its extra metrics; a
+    row is ``[model, v@len..., beyond, expected, ok]`` with None where a value is missing (a
+    run not finished yet) and no expected value for an extra metric."""
+    means = summary(_with_extras(records), cfg.aggregate)
     out = []
     for task in cfg.tasks:
-        keys = [k for k in means if k[1] == task]
-        if not keys:
-            continue
-        metric = keys[0][2]
-        lengths = sorted({n for k in keys for n in means[k]})
-        train_len = min(lengths)
-        rows = []
-        for model in cfg.models:
-            vals = means.get((model, task, metric))
-            if vals is None:
-                continue
-            beyond_lens = [n for n in lengths if n > train_len and n in vals]
-            beyond = (sum(vals[n] for n in beyond_lens) / len(beyond_lens)
-                      if beyond_lens else None)
-            expected = cfg.expected.get((model, task))
-            ok = None if expected is None or beyond is None else abs(beyond - expected) <= TOLERANCE
-            rows.append([model] + [vals.get(n) for n in lengths] + [beyond, expected, ok])
-        out.append((task, metric, lengths, rows))
+        metrics = list(dict.fromkeys(k[2] for k in means if k[1] == task))  # the task's first
+        out += [_table(cfg, means, task, metric, main=i == 0) for i, metric in enumerate(metrics)]
     return out
+
+
+def _table(cfg: ArenaConfig, means: dict, task: str, metric: str, main: bool):
+    """One ``task_tables`` entry (``main``: the task's own metric, the one with expected
+    values; with ``aggregate="best"`` each metric keeps its own best seed)."""
+    keys = [k for k in means if k[1] == task and k[2] == metric]
+    lengths = sorted({n for k in keys for n in means[k]})
+    train_len = min(lengths)
+    rows = []
+    for model in cfg.models:
+        vals = means.get((model, task, metric))
+        if vals is None:
+            continue
+        beyond_lens = [n for n in lengths if n > train_len and n in vals]
+        beyond = (sum(vals[n] for n in beyond_lens) / len(beyond_lens)
+                  if beyond_lens else None)
+        expected = cfg.expected.get((model, task)) if main else None
+        ok = None if expected is None or beyond is None else abs(beyond - expected) <= TOLERANCE
+        rows.append([model] + [vals.get(n) for n in lengths] + [beyond, expected, ok])
+    return task, metric, lengths, rows
 
 
 def _fmt(value) -> str:
@@ -151,12 +168,14 @@ def plot_name(task: str, taken: set) -> str:
 
 def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
               meta: Optional[Dict[str, str]] = None) -> None:
-    """results.md, plots/<task>.png and report.html (each written atomically)."""
+    """results.md, plots/<task>.png (an extra metric's: plots/<task>_<metric>.png) and
+    report.html (each written atomically)."""
     write_atomic(out / "results.md", markdown(cfg, records))
-    sections, names = [], set()
+    sections, names, seen = [], set(), set()
     for task, metric, lengths, rows in task_tables(cfg, records):
         png = plot_png(task, metric, lengths, rows)
-        name = plot_name(task, names)
+        name = plot_name(task if task not in seen else f"{task}_{metric}", names)  # extras
+        seen.add(task)
         names.add(name)
         write_atomic(out / "plots" / f"{name}.png", png)
         cells = "".join(f"<th>{html.escape(h)}</th>" for h in _header(lengths))
