@@ -35,9 +35,8 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 
 # --- commands -------------------------------------------------------------------------------
 @app.command()
-def arena(preset: str = typer.Option("quick", help="embedded preset: quick, state_tracking, "
-                                     "recall, selectivity, word_problems, jrt, algorithmic, "
-                                     "full"),
+def arena(preset: str = typer.Option("quick", help="embedded preset: quick, state_tracking, recall"
+                                     ", selectivity, word_problems, jrt, algorithmic, full"),
           models: Optional[str] = typer.Option(
               None, help="comma-separated model specs, e.g. `lstm,mamba[-1,1],deltanet(heads=2)` "
                          "[default: the preset's]", show_default=False),
@@ -47,9 +46,8 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
           seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. `0,1,2` "
                                                          "[default: the preset's]",
                                               show_default=False),
-          steps: Optional[int] = typer.Option(None, help="most training steps per run "
-                                                         "[default: the preset's]",
-                                              show_default=False),
+          steps: Optional[int] = typer.Option(
+              None, help="most training steps per run [default: the preset's]", show_default=False),
           out: Optional[str] = typer.Option(
               None, help="results directory [default: results/arena-PRESET]",
               show_default=False, metavar="<path>"),
@@ -109,8 +107,7 @@ def tasks_list() -> None:
     for name in _tasks.available():
         task = _tasks.get(name)
         params = ", ".join(f"{k}={v!r}" for k, v in task.params().items())
-        metric = " + ".join((task.metric, *task.extra_metrics))
-        table.add_row(*(escape(s) for s in (name, params, task.kind, metric,
+        table.add_row(*(escape(s) for s in (name, params, task.kind, " + ".join(task.metric_names),
                                               str(task.train_lengths), str(task.test_lengths))))
     console.print(table)
 
@@ -135,9 +132,9 @@ def tasks_show(name: str = typer.Argument(..., help="task spec, e.g. `mod_arith(
         x, y, mask = task.sample(samples, n, _tasks.generator(seed, "train"))
     console.print(f"[bold]{escape(task.describe())}[/bold]: "
                   f"{escape(type(task).__doc__.strip().splitlines()[0])}")
-    console.print(f"kind={task.kind}, metric={' + '.join((task.metric, *task.extra_metrics))}, "
-                  f"train lengths {task.train_lengths}, "
-                  f"test lengths {task.test_lengths}; showing length {n}", markup=False)
+    metric, lengths = " + ".join(task.metric_names), (task.train_lengths, task.test_lengths)
+    console.print(f"kind={task.kind}, metric={metric}, train lengths {lengths[0]}, test lengths "
+                  f"{lengths[1]}; showing length {n}", markup=False)
     for i in range(samples):
         console.print(f"[dim]sample {i}[/dim]")
         console.print(task.decode(x[i], y[i], mask[i]), markup=False, highlight=False)

@@ -125,6 +125,11 @@ class Task:
         """The task's metric on a batch of model outputs ``(B, T, n_outputs)``."""
         return metrics.compute(self.metric, outputs, targets, mask, chance=self.chance)
 
+    @property
+    def metric_names(self) -> Tuple[str, ...]:
+        """The task's metric, then its ``extra_metrics``."""
+        return (self.metric, *self.extra_metrics)
+
     def scores(self, outputs: torch.Tensor, targets: torch.Tensor,
                mask: torch.Tensor) -> Dict[str, float]:
         """``{metric: value}`` for the task's metric (``score``) and its ``extra_metrics``, on
