@@ -116,10 +116,10 @@ class UniversalTransformer(nn.Module):
         block: ``"default"`` (the cell as a ``Recurrent`` layer) or ``"published"`` (the cell
             family's published layer as the mixer).
         position_offset: in training only, each sequence's positions start at a random offset
-            in ``[0, position_offset]`` (the UT paper's algorithmic tasks: "positions starting
-            with randomized offsets", so that positions beyond the train lengths have been
-            seen); 0 (default) never shifts. The offsets come from the model's own generator,
-            whose state is a buffer (``offset_rng``), so a checkpointed run resumes exactly.
+            in ``[0, position_offset]`` (as the UT paper trains its algorithmic tasks, recalled
+            from the paper: so that positions beyond the train lengths have been seen); 0
+            (default) never shifts. The offsets come from the model's own generator, whose
+            state is a buffer (``offset_rng``), so a checkpointed run resumes exactly.
         cell_kwargs: options of the cell (recurrent mixers only).
 
     After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
