@@ -291,10 +291,9 @@ class Addition(Task):
         b = torch.where(pos < m - l1, digits.gather(1, (pos + l1).clamp(max=m - 1)), 0)
         total, size = self._add(a, b)  # (B, m) little-endian, (B, 1) digits of the sum
         inputs = torch.full((batch, length), END, dtype=torch.long)
-        here, before = (torch.cat([digits, digits[:, :1]], 1),  # (B, m + 1): digit p
-                        torch.cat([digits[:, :1], digits], 1))  # (B, m + 1): digit p - 1
-        inputs[:, :m + 1] = torch.where(torch.arange(m + 1) < l1, here, before)  # a, ?, b
-        inputs.scatter_(1, l1, PLUS)
+        step = torch.arange(m + 1)  # a's digits, "+" at step l1, then b's digits
+        inputs[:, :m + 1] = digits.gather(1, (step - (step > l1).long()).clamp(max=m - 1))
+        inputs.scatter_(1, l1, PLUS)  # step p > l1 shows digit p - 1; "+" overwrites step l1
         inputs[:, m + 1] = EQUALS
         out = torch.arange(m + 1).expand(batch, -1)  # (B, m + 1) output steps
         answer = torch.where(out < size, torch.cat([total, total[:, :1]], 1), END)
