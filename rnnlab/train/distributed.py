@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import gc
 import os
 import pickle
 from typing import Callable, ContextManager, Iterator, Optional, Tuple
@@ -96,11 +97,20 @@ def setup(device: torch.device) -> Tuple[World, torch.device]:
     return dataclasses.replace(world, device=device), device
 
 
-def teardown(world: World) -> None:
-    """Leave the process group ``setup`` joined (nothing for a single process)."""
+def teardown(world: World, finished: bool = True) -> None:
+    """Leave the process group ``setup`` joined (nothing for a single process). ``finished``:
+    every rank got here normally, so they can wait for each other first (after an error a peer
+    may never come, and waiting would hang the job)."""
     import torch.distributed as dist
-    if world.launched and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (world.launched and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()  # no rank closes its connections while a peer is still using them
+    # FSDP2's hooks form reference cycles that keep the gloo group (and its worker threads)
+    # alive until interpreter exit, where destroying it aborted 1 run in 10 on a loaded
+    # 2-core machine ("terminate called without an active exception"): free them now.
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def check_batch(batch: int, world: World, name: str = "--batch") -> None:

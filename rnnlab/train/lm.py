@@ -230,9 +230,12 @@ def run(cfg: LMConfig, console: Console) -> dict:
     device = check_config(cfg)
     world, device = distributed.setup(device)
     try:
-        return train(cfg, distributed.quiet(console, world), world, device)
-    finally:
-        distributed.teardown(world)
+        result = train(cfg, distributed.quiet(console, world), world, device)
+    except BaseException:
+        distributed.teardown(world, finished=False)
+        raise
+    distributed.teardown(world)
+    return result
 
 
 def train(cfg: LMConfig, console: Console, world: distributed.World,
