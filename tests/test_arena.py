@@ -55,6 +55,41 @@ def test_other_config_in_the_same_directory_is_refused(tmp_path):
         run_arena(tiny(models=["gru"], tasks=["parity"], steps=7), tmp_path, quiet())
 
 
+def test_a_results_directory_grows_by_models_tasks_and_seeds(tmp_path, monkeypatch):
+    """Adding a model, task or seed trains only the new runs; the earlier command's records
+    (also of tasks and seeds this command leaves out) are kept, and config.json and the
+    reports cover the union."""
+    first = run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
+    import rnnlab.arena.runs as runs
+    trained = []
+    real = runs.train_run
+    monkeypatch.setattr(runs, "train_run", lambda model, task, seed, *a, **k: trained.append(
+        (model.label, seed)) or real(model, task, seed, *a, **k))
+    grown = run_arena(tiny(models=["gru", "lstm"], tasks=["mqar"], seeds=[1]), tmp_path,
+                      quiet())
+    assert sorted(trained) == [("gru", 1), ("lstm", 1)]
+    assert grown[:len(first)] == first  # parity (not in this grid) is kept as it was
+    assert {(r["model"], r["task"], r["seed"]) for r in grown} == {
+        ("gru", "parity", 0), ("gru", "mqar", 1), ("lstm", "mqar", 1)}
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["models"], config["tasks"], config["seeds"]) == (
+        ["gru", "lstm"], ["parity", "mqar"], [0, 1])
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(grown)
+    markdown = (tmp_path / "results.md").read_text()
+    assert "parity" in markdown and "mqar" in markdown and "| lstm |" in markdown
+    trained.clear()  # the whole union grid now: its 5 missing runs are trained, no other
+    everything = run_arena(tiny(models=["lstm", "gru"], tasks=["mqar", "parity"], seeds=[0, 1]),
+                           tmp_path, quiet())
+    assert sorted(trained) == [("gru", 0), ("gru", 1), ("lstm", 0), ("lstm", 0), ("lstm", 1)]
+    assert len({(r["model"], r["task"], r["seed"]) for r in everything}) == 8
+
+
+def test_a_config_json_without_a_grid_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 6}))
+    with pytest.raises(ValueError, match="not an arena config.json"):
+        run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
+
+
 @pytest.mark.parametrize("model_spec", ["gru", "ut(position_offset=30,max_steps=2)"])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, model_spec):
     """A run stopped after step 5 (checkpoint at 4) and restarted ends where one straight run

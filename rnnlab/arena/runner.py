@@ -116,11 +116,12 @@ def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "cust
             if fresh:
                 store.clear(out)
             records = store.load_records(out, _warner(console))
-            store.check_config(out, cfg.training_fields(), bool(records))
+            grown = store.check_config(out, cfg.training_fields(), bool(records))
             if ours:  # temporary files of writers killed or out of disk; never sweep `--out ~`
                 remove_stale_temps(out)
             torch.set_num_threads(cfg.threads)
-            return _run_grid(cfg, models, tasks, out, console, preset, records, executor)
+            shown = dataclasses.replace(cfg, **grown)  # the reports show every run in `out`
+            return _run_grid(cfg, shown, models, tasks, out, console, preset, records, executor)
     except OSError as err:
         raise ArenaFailed(f"arena: cannot write {err.filename or f'in {out}'}: "
                           f"{err.strerror or err}; the finished runs are kept: fix this and run "
@@ -158,11 +159,17 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _run_grid(cfg, models, tasks, out, console, preset, records, executor) -> List[dict]:
+def _run_grid(cfg, shown, models, tasks, out, console, preset, records,
+              executor) -> List[dict]:
+    """Train the runs of ``cfg``'s grid not finished in ``records``; report those of ``shown``
+    (the grid of every command run into ``out``)."""
     grid = [(m, label, task, seed) for label, task in tasks for seed in cfg.seeds for m in models]
     lengths = {label: task.test_lengths for label, task in tasks}
     done = store.finished(records, lengths)
-    records = [r for r in records if (r["model"], r["task"], r["seed"]) in done]  # partial: again
+    # A run of this grid's tasks with only some lengths recorded runs again; the records of
+    # other tasks (an earlier command's) are kept as they are.
+    records = [r for r in records
+               if r["task"] not in lengths or (r["model"], r["task"], r["seed"]) in done]
     todo = [g for g in grid if (g[0].label, g[1], g[3]) not in done]
     console.print(f"arena: {len(grid)} runs ({len(models)} models × {len(tasks)} tasks × "
                   f"{len(cfg.seeds)} seeds), {len(grid) - len(todo)} already finished; "
@@ -170,8 +177,8 @@ def _run_grid(cfg, models, tasks, out, console, preset, records, executor) -> Li
     start = time.perf_counter()
     failed: List[str] = []
     try:
-        trained = _train(todo, len(grid), cfg, out, console, preset, records, failed, start,
-                         executor)
+        trained = _train(todo, len(grid), cfg, shown, out, console, preset, records, failed,
+                         start, executor)
     except KeyboardInterrupt:
         console.print(f"arena: interrupted; {len(store.finished(records, lengths))} of "
                       f"{len(grid)} runs are recorded in {out}; run the same command again to "
@@ -182,8 +189,8 @@ def _run_grid(cfg, models, tasks, out, console, preset, records, executor) -> Li
         for model, label, _, seed in todo:
             remove_stale_temps(runs.run_dir(out, model, label, seed))
     if not trained:  # the reports are rewritten after each run; else write them now
-        report.write_all(out, cfg, records, _meta(cfg, preset, start))
-    for table in report.rich_tables(cfg, records):
+        report.write_all(out, shown, records, _meta(shown, preset, start))
+    for table in report.rich_tables(shown, records):
         console.print(table)
     console.print(f"arena: {time.perf_counter() - start:.0f}s; wrote results.jsonl, results.csv, "
                   f"results.md, plots/, report.html in {out}")
@@ -194,7 +201,8 @@ def _run_grid(cfg, models, tasks, out, console, preset, records, executor) -> Li
     return records
 
 
-def _train(todo, n_grid, cfg, out, console, preset, records, failed, start, executor) -> int:
+def _train(todo, n_grid, cfg, shown, out, console, preset, records, failed, start,
+           executor) -> int:
     """Train ``todo`` with ``executor``, appending to ``records`` (saved after each run) and to
     ``failed`` (the runs that raised); returns how many runs were recorded."""
     trained = 0
@@ -214,7 +222,7 @@ def _train(todo, n_grid, cfg, out, console, preset, records, failed, start, exec
             records.extend(_records(model.label, task_label, task, seed, result, cfg,
                                     model.mixer, preset))
             store.save_records(out, records)
-            report.write_all(out, cfg, records, _meta(cfg, preset, start))
+            report.write_all(out, shown, records, _meta(shown, preset, start))
             trained += 1
             console.print(f"  {title}: {result['steps']} steps in {result['train_seconds']:.0f}s"
                           f"{' (early stop)' if result['stopped_early'] else ''}; "

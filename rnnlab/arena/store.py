@@ -78,28 +78,44 @@ def clear(out: Path) -> None:
                 path.unlink()
 
 
-def check_config(out: Path, training_fields: dict, has_records: bool) -> None:
-    """Tie ``out`` to a configuration: refuse to mix results of different ones."""
+GRID = ("models", "tasks", "seeds")  # each run depends on its own cell only: may grow
+
+
+def check_config(out: Path, training_fields: dict, has_records: bool) -> dict:
+    """Tie ``out`` to a configuration: refuse to mix results of different ones. The grid
+    (``GRID``) may differ: a results directory grows by the runs of each command, and
+    config.json records the union. Returns that union, ``{"models": [...], ...}``."""
     path = out / "config.json"
     fields = json.loads(json.dumps(training_fields))  # as it reads back (tuples -> lists)
-    if not path.exists():
-        if has_records:
-            raise ValueError(f"--out: {path.parent}/results.jsonl has records but there is no "
-                             f"config.json saying what produced them; use --fresh to start "
+    old = None
+    if path.exists():
+        try:
+            old = json.loads(path.read_bytes())
+        except ValueError:
+            pass
+        if not isinstance(old, dict):
+            raise ValueError(f"--out: {path} is not a JSON object (a torn write, or another "
+                             f"program's file?); use --fresh to start over, or choose another "
+                             f"--out")
+        if not all(isinstance(old.get(k), list) for k in GRID):
+            raise ValueError(f"--out: {path} is not an arena config.json (expected the lists "
+                             f"{list(GRID)}, got keys {sorted(old)}); use --fresh to start "
                              f"over, or choose another --out")
-        write_atomic(path, json.dumps(training_fields, indent=1, sort_keys=True))
-        return
-    try:
-        old = json.loads(path.read_bytes())
-    except ValueError:
-        old = None
-    if not isinstance(old, dict):
-        raise ValueError(f"--out: {path} is not a JSON object (a torn write, or another "
-                         f"program's file?); use --fresh to start over, or choose another --out")
-    if old != fields:
-        changed = sorted(k for k in set(old) | set(fields) if old.get(k) != fields.get(k))
-        raise ValueError(f"--out: {out} holds results of a different configuration "
-                         f"(differs in {changed}); choose another --out or delete it")
+    elif has_records:
+        raise ValueError(f"--out: {path.parent}/results.jsonl has records but there is no "
+                         f"config.json saying what produced them; use --fresh to start "
+                         f"over, or choose another --out")
+    merged = dict(fields)
+    if old is not None:
+        changed = sorted(k for k in (set(old) | set(fields)) - set(GRID)
+                         if old.get(k) != fields.get(k))
+        if changed:
+            raise ValueError(f"--out: {out} holds results of a different configuration "
+                             f"(differs in {changed}); choose another --out or delete it")
+        merged.update({k: list(dict.fromkeys(old[k] + fields[k])) for k in GRID})
+    if merged != old:
+        write_atomic(path, json.dumps(merged, indent=1, sort_keys=True))
+    return {k: merged[k] for k in GRID}
 
 
 def load_records(out: Path, warn: Callable[[str], None]) -> List[dict]:
