@@ -7,7 +7,7 @@ from rich.console import Console
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from rnnlab.arena import ArenaConfig, preset, run_arena, spec
+from rnnlab.arena import ArenaConfig, preset, report, run_arena, spec
 from rnnlab.arena.runner import _resolve
 from rnnlab.arena.train import run_ids, train_run
 from rnnlab.cli import app
@@ -133,6 +133,36 @@ def test_specs():
     with pytest.raises(ValueError, match="key=value"):
         spec.task("parity(all)")
     assert run_ids(["mamba[-1,1]", "parity", "0"]).startswith("mamba_-1_1_")
+
+
+def test_a_models_own_lr_runs_as_the_arena_lr_would(tmp_path):
+    """``gru(lr=X)`` in an arena at lr Y is the run of ``gru`` at lr X (weights and scores),
+    is its own row, and is held to ``gru``'s expected value."""
+    own = train_run(spec.model("gru(lr=0.01)"), spec.task("parity")[1], 0,
+                    tiny(steps=6, lr=3e-3, early_stop=None), tmp_path / "own")
+    arena = train_run(spec.model("gru"), spec.task("parity")[1], 0,
+                      tiny(steps=6, lr=0.01, early_stop=None), tmp_path / "arena")
+    other = train_run(spec.model("gru"), spec.task("parity")[1], 0,
+                      tiny(steps=6, lr=3e-3, early_stop=None), tmp_path / "other")
+    a = load_file(str(tmp_path / "own" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "arena" / "checkpoint.safetensors"))
+    c = load_file(str(tmp_path / "other" / "checkpoint.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and own["scores"] == arena["scores"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the lr did reach the optimizer
+    assert spec.without_lr("gla(heads=2, lr=3e-3)") == "gla(heads=2)"
+    assert spec.without_lr("mamba[-1,1](lr=1e-3)") == "mamba[-1,1]"
+    records = run_arena(tiny(models=["gru", "gru(lr=0.01)"], tasks=["parity"]), tmp_path / "r",
+                        quiet())
+    assert {r["model"] for r in records} == {"gru", "gru(lr=0.01)"}
+    assert "| gru(lr=0.01) |" in (tmp_path / "r" / "results.md").read_text()
+    rows = {row[0]: row for *_, rows in report.task_tables(tiny(models=["gru", "gru(lr=0.01)"],
+                                                                  tasks=["parity"]), records)
+            for row in rows}
+    assert rows["gru(lr=0.01)"][-2] == rows["gru"][-2] == 1.0  # the expected column
+    for bad, kind in (("gru(lr=0)", ValueError), ("gru(lr=2)", ValueError),
+                      ("gru(lr=fast)", TypeError)):
+        with pytest.raises(kind, match=r"--models: .*lr must be in \(0, 1\]"):
+            spec.model(bad)
 
 
 def test_presets_resolve():

@@ -8,6 +8,8 @@ family's published block (``block="published"``: Mamba's conv and gate, DeltaNet
 norms, ...); ``block=default`` / ``block=published`` in a spec's options picks either.
 ``ut`` is the Universal Transformer (``models.universal``: one shared attention block, repeated in
 depth with ACT), with its options (``ut(max_steps=8,act=false)``).
+``lr=...`` sets one model's learning rate (any model: ``gla(lr=3e-3)``): each family has its
+own best rate, so a fair comparison sweeps it per model (Zoology's protocol), row by row.
 ``prefix=true`` runs the cells in prefix mode (JRT-RNN, ``nn/prefix.py``: ``gla(prefix=true)``,
 ``mamba2[-1,1](prefix=true)``), on tasks that give a context prefix (``Task.prefix``).
 Lists are comma-separated; commas inside brackets or parentheses belong to the spec.
@@ -17,11 +19,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from .. import cells, tasks
 from ..cells.registry import check_options, option_types
-from ..checks import check_bool, check_choice, did_you_mean
+from ..checks import check_bool, check_choice, check_number, did_you_mean
 from ..models.attention import CausalSelfAttention
 from ..models.block import ATTENTION, BLOCKS, check_block, check_mixer
 from ..models.universal import UniversalTransformer
@@ -130,14 +132,17 @@ class ModelSpec:
     block: str = "default"  # "default" or "published" (models.block.make_block)
     prefix: bool = False  # prefix mode: the task's context read non-causally (nn/prefix.py)
     universal: bool = False  # a UniversalTransformer (options: its own), not a SequenceModel
+    lr: Optional[float] = None  # this model's AdamW learning rate (None: the arena's ``lr``)
 
 
 def model(spec: str) -> ModelSpec:
     """Resolve a model spec (see module docstring); unknown names raise listing the known ones
     and the closest, options are checked against the mixer's signature (names and types)."""
     name, options = parse(spec, "--models")
+    lr = options.pop("lr", None)
+    check_number(f"--models: {spec!r}", "lr", lr, 0, 1, low_open=True, optional=True)
     if name == UNIVERSAL:
-        return _universal(spec, options)
+        return dataclasses.replace(_universal(spec, options), lr=lr)
     check_mixer(None, "--models", name, attention=False, aliases=[*ALIASES, UNIVERSAL],
                 noun="model")
     mixer, preset, block = ALIASES.get(name, (name, {}, "default"))
@@ -156,7 +161,18 @@ def model(spec: str) -> ModelSpec:
     else:
         fixed = LAYER_FIXED if block == "published" else CELL_FIXED
         options = typed("--models", spec, cells.registry.constructor(mixer), options, fixed)
-    return ModelSpec(spec.strip(), mixer, {**preset, **options}, block, prefix)
+    return ModelSpec(spec.strip(), mixer, {**preset, **options}, block, prefix, lr=lr)
+
+
+def without_lr(label: str) -> str:
+    """A model label with its ``lr=`` option left out (``"gla(heads=2,lr=3e-3)"`` ->
+    ``"gla(heads=2)"``): the model a preset's expected value names."""
+    match = _SPEC.match(label)
+    if not match or match.group(2) is None:
+        return label
+    kept = [item for item in split_list(match.group(2))
+            if item.partition("=")[0].strip() != "lr"]
+    return match.group(1) + (f"({','.join(kept)})" if kept else "")
 
 
 def _universal(spec: str, options: dict) -> ModelSpec:

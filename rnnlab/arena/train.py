@@ -52,9 +52,10 @@ def outputs(model: SequenceModel, task: _tasks.Task, x: torch.Tensor) -> torch.T
     return model(x, prefix=task.prefix(x)) if getattr(model, "prefix", False) else model(x)
 
 
-def learning_rate(cfg: ArenaConfig, step: int) -> float:
-    """Linear warm-up over the first 5% of steps, then cosine decay to 10% of ``lr``."""
-    return lr_at(cfg.lr, step, cfg.steps)
+def learning_rate(cfg: ArenaConfig, step: int, peak: Optional[float] = None) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 10% of the peak
+    (``peak``: a model's own ``lr``; default the arena's ``cfg.lr``)."""
+    return lr_at(cfg.lr if peak is None else peak, step, cfg.steps)
 
 
 def ponder_cost(model: torch.nn.Module) -> Optional[torch.Tensor]:
@@ -98,7 +99,8 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     """
     torch.manual_seed(seed)
     model = build_model(spec, task, cfg).to(cfg.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr if spec.lr is None else spec.lr,
+                            weight_decay=cfg.weight_decay)
     gens = {"data": _tasks.generator(seed, "train"),
             "length": torch.Generator().manual_seed(1_000_003 * (seed + 1)),
             "val": torch.Generator().manual_seed(2_000_003 * (seed + 1))}
@@ -119,7 +121,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
         if not torch.isfinite(loss):
             raise FloatingPointError(f"arena: {spec.label} on {task.name} (seed {seed}) hit a "
                                      f"non-finite loss at step {step}")
-        optimizer_step(model, opt, loss, learning_rate(cfg, step), cfg.clip)
+        optimizer_step(model, opt, loss, learning_rate(cfg, step, spec.lr), cfg.clip)
         step += 1
         val = None
         if step % cfg.eval_every == 0 and cfg.early_stop is not None:
