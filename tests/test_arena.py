@@ -142,8 +142,8 @@ def test_a_models_own_lr_runs_as_the_arena_lr_would(tmp_path):
                     tiny(steps=6, lr=3e-3, early_stop=None), tmp_path / "own")
     arena = train_run(spec.model("gru"), spec.task("parity")[1], 0,
                       tiny(steps=6, lr=0.01, early_stop=None), tmp_path / "arena")
-    other = train_run(spec.model("gru"), spec.task("parity")[1], 0,
-                      tiny(steps=6, lr=3e-3, early_stop=None), tmp_path / "other")
+    train_run(spec.model("gru"), spec.task("parity")[1], 0,
+              tiny(steps=6, lr=3e-3, early_stop=None), tmp_path / "other")
     a = load_file(str(tmp_path / "own" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "arena" / "checkpoint.safetensors"))
     c = load_file(str(tmp_path / "other" / "checkpoint.safetensors"))
