@@ -153,7 +153,7 @@ def test_a_models_own_lr_runs_as_the_arena_lr_would(tmp_path):
     assert spec.without_lr("mamba[-1,1](lr=1e-3)") == "mamba[-1,1]"
     records = run_arena(tiny(models=["gru", "gru(lr=0.01)"], tasks=["parity"]), tmp_path / "r",
                         quiet())
-    assert {r["model"] for r in records} == {"gru", "gru(lr=0.01)"}
+    assert {(r["model"], r["lr"]) for r in records} == {("gru", 3e-3), ("gru(lr=0.01)", 0.01)}
     assert "| gru(lr=0.01) |" in (tmp_path / "r" / "results.md").read_text()
     rows = {row[0]: row for *_, rows in report.task_tables(tiny(models=["gru", "gru(lr=0.01)"],
                                                                   tasks=["parity"]), records)

@@ -75,14 +75,15 @@ class LocalExecutor:
         pass
 
 
-def _records(model: str, task_label: str, task, seed: int, result: dict, cfg: ArenaConfig,
-             mixer: str, preset: str) -> List[dict]:
-    base = {"model": model, "task": task_label, "seed": seed, "metric": task.metric,
+def _records(model: spec.ModelSpec, task_label: str, task, seed: int, result: dict,
+             cfg: ArenaConfig, preset: str) -> List[dict]:
+    base = {"model": model.label, "task": task_label, "seed": seed, "metric": task.metric,
             "train_length": task.train_lengths[1], "steps": result["steps"],
             "stopped_early": result["stopped_early"], "train_seconds": result["train_seconds"],
             "eval_seconds": result["eval_seconds"], "parameters": result["parameters"],
-            "engine": result["engine"], "mixer": mixer, "d_model": cfg.d_model,
-            "n_layers": cfg.n_layers, "preset": preset, "rnnlab_version": __version__,
+            "engine": result["engine"], "mixer": model.mixer, "d_model": cfg.d_model,
+            "n_layers": cfg.n_layers, "lr": cfg.lr if model.lr is None else model.lr,
+            "preset": preset, "rnnlab_version": __version__,
             "torch_version": torch.__version__,
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
@@ -219,8 +220,7 @@ def _train(todo, n_grid, cfg, shown, out, console, preset, records, failed, star
                 console.print(f"  {escape(title)}: [red]failed[/red]: {escape(error)}",
                               soft_wrap=True)
                 continue
-            records.extend(_records(model.label, task_label, task, seed, result, cfg,
-                                    model.mixer, preset))
+            records.extend(_records(model, task_label, task, seed, result, cfg, preset))
             store.save_records(out, records)
             report.write_all(out, shown, records, _meta(shown, preset, start))
             trained += 1

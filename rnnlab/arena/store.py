@@ -30,7 +30,7 @@ from ..tools.files import LOCK_NAME, TEMP_SUFFIX, write_atomic
 
 FIELDS = ["model", "task", "seed", "length", "metric", "value", "train_length", "steps",
           "stopped_early", "train_seconds", "eval_seconds", "parameters", "engine", "mixer",
-          "d_model", "n_layers", "preset", "rnnlab_version", "torch_version", "finished_at"]
+          "d_model", "n_layers", "lr", "preset", "rnnlab_version", "torch_version", "finished_at"]
 # what a line of results.jsonl must hold for the tables: field -> accepted types
 # (int: not a bool; float: any real number but a bool, as ``rnnlab.checks`` counts them)
 REQUIRED = {"model": str, "task": str, "seed": int, "length": int, "metric": str, "value": float}
