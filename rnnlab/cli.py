@@ -84,9 +84,6 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
                          steps=steps, device=device, threads=threads,
                          jobs=jobs or min(4, os.cpu_count() or 1))
         cfg = arena_config.preset(preset, **overrides)
-        if models is not None or tasks is not None:  # expectations belong to the preset's grid
-            cfg.expected = {k: v for k, v in cfg.expected.items()
-                            if k[0] in cfg.models and k[1] in cfg.tasks}
         path = checks.path(out, "--out") if out is not None else Path("results") / f"arena-{preset}"
         execute = arena_executor(executor, address)
         run_arena(cfg, path, console, preset=preset, fresh=fresh, executor=execute)

@@ -1,5 +1,6 @@
 """The arena end to end on a tiny grid: files, records, resume, exact continuation, errors."""
 import json
+import re
 
 import pytest
 import torch
@@ -196,6 +197,19 @@ def test_cli_arena_and_tasks_show(tmp_path):
     assert shown.exit_code == 0 and "sample 1" in shown.output
     listed = runner.invoke(app, ["tasks", "list"])
     assert listed.exit_code == 0 and "mqar" in listed.output
+
+
+def test_cli_grown_directory_keeps_every_rows_expected_value(tmp_path):
+    """Two preset commands with one model each into one --out: the table shows both rows, each
+    with the preset's expected value (not only the last command's model)."""
+    out = str(tmp_path / "res")
+    for model in ("lstm", "transformer"):
+        result = CliRunner().invoke(app, ["arena", "--preset", "quick", "--models", model,
+                                          "--steps", "1", "--jobs", "1", "--out", out])
+        assert result.exit_code == 0, result.output
+    table = (tmp_path / "res" / "results.md").read_text()
+    assert re.search(r"\| lstm \|.*\| 1\.000 \|", table), table
+    assert re.search(r"\| transformer \|.*\| 0\.022 \|", table), table
 
 
 def test_a_bad_model_option_writes_nothing_and_the_corrected_command_runs(tmp_path):
