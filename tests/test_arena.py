@@ -238,6 +238,25 @@ def test_seed_aggregation():
         summary(recs, "median")
 
 
+def test_agreement_is_read_beyond_training_or_at_the_train_length_if_that_is_all():
+    """Expected values are held to the mean beyond the train length; a task tested only at its
+    train length (the DLR tasks, defined relative to L) is held to that value instead."""
+    assert spec.task("dlr_shift")[1].test_lengths == (64,)
+    recs = [dict(model=m, task=t, metric="accuracy", seed=0, length=n, value=v)
+            for m, t, vals in (("a", "long", {10: 1.0, 20: 0.5, 40: 0.3}),
+                               ("b", "long", {10: 0.95}), ("a", "short", {10: 0.95}),
+                               ("b", "short", {10: 0.5}))
+            for n, v in vals.items()]
+    cfg = ArenaConfig(models=["a", "b"], tasks=["long", "short"],
+                      expected={(m, t): 1.0 for m in "ab" for t in ("long", "short")})
+    rows = {(task, row[0]): row for task, _, _, rows in report.task_tables(cfg, recs)
+            for row in rows}
+    assert rows["long", "a"][-3:] == [0.4, 1.0, False]  # 1.0 at the train length is not enough
+    assert rows["long", "b"][-3:] == [None, 1.0, None]  # not tested beyond yet: no verdict
+    assert rows["short", "a"][-3:] == [None, 1.0, True]
+    assert rows["short", "b"][-3:] == [None, 1.0, False]
+
+
 def test_parallel_jobs_give_the_serial_results(tmp_path):
     cfg = dict(models=["gru", "mamba[-1,1]"], tasks=["parity"], seeds=[0, 1])
     serial = run_arena(tiny(**cfg), tmp_path / "serial", quiet())
