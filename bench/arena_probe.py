@@ -45,9 +45,14 @@ def main() -> None:
         object.__setattr__(task, "test_lengths", (args.train_max, 2 * args.train_max))
     run = args.out / f"{args.model}-{args.task}-{args.steps}-{args.seed}-{time.time_ns()}"
 
+    window = []  # the losses since the last print: one batch's loss depends on its length
+
     def show(step, loss, val):
+        window.append(loss)
         if step % args.every == 0:
-            print(f"step {step}: loss {loss:.3f}", flush=True)
+            print(f"step {step}: loss {sum(window) / len(window):.3f} (mean of the last "
+                  f"{len(window)} steps)", flush=True)
+            window.clear()
     start = time.perf_counter()
     result = train_run(spec.model(args.model), task, args.seed, cfg, run, show)
     print(json.dumps({"model": args.model, "task": args.task, "steps": args.steps,

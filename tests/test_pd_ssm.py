@@ -189,8 +189,30 @@ def test_cell_transition_is_permutation_diagonal(complex_):
     assert not nonzero[:7, 7:].any() and not nonzero[7:, :7].any()  # heads do not mix
 
 
+@pytest.mark.parametrize("complex_", [False, True])
+def test_one_hot_start_is_e0_in_every_head_on_every_engine(complex_):
+    """start="one_hot" (the paper's automaton start state): init_state is e_0 per head, and a run
+    without an initial state equals a zero-start cell's run given e_0 explicitly, on both
+    engines."""
+    options = dict(state_size=6, heads=2, complex=complex_)
+    torch.manual_seed(0)
+    cell = rnnlab.cells.get("pd_ssm", 5, 9, start="one_hot", **options)
+    h = cell.init_state(3)
+    assert h.shape == (3, 2, 6) and h.is_complex() == complex_
+    assert (h[..., 0] == 1).all() and (h[..., 1:] == 0).all()
+    plain = rnnlab.cells.get("pd_ssm", 5, 9, **options)
+    plain.load_state_dict(cell.state_dict())
+    x = torch.randn(3, 11, 5)
+    want, _ = rnnlab.Recurrent(plain, engine="sequential")(x, h)
+    for engine in ("sequential", "scan"):
+        got, _ = rnnlab.Recurrent(cell, engine=engine)(x)
+        assert_close(got, want, what=f"{engine} from the one-hot start")
+    assert "start=one_hot" in repr(cell)
+
+
 @pytest.mark.parametrize("option, value", [("state_size", 0), ("heads", 0),
-                                           ("dictionary_size", -1), ("confidence", 1.5)])
+                                           ("dictionary_size", -1), ("confidence", 1.5),
+                                           ("start", "ones")])
 def test_cell_refuses_bad_options_naming_them(option, value):
     with pytest.raises(ValueError, match=rf"{option}.*{value!r}"):
         rnnlab.cells.get("pd_ssm", 4, 8, **{option: value})

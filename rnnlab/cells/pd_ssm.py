@@ -41,6 +41,7 @@ from .options import check_range
 from .registry import register
 
 ESTIMATORS = ("exact", "straight_through")
+STARTS = ("zero", "one_hot")
 
 
 def _first_order(a, b):
@@ -73,6 +74,8 @@ class PDSSM(MonoidCell):
         estimator: the hardmax's gradient, "exact" or "straight_through" (see the module).
         confidence: gamma in [0, 1], the power of the chosen entry's softmax probability in |A|
             (``estimator="exact"`` only).
+        start: the state before the first step, ``"zero"`` or ``"one_hot"`` (e_0 in every head,
+            the paper's): an automaton's start state, which the transitions then move around.
 
     Paper: Terzić, Hersche, Camposampiero, Hofmann, Sebastian, Rahimi, "Structured Sparse
     Transition Matrices to Enable State Tracking in State-Space Models", NeurIPS 2025,
@@ -92,7 +95,7 @@ class PDSSM(MonoidCell):
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16, heads: int = 4,
                  dictionary_size: int = 8, complex: bool = False, estimator: str = "exact",
-                 confidence: float = 0.25, device=None, dtype=None):
+                 confidence: float = 0.25, start: str = "zero", device=None, dtype=None):
         super().__init__(input_size, hidden_size)
         owner = type(self).__name__
         check_range(owner, "state_size", state_size, 1)
@@ -100,6 +103,8 @@ class PDSSM(MonoidCell):
         check_range(owner, "dictionary_size", dictionary_size, 1)
         check_choice(owner, "estimator", estimator, ESTIMATORS)
         check_range(owner, "confidence", confidence, 0.0, 1.0)
+        check_choice(owner, "start", start, STARTS)
+        self.start = start
         self.straight = estimator == "straight_through"
         if self.straight:
             # Carrying E makes a combine O(N^2) and the scan measured ~2x slower than the loop
@@ -111,8 +116,10 @@ class PDSSM(MonoidCell):
         kw = dict(device=device, dtype=dtype)
         parts = 4 if complex else 2  # magnitude, (phase), b (real, imaginary)
         self.proj = nn.Linear(input_size, heads * (dictionary_size + parts * state_size), **kw)
+        # Scores of std 1/sqrt(N), as the paper's: the row softmax starts near uniform, where its
+        # (straight-through) gradient is largest; std 1 starts it saturated.
         self.dictionary = nn.Parameter(torch.randn(heads, dictionary_size, state_size,
-                                                   state_size, **kw))
+                                                   state_size, **kw) / state_size ** 0.5)
         self.out = nn.Linear(heads * state_size * (2 if complex else 1), hidden_size, bias=False,
                              **kw)
         with torch.no_grad():  # start with long memory: |d| = sigmoid(3) ~ 0.95
@@ -124,7 +131,10 @@ class PDSSM(MonoidCell):
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32, device=None):
         if self.complex:
             dtype = torch.promote_types(dtype, torch.complex64)
-        return torch.zeros(batch, self.heads, self.N, dtype=dtype, device=device)
+        h = torch.zeros(batch, self.heads, self.N, dtype=dtype, device=device)
+        if self.start == "one_hot":
+            h[..., 0] = 1
+        return h
 
     def project(self, x):
         return self.proj(x)  # (B, T, D) -> (B, T, P)
@@ -179,4 +189,5 @@ class PDSSM(MonoidCell):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, state_size={self.N}, heads={self.heads}, "
                 f"dictionary_size={self.K}, complex={self.complex}, "
-                f"estimator={'straight_through' if self.straight else 'exact'}")
+                f"estimator={'straight_through' if self.straight else 'exact'}, "
+                f"start={self.start}")

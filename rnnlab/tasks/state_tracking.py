@@ -147,6 +147,16 @@ class ModArith(Task):
 
 # --- word_problem ---------------------------------------------------------------------------
 GROUPS = {"S3": (3, False), "A4": (4, True), "A5": (5, True), "S5": (5, False)}
+# Two elements that generate each group (p[i] = image of i): a word over them is a path in the
+# group's Cayley graph, the automaton form of PD-SSM (Terzić et al. 2025). Barrington: the word
+# problem of a non-solvable group over any fixed generating set is still NC¹-complete.
+GENERATORS = {
+    "S3": [(1, 0, 2), (1, 2, 0)],  # (01), (012)
+    "A4": [(1, 2, 0, 3), (1, 0, 3, 2)],  # (012), (01)(23)
+    "A5": [(1, 2, 3, 4, 0), (1, 2, 0, 3, 4)],  # (01234), (012)
+    "S5": [(1, 0, 2, 3, 4), (1, 2, 3, 4, 0)],  # (01), (01234)
+}
+TOKENS = ("elements", "generators")
 
 
 def _is_even(perm: Tuple[int, ...]) -> bool:
@@ -193,12 +203,15 @@ class WordProblem(Task):
     Merrill, Petty & Sabharwal (ICML'24); DeltaProduct. Tokens are group elements and
     ``(a·b)(i) = a(b(i))``.
 
-    Tokens and classes index ``group_elements(group)``, the group's permutations in
-    lexicographic order (identity first). Every position is scored. S3 and A4 are solvable; A5
-    and S5 are not, which makes their word problems NC¹-complete.
+    Classes index ``group_elements(group)``, the group's permutations in lexicographic order
+    (identity first). Tokens are those elements (``tokens="elements"``, Merrill et al.'s form), or
+    two generators of the group (``tokens="generators"``, ``GENERATORS``: PD-SSM's automaton form,
+    where a model learns two transitions instead of |G|). Every position is scored. S3 and A4 are
+    solvable; A5 and S5 are not, which makes their word problems NC¹-complete in either form.
     """
 
     group: str = "S5"  # "S3", "A4", "A5" or "S5"
+    tokens: str = "elements"  # "elements" or "generators"
 
     name = "word_problem"
     train_lengths = (16, 32)
@@ -206,15 +219,27 @@ class WordProblem(Task):
 
     def __post_init__(self):
         check_choice(self.name, "group", self.group, tuple(GROUPS))
+        check_choice(self.name, "tokens", self.tokens, TOKENS)
+
+    def _token_elements(self) -> List[int]:
+        """The element index of each token."""
+        elems = group_elements(self.group)
+        if self.tokens == "elements":
+            return list(range(len(elems)))
+        return [elems.index(g) for g in GENERATORS[self.group]]
 
     @property
     def vocab_size(self) -> int:
+        return len(self._token_elements())
+
+    @property
+    def n_outputs(self) -> int:
         return len(group_elements(self.group))
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Running products ``(B, T)`` by a Hillis–Steele scan over the product table."""
-        table, size = _product_table(self.group), self.vocab_size
-        prod, step = inputs.clone(), 1
+        table, size = _product_table(self.group), self.n_outputs
+        prod, step = torch.tensor(self._token_elements())[inputs], 1  # tokens -> elements
         while step < inputs.shape[1]:
             combined = table[prod[:, :-step] * size + prod[:, step:]]  # earlier · later
             prod = torch.cat([prod[:, :step], combined], dim=1)
@@ -227,8 +252,8 @@ class WordProblem(Task):
         return inputs, self.label(inputs), mask
 
     def decode(self, inputs, targets, mask) -> str:
-        elems = group_elements(self.group)
-        rows = [f"{_cycles(elems[x]):>12} → {_cycles(elems[y])}"
+        elems, token = group_elements(self.group), self._token_elements()
+        rows = [f"{_cycles(elems[token[x]]):>12} → {_cycles(elems[y])}"
                 for x, y in zip(inputs.tolist(), targets.tolist())]
         return "\n".join(rows)
 

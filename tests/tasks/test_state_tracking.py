@@ -138,12 +138,50 @@ def test_word_problem_matches_explicit_composition(group):
                 assert elems[label] == prod
 
 
+@pytest.mark.parametrize("group", ["S3", "A4", "A5", "S5"])
+def test_word_problem_generators_generate_the_group(group):
+    # The closure of the two generators under composition is the whole group.
+    elems = st.group_elements(group)
+    gens = st.GENERATORS[group]
+    reached, frontier = {elems[0]}, [elems[0]]
+    while frontier:
+        frontier = [compose(p, g) for p in frontier for g in gens
+                    if compose(p, g) not in reached]
+        reached.update(frontier)
+    assert reached == set(elems)
+    task = tasks.get("word_problem", group=group, tokens="generators")
+    assert task.vocab_size == 2 and task.n_outputs == len(elems)
+    assert task.chance == 1 / len(elems)
+    x, y, mask = task.sample(5, 60, tasks.generator(0, "test"))
+    assert x.max() <= 1 and mask.all()
+    for row, labels in zip(x.tolist(), y.tolist()):
+        prod = elems[0]
+        for token, label in zip(row, labels):
+            prod = compose(prod, gens[token])
+            assert elems[label] == prod
+
+
+def test_word_problem_generators_hand_checked():
+    # A5 by (01234) (token 0) and (012) (token 1): (01234)^5 = e, and (01234)(012) maps
+    # 0 -> 1 -> 2, 1 -> 2 -> 3, 2 -> 0 -> 1, 3 -> 4, 4 -> 0: (1, 2, 3, 4, 0)∘(1, 2, 0, 3, 4).
+    task = tasks.get("word_problem", group="A5", tokens="generators")
+    elems = st.group_elements("A5")
+    y = task.label(torch.tensor([[0, 0, 0, 0, 0], [0, 1, 1, 1, 0]]))
+    assert y[0, -1] == 0 and elems[y[0, 0]] == (1, 2, 3, 4, 0)
+    assert elems[y[1, 1]] == (2, 3, 1, 4, 0)
+    assert elems[y[1, 3]] == (1, 2, 3, 4, 0)  # (012)^3 = e
+    text = task.decode(torch.tensor([1]), y[1, :1], torch.ones(1, dtype=bool))
+    assert text.split() == ["(012)", "→", "(01234)"]
+
+
 def test_word_problem_decode_and_errors():
     task = tasks.get("word_problem", group="S3")
     text = task.decode(torch.tensor([1, 2]), torch.tensor([1, 4]), torch.ones(2, dtype=bool))
     assert text.split("\n")[1].split() == ["(01)", "→", "(021)"]
     with pytest.raises(ValueError, match="group"):
         tasks.get("word_problem", group="Z60")
+    with pytest.raises(ValueError, match="tokens"):
+        tasks.get("word_problem", group="A5", tokens="gens")
 
 
 # --- iterated_matrix_sign -------------------------------------------------------------------
