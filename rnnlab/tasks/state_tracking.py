@@ -206,7 +206,8 @@ class WordProblem(Task):
     Classes index ``group_elements(group)``, the group's permutations in lexicographic order
     (identity first). Tokens are those elements (``tokens="elements"``, Merrill et al.'s form), or
     two generators of the group (``tokens="generators"``, ``GENERATORS``: PD-SSM's automaton form,
-    where a model learns two transitions instead of |G|). Every position is scored. S3 and A4 are
+    where a model learns two transitions instead of |G|; trained on lengths 3-40 and tested to
+    256, as the paper's automata). Every position is scored. S3 and A4 are
     solvable; A5 and S5 are not, which makes their word problems NC¹-complete in either form.
     """
 
@@ -220,6 +221,9 @@ class WordProblem(Task):
     def __post_init__(self):
         check_choice(self.name, "group", self.group, tuple(GROUPS))
         check_choice(self.name, "tokens", self.tokens, TOKENS)
+        if self.tokens == "generators":  # PD-SSM's protocol: train on 3-40, test 40-256
+            object.__setattr__(self, "train_lengths", (3, 40))
+            object.__setattr__(self, "test_lengths", (40, 64, 128, 256))
 
     def _token_elements(self) -> List[int]:
         """The element index of each token."""

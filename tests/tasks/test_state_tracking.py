@@ -152,6 +152,8 @@ def test_word_problem_generators_generate_the_group(group):
     task = tasks.get("word_problem", group=group, tokens="generators")
     assert task.vocab_size == 2 and task.n_outputs == len(elems)
     assert task.chance == 1 / len(elems)
+    assert task.train_lengths == (3, 40) and task.test_lengths[0] == 40
+    assert tasks.get("word_problem", group=group).train_lengths == (16, 32)  # unchanged
     x, y, mask = task.sample(5, 60, tasks.generator(0, "test"))
     assert x.max() <= 1 and mask.all()
     for row, labels in zip(x.tolist(), y.tolist()):
