@@ -229,29 +229,35 @@ def _dense_straight_through(cell, x, h0):
     s = torch.softmax(sel.unflatten(-1, (hh, K)), dim=-1)
     soft = torch.softmax(torch.einsum("bthk,hkij->bthij", s, cell.dictionary), dim=-1)
     hard = torch.nn.functional.one_hot(soft.argmax(-1), N).to(soft.dtype)
-    A = torch.sigmoid(rest[:, :, 0]).unsqueeze(-1) * (hard + soft - soft.detach())
+    d, b = torch.sigmoid(rest[:, :, 0]), rest[:, :, 1]
+    if cell.complex:  # |d| e^{i theta}, b = b_re + i b_im
+        d, b = torch.polar(d, rest[:, :, 1]), torch.complex(rest[:, :, 2], rest[:, :, 3])
+    A = d.unsqueeze(-1) * (hard + soft - soft.detach())
     h, states = h0, []
     for t in range(x.shape[1]):
-        h = (A[:, t] @ h.unsqueeze(-1)).squeeze(-1) + rest[:, t, 1]  # (B, heads, N)
+        h = (A[:, t] @ h.unsqueeze(-1)).squeeze(-1) + b[:, t]  # (B, heads, N)
         states.append(h)
     return torch.stack(states, dim=1)
 
 
+@pytest.mark.parametrize("complex_", [False, True])
 @pytest.mark.parametrize("engine", ["sequential", "scan"])
-def test_straight_through_gradient_is_the_dense_estimator(engine):
+def test_straight_through_gradient_is_the_dense_estimator(engine, complex_):
     torch.manual_seed(0)
     cell = rnnlab.cells.get("pd_ssm", 4, 6, state_size=5, heads=2, dictionary_size=3,
-                            estimator="straight_through").double()
+                            estimator="straight_through", complex=complex_).double()
     x = torch.randn(2, 11, 4, dtype=torch.float64)
-    h0 = torch.randn(2, 2, 5, dtype=torch.float64)
-    w = torch.randn(2, 11, 2, 5, dtype=torch.float64)
+    h0 = cell.init_state(2, torch.float64) + torch.randn(2, 2, 5, dtype=torch.float64)
+    w = torch.randn(2, 11, 2, 5, 2, dtype=torch.float64)  # weights of (real, imaginary)
 
     def grads(states):
         cell.zero_grad()
-        (states * w).sum().backward()
+        parts = torch.view_as_real(states) if complex_ else states.unsqueeze(-1)
+        (parts * w[..., :parts.shape[-1]]).sum().backward()
         return [p.grad.clone() for p in (cell.proj.weight, cell.dictionary)]
 
-    ref = grads(_dense_straight_through(cell, x, h0))
+    ref_states = _dense_straight_through(cell, x, h0)
+    ref = grads(ref_states)
     u = cell.project(x)
     layer_states = []
     h = h0
@@ -259,10 +265,12 @@ def test_straight_through_gradient_is_the_dense_estimator(engine):
         for t in range(x.shape[1]):
             h = cell.step(u[:, t], h)
             layer_states.append(h)
-        got = grads(torch.stack(layer_states, dim=1))
+        states = torch.stack(layer_states, dim=1)
     else:
         from rnnlab.engines.scan import _monoid
-        got = grads(_monoid(cell, u, h0, None)[0])
+        states = _monoid(cell, u, h0, None)[0]
+    assert_close(states, ref_states, torch.float64, "straight-through states")
+    got = grads(states)
     assert ref[1].abs().sum() > 0
     for name, a, r in zip(("selection", "dictionary"), got, ref):
         assert_close(a, r, torch.float64, f"straight-through gradient of the {name}")

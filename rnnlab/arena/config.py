@@ -125,7 +125,7 @@ PRESETS["group_automata"] = dict(
     # generators, one layer, trained on 3-40, tested to 256. PD-SSM as the paper's (one-hot start
     # state, straight-through hardmax, complex diagonal, one head of N = 64 >= |A5|) against a
     # diagonal SSM with negative eigenvalues, Householder products (n_h = 2) and an LSTM. S5 needs
-    # N >= 120 for its one-hot states, ~4x the time a step on CPU (1.2 s): a GPU run, with
+    # N >= 120 for its one-hot states, ~3.5x the time a step on CPU (0.96 s): a GPU run, with
     # --tasks "word_problem(group='S5',tokens='generators')" and state_size=128.
     models=[PD_AUTOMATON, "mamba[-1,1]", "deltaproduct[-1,1]", "lstm"],
     tasks=["word_problem(group='A5',tokens='generators')",

@@ -139,41 +139,57 @@ class PDSSM(MonoidCell):
     def project(self, x):
         return self.proj(x)  # (B, T, D) -> (B, T, P)
 
-    def elements(self, u):
-        """``(index, value, b)``, each ``(B, T, heads, N)``: row i of A_t reads entry index[i]."""
+    def _parts(self, u):
+        """``index, value, b`` (each ``(B, T, heads, N)``: row i of A_t reads entry index[i])
+        and, while the straight-through correction is carried, the row softmax ``S`` of the
+        scores ``(B, T, heads, N, N)`` (else None)."""
         h, N, K = self.heads, self.N, self.K
         sel, rest = u.split([h * K, u.shape[-1] - h * K], dim=-1)
         rest = rest.unflatten(-1, (-1, h, N))  # (B, T, parts, heads, N)
         s = torch.softmax(sel.unflatten(-1, (h, K)), dim=-1)  # (B, T, heads, K)
         scores = torch.einsum("bthk,hkij->bthij", s, self.dictionary)  # (.., N, N)
-        log_p, index = torch.log_softmax(scores, dim=-1).max(dim=-1)  # (B, T, heads, N)
         magnitude = torch.sigmoid(rest[:, :, 0])
-        if not self.straight:
+        if self.straight:
+            index = scores.argmax(dim=-1)  # (B, T, heads, N)
+        else:
+            log_p, index = torch.log_softmax(scores, dim=-1).max(dim=-1)  # (B, T, heads, N)
             magnitude = magnitude * torch.exp(self.confidence * log_p)
         value, b = magnitude, rest[:, :, 1]
         if self.complex:
             value = torch.polar(magnitude, rest[:, :, 1])  # |d| e^{i theta}
             b = torch.complex(rest[:, :, 2], rest[:, :, 3])
-        if not self._carries_correction():
+        soft = torch.softmax(scores, dim=-1) if self._carries_correction() else None
+        return index, value, b, soft
+
+    def elements(self, u):
+        """``(index, value, b)``, each ``(B, T, heads, N)``, and in the straight-through mode
+        (under autograd) ``E = diag(value) (S - sg(S))``, ``(B, T, heads, N, N)``, zero."""
+        index, value, b, soft = self._parts(u)
+        if soft is None:
             return index, value, b
-        soft = torch.softmax(scores, dim=-1)
         return index, value, b, value.unsqueeze(-1) * (soft - soft.detach())  # zeros (.., N, N)
+
+    def step(self, u_t, h):
+        """The straight-through step without the complex N x N E: ``h' = value * h[index] + b +
+        value * ((S - sg(S)) h)``, the same values and gradients as composing the state with
+        the step's element (``_first_order``), for a real matrix-vector product a step. Forward
+        and backward at B = 64, T = 40, complex, against composing elements: 0.51 -> 0.28 s at
+        N = 64, 2.6 -> 0.96 s at N = 128 (back to back, machine shared)."""
+        if not self._carries_correction():
+            return super().step(u_t, h)
+        index, value, b, soft = (p[:, 0] for p in self._parts(u_t.unsqueeze(1)))  # (B, 1, ..)
+        moved = value * h.gather(-1, index) + b  # row i reads entry index[i]
+        zero = (soft - soft.detach()).to(h.real.dtype)  # (B, heads, N, N), zero in value
+        if h.is_complex():  # a real matrix on the real and imaginary parts: (.., N, 2)
+            spread = torch.view_as_complex((zero @ torch.view_as_real(h)).contiguous())
+        else:
+            spread = (zero @ h.unsqueeze(-1)).squeeze(-1)  # (.., N, N) @ (.., N, 1)
+        return moved + value * spread
 
     def _carries_correction(self) -> bool:
         """Whether elements carry the straight-through correction E: only while autograd
         records (E is zero in value; without a graph it would be dead weight)."""
         return self.straight and torch.is_grad_enabled()
-
-    def _advance(self, elements, h):
-        """One step: ``h_t = A_t h_{t-1} + b_t``, plus ``E_t h_{t-1}`` (zero in value) in the
-        straight-through mode. The same values and gradients as composing the state's element
-        with the step's (``_first_order`` with E = 0 on the state's side), without building the
-        state's N x N zeros and scattering into them every step: that was 2 s a step at N = 128."""
-        if len(elements) == 3:
-            return super()._advance(elements, h)
-        index, value, b, E = (e[:, 0] for e in elements)  # (B, 1, ...) -> (B, ...)
-        moved = value * h.gather(-1, index) + b  # row i reads entry index[i]
-        return moved + (E @ h.unsqueeze(-1)).squeeze(-1)  # (B, heads, N, N) @ (B, heads, N, 1)
 
     def combine(self, a, b):
         return _first_order(a, b) if len(a) == len(b) == 4 else pd_combine(a[:3], b[:3])
