@@ -130,7 +130,7 @@ PRESETS["group_automata"] = dict(
     models=[PD_AUTOMATON, "mamba[-1,1]", "deltaproduct[-1,1]", "lstm"],
     tasks=["word_problem(group='A5',tokens='generators')",
            "word_problem(group='S3',tokens='generators')"],
-    seeds=[0, 1], aggregate="best", steps=6000, lr=2e-3, d_model=64, n_layers=1,
+    seeds=[0, 1], aggregate="best", steps=10000, lr=2e-3, d_model=64, n_layers=1,
     source="Terzić et al. 2025 (PD-SSM, figures only: one PD layer tracks A5 and S5 automata); "
            "Merrill et al. 2026 (PD linear RNNs are NC1-complete; a diagonal layer cannot track "
            "A5/S5, nor the non-abelian S3 in one layer): solving is 1.0, chance 1/|G|")
