@@ -36,7 +36,8 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 # --- commands -------------------------------------------------------------------------------
 @app.command()
 def arena(preset: str = typer.Option("quick", help="embedded preset: quick, state_tracking, recall"
-                                     ", selectivity, word_problems, group_automata, jrt, algorithmic, full"),
+                                     ", selectivity, word_problems, group_automata, jrt, "
+                                     "algorithmic, full"),
           models: Optional[str] = typer.Option(
               None, help="comma-separated model specs, e.g. `lstm,mamba[-1,1],deltanet(heads=2)` "
                          "[default: the preset's]", show_default=False),
