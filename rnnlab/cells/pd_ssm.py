@@ -178,7 +178,7 @@ class PDSSM(MonoidCell):
         if not self._carries_correction():
             return super().step(u_t, h)
         index, value, b, soft = (p[:, 0] for p in self._parts(u_t.unsqueeze(1)))  # (B, 1, ..)
-        moved = value * h.gather(-1, index) + b  # row i reads entry index[i]
+        moved = pd_combine(pd_constant(h), (index, value, b))[2]  # A h + b
         zero = (soft - soft.detach()).to(h.real.dtype)  # (B, heads, N, N), zero in value
         if h.is_complex():  # a real matrix on the real and imaginary parts: (.., N, 2)
             spread = torch.view_as_complex((zero @ torch.view_as_real(h)).contiguous())
