@@ -248,13 +248,15 @@ def test_straight_through_gradient_is_the_dense_estimator(engine, complex_):
                             estimator="straight_through", complex=complex_).double()
     x = torch.randn(2, 11, 4, dtype=torch.float64)
     h0 = cell.init_state(2, torch.float64) + torch.randn(2, 2, 5, dtype=torch.float64)
+    h0.requires_grad_()
     w = torch.randn(2, 11, 2, 5, 2, dtype=torch.float64)  # weights of (real, imaginary)
 
     def grads(states):
         cell.zero_grad()
+        h0.grad = None
         parts = torch.view_as_real(states) if complex_ else states.unsqueeze(-1)
         (parts * w[..., :parts.shape[-1]]).sum().backward()
-        return [p.grad.clone() for p in (cell.proj.weight, cell.dictionary)]
+        return [t.grad.clone() for t in (cell.proj.weight, cell.proj.bias, cell.dictionary, h0)]
 
     ref_states = _dense_straight_through(cell, x, h0)
     ref = grads(ref_states)
@@ -271,6 +273,7 @@ def test_straight_through_gradient_is_the_dense_estimator(engine, complex_):
         states = _monoid(cell, u, h0, None)[0]
     assert_close(states, ref_states, torch.float64, "straight-through states")
     got = grads(states)
-    assert ref[1].abs().sum() > 0
-    for name, a, r in zip(("selection", "dictionary"), got, ref):
+    assert ref[2].abs().sum() > 0  # the dictionary gets a gradient
+    for name, a, r in zip(("projection", "projection bias", "dictionary", "initial state"),
+                          got, ref):
         assert_close(a, r, torch.float64, f"straight-through gradient of the {name}")
