@@ -12,7 +12,9 @@
    cuDNN GRU);
 6. ``bench/gpu_newton.py`` (ParaGRU on Newton vs cuDNN GRU and a GRUCell loop).
 
-Usage: python bench/gpu.py [OUT_DIR]   (default bench/out/gpu; writes gpu.json, newton.json)
+Usage: python bench/gpu.py [OUT_DIR [SECTION ...]]   (default bench/out/gpu, every section; writes
+gpu.json, newton.json). Naming sections runs only those, e.g. ``suite`` alone while the card
+trains something else, then the benchmarks alone on an idle card.
 The peers' figures on an H200 (../shared/anchors/h200-2026-11-26.jsonl): fla chunk_hgrn 1.85 ms
 forward, 7.38 ms forward+backward at this size; targets: >= 80% of copy bandwidth forward,
 <= 4 ms forward+backward.
@@ -32,12 +34,14 @@ from rnnlab.ops import diagonal
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def suite() -> dict:
-    """pytest on the CUDA suite and the kernels' parity tests; the summary line and exit code."""
+def suite(out: Path) -> dict:
+    """pytest on the CUDA suite and the kernels' parity tests; the summary line and exit code
+    (pytest's whole output in ``out/suite.log``)."""
     start = time.time()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "tests/gpu"],
                           cwd=ROOT, capture_output=True, text=True)
+    (out / "suite.log").write_text(done.stdout + done.stderr)
     lines = done.stdout.strip().splitlines()
     return dict(exit_code=done.returncode, summary=lines[-1] if lines else "",
                 failures=[ln for ln in lines if ln.startswith("FAILED")][:50],
@@ -94,7 +98,13 @@ def newton(out_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def main(out_dir: str = "bench/out/gpu") -> None:
+SECTIONS = ("suite", "diagonal_scan", "fused_rnn", "gla", "newton_fused", "newton")
+
+
+def main(out_dir: str = "bench/out/gpu", *only: str) -> None:
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        sys.exit(f"bench/gpu.py: SECTION must be among {list(SECTIONS)}, got {sorted(unknown)}")
     if not torch.cuda.is_available():
         sys.exit("bench/gpu.py needs CUDA (torch.cuda.is_available() is False)")
     out = Path(out_dir)
@@ -106,12 +116,14 @@ def main(out_dir: str = "bench/out/gpu") -> None:
         triton_version = None
     result = dict(device=torch.cuda.get_device_name(0), torch=torch.__version__,
                   triton=triton_version)
-    sections = (("suite", suite), ("diagonal_scan", diagonal_scan),
+    sections = (("suite", lambda: suite(out)), ("diagonal_scan", diagonal_scan),
                 ("fused_rnn", lambda: _load("gpu_fused_rnn").run()),
                 ("gla", lambda: _load("gpu_gla").run()),
                 ("newton_fused", lambda: _load("gpu_newton_fused").run()),
                 ("newton", lambda: newton(out)))
     for name, step in sections:
+        if only and name not in only:
+            continue
         start = time.time()
         try:
             result[name] = step()
@@ -123,4 +135,4 @@ def main(out_dir: str = "bench/out/gpu") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    main(*sys.argv[1:])
