@@ -36,9 +36,16 @@ def _rel(a, b):
     return ((a - b).abs().norm() / b.abs().norm().clamp_min(1e-30)).item()
 
 
+def _runs(cell: str, engine: str) -> bool:
+    try:  # resolve refuses an engine that cannot run the cell
+        engines.resolve(engine, cells.get(cell, D, H, device="meta"))
+    except ValueError:
+        return False
+    return True
+
+
 CASES = [(c, e) for c in cells.available() for e in ("sequential", "scan", "newton", "fused")
-         if engines.resolve(e, cells.get(c, D, H, device="meta")).supports(
-             cells.get(c, D, H, device="meta"))]
+         if _runs(c, e)]
 
 
 @pytest.mark.parametrize("cell,engine", CASES)

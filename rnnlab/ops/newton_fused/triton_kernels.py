@@ -37,6 +37,9 @@ from ..triton_math import sigmoid as _sigmoid
 from ..triton_math import tanh as _tanh
 from .reference import CELLS, solve_loop
 
+# The kernels' recurrent-parameter argument is named ``weights``, not ``params``: triton 3.6's
+# generated argument binder keeps a local dict named ``params`` that shadows an argument of that
+# name ("failed to specialize argument of type: dict" at the first launch on a GPU).
 TILE = 32  # steps per tile: a tile's f and A are computed at once, then scanned along time
 BLOCK = 32  # features per program
 CODES = {"paragru": 0, "indrnn_relu": 1, "indrnn_tanh": 2}  # paralstm: its own kernels
@@ -88,12 +91,12 @@ def _gates(u, off, mask, H, G: tl.constexpr):
 
 
 @triton.jit
-def _params(params, cols, mask, H, P: tl.constexpr):
-    p0 = tl.load(params + cols, mask=mask, other=0.0)[None, :]
+def _params(weights, cols, mask, H, P: tl.constexpr):
+    p0 = tl.load(weights + cols, mask=mask, other=0.0)[None, :]
     p1, p2 = tl.zeros_like(p0), tl.zeros_like(p0)
     if P > 1:
-        p1 = tl.load(params + H + cols, mask=mask, other=0.0)[None, :]
-        p2 = tl.load(params + 2 * H + cols, mask=mask, other=0.0)[None, :]
+        p1 = tl.load(weights + H + cols, mask=mask, other=0.0)[None, :]
+        p2 = tl.load(weights + 2 * H + cols, mask=mask, other=0.0)[None, :]
     return p0, p1, p2
 
 
@@ -104,14 +107,14 @@ def _last(x, TILE: tl.constexpr):
 
 
 @triton.jit
-def _sweep_kernel(u, h0, cur, params, lengths, nxt, f_out, sq, carry, B, T, H, t_begin, t_end,
+def _sweep_kernel(u, h0, cur, weights, lengths, nxt, f_out, sq, carry, B, T, H, t_begin, t_end,
                   damping, CELL: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
                   INIT: tl.constexpr, TILE: tl.constexpr, BLOCK: tl.constexpr):
     b, blk = tl.program_id(0), tl.program_id(1)
     NB = tl.num_programs(1)
     cols = blk * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < H
-    p0, p1, p2 = _params(params, cols, cmask, H, P)
+    p0, p1, p2 = _params(weights, cols, cmask, H, P)
     x0 = tl.load(h0 + b * H + cols, mask=cmask, other=0.0)[None, :]
     n = tl.load(lengths + b)
     delta = tl.load(carry + b * H + cols, mask=cmask, other=0.0)  # the update at t_begin - 1
@@ -154,13 +157,13 @@ def _sweep_kernel(u, h0, cur, params, lengths, nxt, f_out, sq, carry, B, T, H, t
 
 
 @triton.jit
-def _adjoint_kernel(u, h0, hsol, params, lengths, g, du, dparams, dh0, carry, B, T, H,
+def _adjoint_kernel(u, h0, hsol, weights, lengths, g, du, dparams, dh0, carry, B, T, H,
                     t_begin, t_end, CELL: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
                     TILE: tl.constexpr, BLOCK: tl.constexpr):
     b, blk = tl.program_id(0), tl.program_id(1)
     cols = blk * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < H
-    p0, p1, p2 = _params(params, cols, cmask, H, P)
+    p0, p1, p2 = _params(weights, cols, cmask, H, P)
     x0 = tl.load(h0 + b * H + cols, mask=cmask, other=0.0)[None, :]
     n = tl.load(lengths + b)
     lam = tl.load(carry + b * H + cols, mask=cmask, other=0.0)  # lam at t_end
@@ -240,23 +243,23 @@ def _lstm(h, c, uf, uc, uo, af, ac, ao, cf, co):  # 11 values, unpacked (no tupl
 
 
 @triton.jit
-def _lstm_params(params, cols, mask, H):
-    af = tl.load(params + cols, mask=mask, other=0.0)[None, :]
-    ac = tl.load(params + H + cols, mask=mask, other=0.0)[None, :]
-    ao = tl.load(params + 2 * H + cols, mask=mask, other=0.0)[None, :]
-    cf = tl.load(params + 3 * H + cols, mask=mask, other=0.0)[None, :]
-    co = tl.load(params + 4 * H + cols, mask=mask, other=0.0)[None, :]
+def _lstm_params(weights, cols, mask, H):
+    af = tl.load(weights + cols, mask=mask, other=0.0)[None, :]
+    ac = tl.load(weights + H + cols, mask=mask, other=0.0)[None, :]
+    ao = tl.load(weights + 2 * H + cols, mask=mask, other=0.0)[None, :]
+    cf = tl.load(weights + 3 * H + cols, mask=mask, other=0.0)[None, :]
+    co = tl.load(weights + 4 * H + cols, mask=mask, other=0.0)[None, :]
     return af, ac, ao, cf, co
 
 
 @triton.jit
-def _sweep2_kernel(u, h0, cur, params, lengths, nxt, f_out, sq, carry, B, T, H, t_begin, t_end,
+def _sweep2_kernel(u, h0, cur, weights, lengths, nxt, f_out, sq, carry, B, T, H, t_begin, t_end,
                    damping, INIT: tl.constexpr, TILE: tl.constexpr, BLOCK: tl.constexpr):
     b, blk = tl.program_id(0), tl.program_id(1)
     NB = tl.num_programs(1)
     cols = blk * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < H
-    af, ac, ao, cf, co = _lstm_params(params, cols, cmask, H)
+    af, ac, ao, cf, co = _lstm_params(weights, cols, cmask, H)
     x0 = tl.load(h0 + b * 2 * H + cols, mask=cmask, other=0.0)[None, :]
     y0 = tl.load(h0 + b * 2 * H + H + cols, mask=cmask, other=0.0)[None, :]
     n = tl.load(lengths + b)
@@ -323,12 +326,12 @@ def _sweep2_kernel(u, h0, cur, params, lengths, nxt, f_out, sq, carry, B, T, H, 
 
 
 @triton.jit
-def _adjoint2_kernel(u, h0, hsol, params, lengths, g, du, dparams, dh0, carry, B, T, H,
+def _adjoint2_kernel(u, h0, hsol, weights, lengths, g, du, dparams, dh0, carry, B, T, H,
                      t_begin, t_end, TILE: tl.constexpr, BLOCK: tl.constexpr):
     b, blk = tl.program_id(0), tl.program_id(1)
     cols = blk * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < H
-    af, ac, ao, cf, co = _lstm_params(params, cols, cmask, H)
+    af, ac, ao, cf, co = _lstm_params(weights, cols, cmask, H)
     x0 = tl.load(h0 + b * 2 * H + cols, mask=cmask, other=0.0)[None, :]
     y0 = tl.load(h0 + b * 2 * H + H + cols, mask=cmask, other=0.0)[None, :]
     n = tl.load(lengths + b)
