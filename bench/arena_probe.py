@@ -30,13 +30,15 @@ def main() -> None:
                         help="longest train length (tests at it and twice it); default: the task's")
     parser.add_argument("--train-min", type=int, default=None,
                         help="shortest train length; default: the task's (at most --train-max)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--every", type=int, default=250, help="steps between printed losses")
     parser.add_argument("--out", type=Path, default=Path("bench/out/probe"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = ArenaConfig(models=[args.model], tasks=[args.task], d_model=args.d_model,
                       n_layers=args.layers, steps=args.steps, eval_examples=512, lr=args.lr,
-                      early_stop=None, checkpoint_every=args.steps)
+                      early_stop=None, checkpoint_every=args.steps,
+                      device=args.device)
     _, task = spec.task(args.task)
     if args.train_max is not None:  # this instance only: the registry's task is unchanged
         low = min(task.train_lengths[0], args.train_max) if args.train_min is None \
