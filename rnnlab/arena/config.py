@@ -126,7 +126,8 @@ PRESETS["group_automata"] = dict(
     # state, straight-through hardmax, complex diagonal, one head of N = 64 >= |A5|) against a
     # diagonal SSM with negative eigenvalues, Householder products (n_h = 2) and an LSTM. S5 needs
     # N >= 120 for its one-hot states, ~3.5x the time a step on CPU (0.96 s): a GPU run, with
-    # --tasks "word_problem(group='S5',tokens='generators')" and state_size=128.
+    # --tasks "word_problem(group='S5',tokens='generators')" and state_size=128 (docs/results.md:
+    # PD fits S5, and DeltaProduct needs deltaproduct[-1,1](substeps=4) there, n_h = n - 1).
     models=[PD_AUTOMATON, "mamba[-1,1]", "deltaproduct[-1,1]", "lstm"],
     tasks=["word_problem(group='A5',tokens='generators')",
            "word_problem(group='S3',tokens='generators')"],
