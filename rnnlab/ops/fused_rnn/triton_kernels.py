@@ -330,10 +330,13 @@ def _backward_kernel(R, h0, lengths, y, aux, dy, dhT, dwx, dR, dbias, dh0, B, T,
 
 def _launch(R: torch.Tensor, B: int):
     """Grid, block sizes and warps for R ``(G, N, D, D)`` and B sequences."""
-    N, D = R.shape[1], R.shape[2]
+    return (triton.cdiv(B, BLOCK_B), R.shape[1]), launch_sizes(R.shape[2])
+
+
+def launch_sizes(D: int) -> dict:
+    """The kernels' block sizes, precision and warps for heads of D channels."""
     BD = max(16, triton.next_power_of_2(D))
-    return (triton.cdiv(B, BLOCK_B), N), dict(BB=BLOCK_B, BD=BD, PREC=PRECISION,
-                                                num_warps=4 if BD <= 32 else 8)
+    return dict(BB=BLOCK_B, BD=BD, PREC=PRECISION, num_warps=4 if BD <= 32 else 8)
 
 
 @torch.library.custom_op("rnnlab::fused_rnn", mutates_args=())
