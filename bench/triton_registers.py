@@ -32,20 +32,21 @@ from concurrent.futures.process import BrokenProcessPool  # noqa: E402
 
 from rnnlab.ops.fused_rnn import triton_kernels as fk  # noqa: E402
 
-PTR, INT = "*fp32", "i32"
-FORWARD = dict(wx=PTR, R=PTR, bias=PTR, h0=PTR, lengths="*i64", y=PTR, hT=PTR, aux=PTR,
-               B=INT, T=INT, N=INT, D=INT)
-BACKWARD = dict(R=PTR, h0=PTR, lengths="*i64", y=PTR, aux=PTR, dy=PTR, dhT=PTR, dwx=PTR, dR=PTR,
-                dbias=PTR, dh0=PTR, B=INT, T=INT, N=INT, D=INT)
-CONSTS = ("CELL", "G", "A", "BB", "BD", "PREC")
+SIZES = ("B", "T", "N", "D")  # the kernels' int arguments; lengths is int64, the rest fp32
 
 
-def resource_usage(kernel: str, signature: dict, constants: dict, num_warps: int) -> dict:
+def _signature(fn, constants: dict) -> dict:
+    """Triton's type for each argument of the kernel ``fn``, read from its parameter names."""
+    return {name: "constexpr" if name in constants else "i32" if name in SIZES
+            else "*i64" if name == "lengths" else "*fp32" for name in fn.arg_names}
+
+
+def resource_usage(kernel: str, constants: dict, num_warps: int) -> dict:
     """Compile ``ops/fused_rnn``'s ``kernel`` (its name) for sm_90a and read the cubin's
     resource usage (``cuobjdump``): registers per thread and the stack frame, where spilled
     registers go."""
-    sig = {**signature, **{name: "constexpr" for name in CONSTS}}
-    source = ASTSource(fn=getattr(fk, kernel), signature=sig, constexprs=constants)
+    fn = getattr(fk, kernel)
+    source = ASTSource(fn=fn, signature=_signature(fn, constants), constexprs=constants)
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options=dict(num_warps=num_warps))
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -78,10 +79,9 @@ def main(out: str = "bench/out/triton_registers.json") -> None:
             kw = fk.launch_sizes(width)
             constants = dict(CELL=code, G=fk.CELLS[cell][0], A=fk.AUX[cell], BB=kw["BB"],
                              BD=kw["BD"], PREC=kw["PREC"])
-            for name, kernel, signature in (("forward", "_forward_kernel", FORWARD),
-                                            ("backward", "_backward_kernel", BACKWARD)):
+            for name in ("forward", "backward"):
                 row = dict(kernel=name, cell=cell, head_width=width, num_warps=kw["num_warps"],
-                           **_isolated(kernel, signature, constants, kw["num_warps"]))
+                           **_isolated(f"_{name}_kernel", constants, kw["num_warps"]))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
