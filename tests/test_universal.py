@@ -159,6 +159,9 @@ def test_sinusoid():
     (dict(block="published"), "block"),
     (dict(mixer="gru", block="published"), "'gru' has none"),
     (dict(position_offset=-1), "position_offset must be an int >= 0, got -1"),
+    (dict(restart_at=-1), r"restart_at must be an int in \[0, 3\], got -1"),
+    (dict(restart_at=4), r"restart_at must be an int in \[0, 3\], got 4"),
+    (dict(restart_at=1, kind="real"), "restart_at needs token inputs"),
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
     args = dict(vocab_size=4, n_outputs=2, d_model=8)
@@ -167,6 +170,8 @@ def test_bad_arguments_name_themselves(kwargs, match):
         UniversalTransformer(**args)
     with pytest.raises(TypeError, match="act"):
         UniversalTransformer(4, 2, act=1)
+    with pytest.raises(TypeError, match="restart_at must be an int"):
+        UniversalTransformer(4, 2, restart_at=True)
 
 
 def test_random_position_offsets_shift_the_coordinates_in_training_only():
@@ -199,3 +204,42 @@ def test_random_position_offsets_shift_the_coordinates_in_training_only():
     after = model.offsets(4)
     model.load_state_dict(state)
     assert torch.equal(model.offsets(4), after)  # a resumed run draws the same offsets
+
+
+def test_restart_at_by_hand():
+    """Positions start again at each row's first ``restart_at`` token (9 here), where a
+    segment embedding begins; a row without it runs on. The forward is the plain loop over
+    those positions, and each step still sees only the steps before it."""
+    torch.manual_seed(5)
+    model = UniversalTransformer(10, 4, d_model=8, max_steps=3, heads=2, act=False,
+                                 restart_at=9).double().eval()
+    x = torch.tensor([[1, 2, 3, 9, 4, 9, 5],   # restarts at step 3 (the second 9 is a symbol)
+                      [1, 2, 3, 4, 5, 6, 7],   # no 9: one segment
+                      [9, 1, 2, 3, 4, 5, 6]])  # restarts at once
+    index = torch.tensor([[0, 1, 2, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5, 6]])
+    segment = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0] * 7, [1] * 7])
+    assert torch.equal(model.segments(x), segment)
+    assert torch.equal(model.shifts(x) + torch.arange(7), index)
+    h = model.embed(x) + model.segment(segment)
+    for step in range(1, 4):
+        h = model.block(h + (sinusoid(index, 8) + sinusoid(torch.tensor([step]), 8)).double())
+    torch.testing.assert_close(model(x), model.head(model.norm(h)))
+    later = x.clone()
+    later[:, 5:] = 9  # changes the steps from 5 on only
+    torch.testing.assert_close(model(later)[:, :5], model(x)[:, :5])
+
+
+def test_restart_at_shares_the_random_offset_between_the_two_parts():
+    """In training both parts of a row start at the row's drawn offset, so input symbol p and
+    the output step at p keep one position; eval draws none."""
+    torch.manual_seed(6)
+    model = UniversalTransformer(10, 4, d_model=8, max_steps=2, heads=2, act=False,
+                                 position_offset=50, restart_at=9)
+    x = torch.tensor([[1, 2, 9, 3, 4]]).expand(3, 5)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    drawn = model.offsets(3)  # (B, 1)
+    model.load_state_dict(saved)
+    assert torch.equal(model.shifts(x) + torch.arange(5),
+                       drawn + torch.tensor([0, 1, 0, 1, 2]))
+    assert torch.equal(model.eval().shifts(x) + torch.arange(5),
+                       torch.tensor([[0, 1, 0, 1, 2]]).expand(3, 5))

@@ -120,6 +120,12 @@ class UniversalTransformer(nn.Module):
             from the paper: so that positions beyond the train lengths have been seen); 0
             (default) never shifts. The offsets come from the model's own generator, whose
             state is a buffer (``offset_rng``), so a checkpointed run resumes exactly.
+        restart_at: a token id (``kind="tokens"`` only): in each row, positions start again
+            from 0 at the first occurrence of this token, and a learned segment embedding
+            marks the steps from it on. An encoder-decoder's alignment in one stream: with the
+            delimiter of copy, reverse or addition, the output step at position p sits at the
+            same position as input symbol p (one random offset serves both parts). None
+            (default): positions run on.
         cell_kwargs: options of the cell (recurrent mixers only).
 
     After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
@@ -132,11 +138,12 @@ class UniversalTransformer(nn.Module):
                  act: bool = True, eps: float = 0.01, ponder_weight: float = 0.01,
                  halting_bias: float = 1.0, act_combine: str = "interpolate",
                  kind: str = "tokens", engine="auto", block: str = "default",
-                 position_offset: int = 0, **cell_kwargs):
+                 position_offset: int = 0, restart_at: Optional[int] = None, **cell_kwargs):
         super().__init__()
         check_int("UniversalTransformer", "position_offset", position_offset, 0)
         self._check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
                     ponder_weight, halting_bias, act_combine, kind, cell_kwargs)
+        self._check_restart(restart_at, vocab_size, kind)
         check_block("UniversalTransformer", block, mixer)
         self.d_model, self.max_steps, self.act, self.eps = d_model, max_steps, act, float(eps)
         self.ponder_weight, self.act_combine = float(ponder_weight), act_combine
@@ -151,7 +158,9 @@ class UniversalTransformer(nn.Module):
         self.n_updates: Optional[torch.Tensor] = None
         self.remainders: Optional[torch.Tensor] = None
         self.update_weights: Optional[torch.Tensor] = None
-        self.position_offset = position_offset
+        self.position_offset, self.restart_at = position_offset, restart_at
+        if restart_at is not None:  # only then: the state dicts of other models keep their keys
+            self.segment = nn.Embedding(2, d_model)
         if position_offset:  # seeded from the global generator: torch.manual_seed fixes it
             seed = int(torch.randint(0, 2 ** 62, (1,), device="cpu"))
             self.register_buffer("offset_rng", torch.Generator().manual_seed(seed).get_state())
@@ -176,6 +185,15 @@ class UniversalTransformer(nn.Module):
         check_choice(owner, "kind", kind, KINDS)
 
     @staticmethod
+    def _check_restart(restart_at, vocab_size, kind) -> None:
+        if restart_at is None:
+            return
+        if kind != "tokens":
+            raise ValueError(f"UniversalTransformer: restart_at needs token inputs "
+                             f"(kind='tokens'), got kind={kind!r}")
+        check_int("UniversalTransformer", "restart_at", restart_at, 0, vocab_size - 1)
+
+    @staticmethod
     def _block(mixer, d_model, causal, heads, engine, block, cell_kwargs) -> SharedBlock:
         """The shared depth step around ``make_mixer``'s mixer."""
         check_int("UniversalTransformer", "heads", heads, 1, optional=True)
@@ -187,7 +205,8 @@ class UniversalTransformer(nn.Module):
     def coordinates(self, length: int, step: int, device=None,
                     offset: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``P^step``: sinusoidal position plus sinusoidal depth-step embedding, ``(T, D)``, or
-        ``(B, T, D)`` with the positions of row b starting at ``offset (B, 1)``."""
+        ``(B, T, D)`` with position t of row b at ``t + offset``: ``offset (B, 1)`` shifts each
+        row, ``(B, T)`` each step (``shifts``)."""
         index = torch.arange(length, device=device)  # (T,)
         index = index if offset is None else offset + index  # (T,) or (B, T)
         pos = sinusoid(index, self.d_model)  # (T, D) or (B, T, D)
@@ -204,6 +223,23 @@ class UniversalTransformer(nn.Module):
         self.offset_rng.copy_(gen.get_state())
         return drawn.to(device)
 
+    def shifts(self, inputs: torch.Tensor) -> Optional[torch.Tensor]:
+        """What ``coordinates`` adds to each step's position: the random row offsets
+        (``offsets``, training only) and, with ``restart_at``, minus the step of each row's
+        first ``restart_at`` token from that step on. ``(B, 1)``, ``(B, T)`` or None."""
+        B, T = inputs.shape[:2]
+        offset = self.offsets(B, inputs.device)  # (B, 1) or None
+        if self.restart_at is None:
+            return offset
+        marked = self.segments(inputs).bool()  # (B, T): at or after the first restart token
+        first = marked.long().argmax(dim=1, keepdim=True)  # (B, 1); 0 where none (unused)
+        restart = torch.where(marked, -first, 0)  # (B, T)
+        return restart if offset is None else restart + offset
+
+    def segments(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` long: 1 at and after each row's first ``restart_at`` token, else 0."""
+        return ((inputs == self.restart_at).long().cumsum(dim=1) > 0).long()
+
     def halting_probability(self, state: torch.Tensor) -> torch.Tensor:
         """``p = σ(w·state + b)``: ``(B, T, D) -> (B, T)``."""
         return torch.sigmoid(self.halting(state)).squeeze(-1)
@@ -212,14 +248,16 @@ class UniversalTransformer(nn.Module):
         """``(B, T)`` or ``(B, T, vocab_size)`` -> logits ``(B, T, n_outputs)``; with
         ``return_ponder`` also the ponder cost (scalar)."""
         h = self.embed(inputs)  # (B, T, D)
-        out = self._act(h) if self.act else self._fixed(h)  # (B, T, D)
+        if self.restart_at is not None:
+            h = h + self.segment(self.segments(inputs))  # (B, T, D)
+        shift = self.shifts(inputs)
+        out = self._act(h, shift) if self.act else self._fixed(h, shift)  # (B, T, D)
         logits = self.head(self.norm(out))  # (B, T, n_outputs)
         return (logits, self.ponder_cost) if return_ponder else logits
 
-    def _fixed(self, h: torch.Tensor) -> torch.Tensor:
+    def _fixed(self, h: torch.Tensor, offset: Optional[torch.Tensor]) -> torch.Tensor:
         """Exactly ``max_steps`` steps; the last state is the output."""
         B, T, _ = h.shape
-        offset = self.offsets(B, h.device)
         for step in range(1, self.max_steps + 1):
             h = self.block(h + self.coordinates(T, step, h.device, offset).to(h.dtype))
         self.ponder_cost = h.new_zeros(())
@@ -229,7 +267,7 @@ class UniversalTransformer(nn.Module):
         self.update_weights[..., -1] = 1.0
         return h
 
-    def _act(self, h: torch.Tensor) -> torch.Tensor:
+    def _act(self, h: torch.Tensor, offset: Optional[torch.Tensor]) -> torch.Tensor:
         """Per-position ACT loop (module doc); sets ``ponder_cost`` and the inspection
         tensors."""
         B, T, _ = h.shape
@@ -240,7 +278,6 @@ class UniversalTransformer(nn.Module):
         n = torch.zeros(B, T, dtype=torch.long, device=h.device)  # N
         out = torch.zeros_like(h)  # (B, T, D)
         weights = []
-        offset = self.offsets(B, h.device)
         for step in range(1, self.max_steps + 1):
             x = h + self.coordinates(T, step, h.device, offset).to(h.dtype)  # (B, T, D)
             p = self.halting_probability(x)  # (B, T)
