@@ -235,6 +235,12 @@ def test_ctrl_c_in_the_serial_arena_keeps_finished_runs(tmp_path, monkeypatch):
     assert result.exit_code == 130, result.output
     assert "interrupted; 1 of 2 runs are recorded" in result.output
     assert set(recorded(tmp_path)) == {("gru", 0)}
+    # another command into the same directory counts its own runs, not the earlier ones
+    result = CliRunner().invoke(app, ["arena", "--models", "lstm", "--tasks", "parity",
+                                      "--seeds", "1", "--steps", "2", "--jobs", "1",
+                                      "--out", str(tmp_path)])
+    assert result.exit_code == 130, result.output
+    assert "interrupted; 0 of 1 runs are recorded" in result.output
 
 
 # --- validation before anything is written -------------------------------------------------

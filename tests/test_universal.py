@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from rnnlab.models.attention import CausalSelfAttention, SelfAttention
 from rnnlab.models.universal import UniversalTransformer, sinusoid
 
 TAU = 0.01
@@ -162,6 +163,7 @@ def test_sinusoid():
     (dict(restart_at=-1), r"restart_at must be an int in \[0, 3\], got -1"),
     (dict(restart_at=4), r"restart_at must be an int in \[0, 3\], got 4"),
     (dict(restart_at=1, kind="real"), "restart_at needs token inputs"),
+    (dict(mixer="gru", rotary=False), "rotary=False needs the attention mixer"),
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
     args = dict(vocab_size=4, n_outputs=2, d_model=8)
@@ -172,6 +174,8 @@ def test_bad_arguments_name_themselves(kwargs, match):
         UniversalTransformer(4, 2, act=1)
     with pytest.raises(TypeError, match="restart_at must be an int"):
         UniversalTransformer(4, 2, restart_at=True)
+    with pytest.raises(TypeError, match="rotary must be a bool"):
+        UniversalTransformer(4, 2, rotary=0)
 
 
 def test_random_position_offsets_shift_the_coordinates_in_training_only():
@@ -243,3 +247,43 @@ def test_restart_at_shares_the_random_offset_between_the_two_parts():
                        drawn + torch.tensor([0, 1, 0, 1, 2]))
     assert torch.equal(model.eval().shifts(x) + torch.arange(5),
                        torch.tensor([[0, 1, 0, 1, 2]]).expand(3, 5))
+
+
+@pytest.mark.parametrize("attention", [CausalSelfAttention(8, 2, rotary=False),
+                                       SelfAttention(8, 2, causal=False, rotary=False)])
+def test_attention_without_rotary_has_no_positions(attention):
+    """Without RoPE, attention sees a set: swapping two inputs swaps their outputs (both ways)
+    and leaves the outputs after both unchanged (causal); the KV cache agrees with the whole
+    sequence."""
+    torch.manual_seed(7)
+    x = torch.randn(2, 6, 8)
+    swapped = x[:, [1, 0, 2, 3, 4, 5]]
+    def run(inputs):  # the causal layer also returns its cache
+        out = attention(inputs)
+        return out[0] if isinstance(out, tuple) else out
+    y, y_swapped = run(x), run(swapped)
+    torch.testing.assert_close(y_swapped[:, 2:], y[:, 2:])
+    if not getattr(attention, "causal", True):
+        torch.testing.assert_close(y_swapped[:, :2], y[:, [1, 0]])
+    else:
+        first, cache = attention(x[:, :4])
+        rest, _ = attention(x[:, 4:], cache)
+        torch.testing.assert_close(torch.cat([first, rest], 1), y)
+    with pytest.raises(TypeError, match="rotary must be a bool"):
+        CausalSelfAttention(8, 2, rotary="no")
+
+
+def test_ut_without_rotary_sees_positions_only_through_its_coordinates():
+    """rotary=False: the UT is the plain loop over the added coordinates, and only they carry
+    position: with them zeroed, swapping two inputs swaps their outputs (non-causal)."""
+    torch.manual_seed(8)
+    model = UniversalTransformer(7, 3, d_model=8, max_steps=2, heads=2, act=False,
+                                 causal=False, rotary=False).double().eval()
+    x = torch.randint(0, 7, (2, 5))
+    h = model.embed(x)
+    for step in range(1, 3):
+        h = model.block(h + model.coordinates(5, step).double())
+    torch.testing.assert_close(model(x), model.head(model.norm(h)))
+    model.coordinates = lambda T, step, device=None, offset=None: torch.zeros(T, 8)
+    order = [1, 0, 2, 3, 4]
+    torch.testing.assert_close(model(x[:, order]), model(x)[:, order])

@@ -180,10 +180,12 @@ def _run_grid(cfg, shown, models, tasks, out, console, preset, records,
     try:
         trained = _train(todo, len(grid), cfg, shown, out, console, preset, records, failed,
                          start, executor)
-    except KeyboardInterrupt:
-        console.print(f"arena: interrupted; {len(store.finished(records, lengths))} of "
-                      f"{len(grid)} runs are recorded in {out}; run the same command again to "
-                      f"resume", markup=False, soft_wrap=True)
+    except KeyboardInterrupt:  # count this grid's runs: `out` may hold other commands' too
+        ours = {(m.label, label, seed) for m, label, _, seed in grid}
+        recorded = len(ours & store.finished(records, lengths))
+        console.print(f"arena: interrupted; {recorded} of {len(grid)} runs are recorded in "
+                      f"{out}; run the same command again to resume", markup=False,
+                      soft_wrap=True)
         raise
     finally:  # a worker stopped mid-write (a failed or interrupted arena) left a temporary file;
         # every worker has ended here. Only the runs' own directories: `--out` may be ~.

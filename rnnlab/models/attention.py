@@ -3,7 +3,9 @@ the attention layers of hybrid stacks.
 
 Rotary embeddings (RoPE) encode relative position, so the model runs at any length without a
 learned position table; torch's ``scaled_dot_product_attention`` does the attention itself.
-``window`` limits each query to the last ``window`` positions (sliding-window attention).
+``window`` limits each query to the last ``window`` positions (sliding-window attention);
+``rotary=False`` leaves positions out (the caller adds them to the input, as the Universal
+Transformer's paper does).
 Streaming: ``forward(x, state) -> (y, state)`` where the state is the KV cache
 ``(k (B, heads, S, d), v (B, heads, S, d), position ())``; with a window the cache keeps only the
 last ``window - 1`` keys, so its memory is constant.
@@ -40,17 +42,19 @@ class CausalSelfAttention(nn.Module):
     """``y, cache = attention(x, cache=None)`` for ``x (B, T, D)``; each position sees itself and
     the past (the last ``window`` positions when ``window`` is set)."""
 
-    def __init__(self, d_model: int, heads: int = 4, window: Optional[int] = None):
+    def __init__(self, d_model: int, heads: int = 4, window: Optional[int] = None,
+                 rotary: bool = True):
         super().__init__()
         check_options("CausalSelfAttention", CausalSelfAttention,
-                      dict(d_model=d_model, heads=heads, window=window))
+                      dict(d_model=d_model, heads=heads, window=window, rotary=rotary))
         check_int("CausalSelfAttention", "d_model", d_model, 1)
         check_int("CausalSelfAttention", "heads", heads, 1)
         if d_model % heads:
             raise ValueError(f"CausalSelfAttention: d_model must be divisible by heads, got "
                              f"d_model={d_model}, heads={heads!r}")
         check_int("CausalSelfAttention", "window", window, 1, optional=True)
-        self.heads, self.window = heads, window
+        check_bool("CausalSelfAttention", "rotary", rotary)
+        self.heads, self.window, self.rotary = heads, window, rotary
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
 
@@ -64,7 +68,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         start = 0 if state is None else int(state[2])
         pos = torch.arange(start, start + T, device=x.device)  # (T,)
-        q, k = rotary(q, pos), rotary(k, pos)  # each (B, heads, T, D/heads)
+        if self.rotary:
+            q, k = rotary(q, pos), rotary(k, pos)  # each (B, heads, T, D/heads)
         if state is not None:
             k = torch.cat([state[0].to(k.dtype), k], dim=2)  # (B, heads, S, D/heads)
             v = torch.cat([state[1].to(v.dtype), v], dim=2)
@@ -88,14 +93,15 @@ class SelfAttention(CausalSelfAttention):
     """``CausalSelfAttention`` that can also attend both ways (``causal=False``); reads whole
     sequences: ``(B, T, D) -> (B, T, D)``, no cache."""
 
-    def __init__(self, d_model: int, heads: int = 4, causal: bool = True):
-        super().__init__(d_model, heads)
+    def __init__(self, d_model: int, heads: int = 4, causal: bool = True, rotary: bool = True):
+        super().__init__(d_model, heads, rotary=rotary)
         check_bool("SelfAttention", "causal", causal)
         self.causal = causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
+        if self.rotary:
+            q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
         y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out(y.transpose(1, 2).reshape(B, T, D))  # (B, T, D)

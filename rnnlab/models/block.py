@@ -120,21 +120,25 @@ class BidirectionalMixer(nn.Module):
 
 def make_mixer(mixer: str, d_model: int, heads: int = 4, window: Optional[int] = None,
                engine="auto", cell_options: Optional[dict] = None, *, causal: bool = True,
-               block: str = "default") -> nn.Module:
+               block: str = "default", rotary: bool = True) -> nn.Module:
     """The mixer ``mixer`` (checked by ``check_mixer``) of width ``d_model``: attention with
-    ``heads`` (and a sliding ``window``), else the cell's ``RecurrentMixer`` (``block=
-    "default"``) or published layer (``"published"``) on ``engine`` with ``cell_options``.
-    ``causal=False``: attention both ways, or a ``BidirectionalMixer``."""
+    ``heads`` (and a sliding ``window``; ``rotary=False``: no RoPE), else the cell's
+    ``RecurrentMixer`` (``block="default"``) or published layer (``"published"``) on ``engine``
+    with ``cell_options``. ``causal=False``: attention both ways, or a ``BidirectionalMixer``."""
     check_mixer("make_mixer", "mixer", mixer)
     check_bool("make_mixer", "causal", causal)
     check_block("make_mixer", block, mixer)
+    check_bool("make_mixer", "rotary", rotary)
     options = dict(cell_options or {})
+    if mixer != ATTENTION and not rotary:
+        raise ValueError(f"make_mixer: rotary=False is an attention option (a recurrent mixer "
+                         f"has no positions to leave out), got mixer={mixer!r}")
     if mixer == ATTENTION:
         if options:
             raise ValueError(f"make_mixer: cell options {sorted(options)} need a cell mixer, "
                              f"got mixer={ATTENTION!r}")
-        return CausalSelfAttention(d_model, heads, window) if causal else \
-            SelfAttention(d_model, heads, causal=False)
+        return CausalSelfAttention(d_model, heads, window, rotary) if causal else \
+            SelfAttention(d_model, heads, causal=False, rotary=rotary)
     if not causal:
         return BidirectionalMixer(mixer, d_model, engine, block, **options)
     if block == "published":

@@ -7,7 +7,8 @@ Each depth step t = 1, 2, ... runs the *same* block on the state ``H (B, T, D)``
     A^t = LN(H^{t-1} + P^t + Mixer(H^{t-1} + P^t))
     H^t = LN(A^t + Transition(A^t))                        # Transition: D -> 4D -> D, ReLU
 
-The mixer is self-attention (causal by default; rotary positions inside as well) or any registered
+The mixer is self-attention (causal by default; rotary positions inside too, unless
+``rotary=False``, the paper's UT) or any registered
 recurrent cell, so the same depth recurrence runs over a Transformer or an RNN; ``block=
 "published"`` uses the cell family's published layer as the mixer (``models.block.make_mixer``).
 The depth step ``SharedBlock`` is the ``ResidualBlock`` of every other model with its norms after
@@ -126,6 +127,8 @@ class UniversalTransformer(nn.Module):
             delimiter of copy, reverse or addition, the output step at position p sits at the
             same position as input symbol p (one random offset serves both parts). None
             (default): positions run on.
+        rotary: RoPE inside the attention (default); False leaves the coordinates above as the
+            only positions, as in the paper's UT (attention mixers only).
         cell_kwargs: options of the cell (recurrent mixers only).
 
     After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
@@ -138,7 +141,8 @@ class UniversalTransformer(nn.Module):
                  act: bool = True, eps: float = 0.01, ponder_weight: float = 0.01,
                  halting_bias: float = 1.0, act_combine: str = "interpolate",
                  kind: str = "tokens", engine="auto", block: str = "default",
-                 position_offset: int = 0, restart_at: Optional[int] = None, **cell_kwargs):
+                 position_offset: int = 0, restart_at: Optional[int] = None,
+                 rotary: bool = True, **cell_kwargs):
         super().__init__()
         check_int("UniversalTransformer", "position_offset", position_offset, 0)
         self._check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
@@ -149,7 +153,8 @@ class UniversalTransformer(nn.Module):
         self.ponder_weight, self.act_combine = float(ponder_weight), act_combine
         self.embed = (nn.Embedding(vocab_size, d_model) if kind == "tokens"
                       else nn.Linear(vocab_size, d_model))
-        self.block = self._block(mixer, d_model, causal, heads, engine, block, cell_kwargs)
+        self.block = self._block(mixer, d_model, causal, heads, engine, block, rotary,
+                                 cell_kwargs)
         self.halting = nn.Linear(d_model, 1)
         nn.init.constant_(self.halting.bias, float(halting_bias))
         self.norm = nn.LayerNorm(d_model)
@@ -194,13 +199,19 @@ class UniversalTransformer(nn.Module):
         check_int("UniversalTransformer", "restart_at", restart_at, 0, vocab_size - 1)
 
     @staticmethod
-    def _block(mixer, d_model, causal, heads, engine, block, cell_kwargs) -> SharedBlock:
+    def _block(mixer, d_model, causal, heads, engine, block, rotary,
+               cell_kwargs) -> SharedBlock:
         """The shared depth step around ``make_mixer``'s mixer."""
         check_int("UniversalTransformer", "heads", heads, 1, optional=True)
+        check_bool("UniversalTransformer", "rotary", rotary)
+        if mixer != ATTENTION and not rotary:
+            raise ValueError(f"UniversalTransformer: rotary=False needs the attention mixer "
+                             f"(a recurrent mixer has no RoPE), got mixer={mixer!r}")
         if mixer != ATTENTION and heads is not None:
             cell_kwargs = dict(cell_kwargs, heads=heads)
         return SharedBlock(make_mixer(mixer, d_model, 4 if heads is None else heads, None, engine,
-                                      cell_kwargs, causal=causal, block=block), d_model)
+                                      cell_kwargs, causal=causal, block=block, rotary=rotary),
+                           d_model)
 
     def coordinates(self, length: int, step: int, device=None,
                     offset: Optional[torch.Tensor] = None) -> torch.Tensor:
