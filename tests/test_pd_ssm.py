@@ -101,7 +101,42 @@ def test_packed_sequences_equal_each_sequence_alone():
     assert_close(final[2:3], last, torch.float64, "sequence 2's final state")
 
 
+def test_no_step_returns_the_start_states():
+    """T = 0: empty states and, as the final state, the start state (zeros without one),
+    plain and packed, as the reference."""
+    index, value, b, h0 = (t[:, :0] if t.dim() == 4 else t for t in _inputs(3))
+    for start in (h0, None):
+        for op in (pd_scan, pd_scan_reference):
+            h, final = op(index, value, b, start, True)
+            assert h.shape == (3, 0, 2, N)
+            assert torch.equal(final, torch.zeros_like(h0) if start is None else h0)
+    for op in (pd_scan, pd_scan_reference):
+        h, final = op(index[:1], value[:1], b[:1], h0[:2], True, cu_seqlens=torch.tensor([0, 0,
+                                                                                           0]))
+        assert h.shape == (1, 0, 2, N) and torch.equal(final, h0[:2])
+
+
+@pytest.mark.parametrize("start, state", [(torch.complex64, torch.complex64),
+                                          (torch.float64, torch.float64),
+                                          (torch.bfloat16, torch.float32)])
+def test_the_initial_state_dtype_is_promoted_not_cut(start, state):
+    """A complex or fp64 start with fp32 elements keeps its dtype (as linear_scan): the states
+    are in the promoted dtype, equal to the reference's."""
+    index, value, b, _ = _inputs(6, torch.float32)
+    h0 = torch.randn(3, 2, N, dtype=torch.float32).to(start)
+    if start.is_complex:
+        h0 = h0 + 1j * torch.randn(3, 2, N)
+    h, final = pd_scan(index, value, b, h0, True)
+    h_r, f_r = pd_scan_reference(index, value, b, h0, True)
+    assert h.dtype == final.dtype == h_r.dtype == state
+    assert_close(h, h_r, torch.float32, "states")
+    assert_close(final, f_r, torch.float32, "final state")
+    assert_close(h[:, 0], value[:, 0] * h0.to(state).gather(-1, index[:, 0]) + b[:, 0],
+                 torch.float32, "first state")
+
+
 @pytest.mark.parametrize("change, match", [
+    (dict(h0=lambda h: h.long()), "initial_state: expected a floating or complex dtype"),
     (dict(index=lambda i: i.double()), "index: expected dtype torch.int64"),
     (dict(index=lambda i: i + N), r"index: expected entries in \[0, N-1\]"),
     (dict(value=lambda v: v[..., :-1]), "value: expected the shape of index"),

@@ -91,6 +91,10 @@ def _check(index, value, b, initial_state, cu_seqlens) -> None:
         got = tuple(initial_state.shape) if isinstance(initial_state, torch.Tensor) \
             else type(initial_state).__name__
         raise ValueError(f"initial_state: expected shape (B, ..., N) = {want}, got {got}")
+    if initial_state is not None and not (initial_state.is_floating_point()
+                                          or initial_state.is_complex()):
+        raise TypeError(f"initial_state: expected a floating or complex dtype, got "
+                        f"{initial_state.dtype}")
 
 
 def _check_cu(cu_seqlens, index) -> None:
@@ -105,11 +109,13 @@ def _check_cu(cu_seqlens, index) -> None:
                          f"got {cu_seqlens.tolist()} for B = {index.shape[0]}")
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """At least fp32 (complex64): the state and its products are never kept narrower."""
-    if x.is_complex():
-        return x.to(torch.promote_types(x.dtype, torch.complex64))
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+def _state_dtype(value: torch.Tensor, initial_state: Optional[torch.Tensor]) -> torch.dtype:
+    """The state's dtype: value's (= b's) promoted with the initial state's (a complex or fp64
+    start is kept, as ``linear_scan`` keeps it), and never narrower than fp32 (complex64)."""
+    dtype = value.dtype if initial_state is None else \
+        torch.promote_types(value.dtype, initial_state.dtype)
+    floor = torch.complex64 if dtype.is_complex else torch.float32
+    return torch.promote_types(dtype, floor)
 
 
 def _packed_starts(elems: Elems, h0: torch.Tensor, cu: torch.Tensor) -> Elems:
@@ -141,14 +147,17 @@ def pd_scan(index: torch.Tensor, value: torch.Tensor, b: torch.Tensor,
         cu_seqlens: ``(S + 1,)`` offsets of S sequences packed along T (then B = 1).
 
     Returns:
-        ``(h, final_state)``: h ``(B, T, ..., N)`` in value's dtype widened to >= fp32, and the
-        final state or None.
+        ``(h, final_state)``: h ``(B, T, ..., N)`` in value's dtype promoted with
+        initial_state's and widened to >= fp32, and the final state or None.
     """
     _check(index, value, b, initial_state, cu_seqlens)
-    elems = (index, _wide(value), _wide(b))
+    dtype = _state_dtype(value, initial_state)
+    elems = (index, value.to(dtype), b.to(dtype))
     lead = (index.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1, *index.shape[2:])
-    h0 = torch.zeros(lead, dtype=elems[2].dtype, device=b.device) if initial_state is None \
-        else initial_state.to(elems[2].dtype)
+    h0 = torch.zeros(lead, dtype=dtype, device=b.device) if initial_state is None \
+        else initial_state.to(dtype)
+    if index.shape[1] == 0:  # no step: the states are empty and each final state is its start
+        return elems[2].clone(), (h0 if output_final_state else None)
     if cu_seqlens is not None:
         elems = _packed_starts(elems, h0, cu_seqlens)
     prefix = associative_scan(pd_combine, elems, dim=1)  # prefix maps: (B, T, ..., N) each
@@ -168,7 +177,8 @@ def pd_scan_reference(index: torch.Tensor, value: torch.Tensor, b: torch.Tensor,
                       cu_seqlens: Optional[torch.Tensor] = None):
     """The loop over time with ``pd_scan``'s contract (the reference; state >= fp32)."""
     _check(index, value, b, initial_state, cu_seqlens)
-    value, b = _wide(value), _wide(b)
+    dtype = _state_dtype(value, initial_state)
+    value, b = value.to(dtype), b.to(dtype)
     if cu_seqlens is not None:
         runs = [pd_scan_reference(index[:, s:e], value[:, s:e], b[:, s:e],
                                   None if initial_state is None else initial_state[k:k + 1], True)
@@ -177,7 +187,7 @@ def pd_scan_reference(index: torch.Tensor, value: torch.Tensor, b: torch.Tensor,
         final = torch.cat([f for _, f in runs]) if output_final_state else None
         return torch.cat([h for h, _ in runs], dim=1), final
     h = torch.zeros(b.shape[0], *b.shape[2:], dtype=b.dtype, device=b.device) \
-        if initial_state is None else initial_state.to(b.dtype)
+        if initial_state is None else initial_state.to(dtype)
     states = []
     for t in range(index.shape[1]):
         h = value[:, t] * h.gather(-1, index[:, t]) + b[:, t]  # (B, ..., N)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..checks import check_bool
-from .base import Sample, Task, check_int, register
+from .base import Sample, Task, check_int, check_tokens, register
 from .sampling import feed_back, last_position
 
 # --- listops --------------------------------------------------------------------------------
@@ -170,6 +170,7 @@ class ListOps(Task):
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Targets ``(B, T)``: each row's value at the last position, 0 elsewhere."""
+        check_tokens(self, inputs)
         targets = torch.zeros_like(inputs)
         targets[:, -1] = torch.tensor([listops_value(row) for row in inputs.tolist()])
         return targets
@@ -225,6 +226,7 @@ class Latching(Task):
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Targets ``(B, T)``: the first token, repeated."""
+        check_tokens(self, inputs)
         return inputs[:, :1].expand_as(inputs).clone()
 
     def _sample(self, batch: int, length: int, gen: torch.Generator) -> Sample:

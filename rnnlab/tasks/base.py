@@ -181,6 +181,21 @@ def get(name: str, **params) -> Task:
     return cls(**params)
 
 
+def check_tokens(task: "Task", inputs) -> None:
+    """What a task's ``label`` reads: a long tensor ``(B, T)`` of tokens in
+    ``[0, vocab_size)``; anything else is refused naming ``inputs`` (a negative token would
+    index from the end and give a wrong label, not an error)."""
+    owner = f"{task.name}.label: inputs"
+    if not isinstance(inputs, torch.Tensor) or inputs.dtype != torch.long:
+        got = inputs.dtype if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise TypeError(f"{owner}: expected a torch.long tensor (B, T) of tokens, got {got}")
+    if inputs.dim() != 2:
+        raise ValueError(f"{owner}: expected shape (B, T), got {tuple(inputs.shape)}")
+    if inputs.numel() and (int(inputs.min()) < 0 or int(inputs.max()) >= task.vocab_size):
+        raise ValueError(f"{owner}: expected tokens in [0, {task.vocab_size - 1}], got "
+                         f"[{int(inputs.min())}, {int(inputs.max())}]")
+
+
 def available() -> List[str]:
     """Names of all registered tasks, sorted."""
     return sorted(_REGISTRY)

@@ -16,7 +16,7 @@ from typing import Tuple
 
 import torch
 
-from .base import Sample, Task, check_int, register
+from .base import Sample, Task, check_int, check_tokens, register
 
 # --- tomita ---------------------------------------------------------------------------------
 # Each grammar as a DFA over {0, 1}: (next state on 0, next state on 1) per state, the accepting
@@ -83,6 +83,7 @@ class Tomita(Task):
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Membership ``(B, T)`` of every prefix of the bit strings ``inputs (B, T)``."""
+        check_tokens(self, inputs)
         delta, accept, _ = _dfa_tables(self.grammar)
         state = torch.zeros(inputs.shape[0], dtype=torch.long)
         out = torch.empty_like(inputs)
@@ -155,6 +156,7 @@ class Dyck(Task):
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Prefix classes ``(B, T)`` (0 invalid, 1 open, 2 balanced) by a stack recogniser."""
+        check_tokens(self, inputs)
         batch, length = inputs.shape
         rows = torch.arange(batch)
         stack = torch.zeros(batch, length + 1, dtype=torch.long)

@@ -21,7 +21,7 @@ from typing import List, Tuple
 import torch
 
 from ..checks import check_bool
-from .base import Sample, Task, check_choice, register
+from .base import Sample, Task, check_choice, check_tokens, register
 from .sampling import last_position
 
 # --- mod_arith ------------------------------------------------------------------------------
@@ -124,6 +124,7 @@ class ModArith(Task):
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Targets ``(B, T)``: the value at the last position, 0 elsewhere."""
+        check_tokens(self, inputs)
         targets = torch.zeros_like(inputs)
         targets[:, -1] = mod_arith_value(inputs)
         return targets
@@ -242,6 +243,7 @@ class WordProblem(Task):
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Running products ``(B, T)`` by a Hillis–Steele scan over the product table."""
+        check_tokens(self, inputs)
         table, size = _product_table(self.group), self.n_outputs
         prod, step = torch.tensor(self._token_elements())[inputs], 1  # tokens -> elements
         while step < inputs.shape[1]:
@@ -316,6 +318,7 @@ class IteratedMatrixSign(Task):
 
     def label(self, inputs: torch.Tensor) -> torch.Tensor:
         """Signs ``(B, T)`` in {0: negative, 1: zero, 2: positive}, computed exactly."""
+        check_tokens(self, inputs)
         batch, length = inputs.shape
         mats = torch.tensor(MATRICES, dtype=torch.long)  # (M, 3, 3)
         growth = max(1, int(mats.abs().sum(1).max()))

@@ -116,7 +116,8 @@ def test_latching_targets_are_the_first_token(n_mem, vocab):
     assert mask.all() and (y == x[:, :1]).all()
     assert int(x[:, 0].max()) < n_mem == task.n_outputs and task.chance == 1 / n_mem
     assert int(x.max()) == vocab - 1 == task.vocab_size - 1  # later tokens cover the vocabulary
-    assert torch.equal(task.label(torch.tensor([[1, 3, 0, 2]])), torch.tensor([[1, 1, 1, 1]]))
+    ones = torch.ones(1, 4, dtype=torch.long)
+    assert torch.equal(task.label(torch.tensor([[1, 0, vocab - 1, 1]])), ones)
 
 
 def test_latching_decode_and_errors():
