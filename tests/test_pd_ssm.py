@@ -253,6 +253,18 @@ def test_cell_refuses_bad_options_naming_them(option, value):
         rnnlab.cells.get("pd_ssm", 4, 8, **{option: value})
 
 
+def test_confidence_belongs_to_the_exact_estimator():
+    """The straight-through estimator has no confidence power: setting one is refused, not
+    ignored; the exact one shows it in its repr."""
+    with pytest.raises(ValueError, match="confidence applies to estimator='exact' only, got "
+                                         "confidence=0.5"):
+        rnnlab.cells.get("pd_ssm", 4, 8, estimator="straight_through", confidence=0.5)
+    assert "confidence" not in repr(rnnlab.cells.get("pd_ssm", 4, 8,
+                                                     estimator="straight_through"))
+    assert "confidence=0.25" in repr(rnnlab.cells.get("pd_ssm", 4, 8))
+    assert "confidence=0.5" in repr(rnnlab.cells.get("pd_ssm", 4, 8, confidence=0.5))
+
+
 def _dense_straight_through(cell, x, h0):
     """PD-SSM's straight-through step written densely, the reference for the estimator:
     ``h_t = diag(d_t) (P_t + S_t - sg(S_t)) h_{t-1} + b_t`` with S the row softmax of the

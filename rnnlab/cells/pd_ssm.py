@@ -30,6 +30,8 @@ matrices, M_t = sum_k s_tk M_k, and a hardmax over each row of M_t picks the sou
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -73,7 +75,8 @@ class PDSSM(MonoidCell):
         complex: complex diagonal with a learned phase (as the paper); real (0, 1) otherwise.
         estimator: the hardmax's gradient, "exact" or "straight_through" (see the module).
         confidence: gamma in [0, 1], the power of the chosen entry's softmax probability in |A|
-            (``estimator="exact"`` only).
+            (``estimator="exact"`` only: refused with the straight-through one, which has no
+            such power); None: 0.25.
         start: the state before the first step, ``"zero"`` or ``"one_hot"`` (e_0 in every head,
             the paper's): an automaton's start state, which the transitions then move around.
 
@@ -95,13 +98,18 @@ class PDSSM(MonoidCell):
 
     def __init__(self, input_size: int, hidden_size: int, state_size: int = 16, heads: int = 4,
                  dictionary_size: int = 8, complex: bool = False, estimator: str = "exact",
-                 confidence: float = 0.25, start: str = "zero", device=None, dtype=None):
+                 confidence: Optional[float] = None, start: str = "zero", device=None,
+                 dtype=None):
         super().__init__(input_size, hidden_size)
         owner = type(self).__name__
         check_range(owner, "state_size", state_size, 1)
         check_range(owner, "heads", heads, 1)
         check_range(owner, "dictionary_size", dictionary_size, 1)
         check_choice(owner, "estimator", estimator, ESTIMATORS)
+        if confidence is not None and estimator == "straight_through":
+            raise ValueError(f"{owner}: confidence applies to estimator='exact' only, got "
+                             f"confidence={confidence!r} with estimator='straight_through'")
+        confidence = 0.25 if confidence is None else confidence
         check_range(owner, "confidence", confidence, 0.0, 1.0)
         check_choice(owner, "start", start, STARTS)
         self.start = start
@@ -217,4 +225,5 @@ class PDSSM(MonoidCell):
         return (f"{super().extra_repr()}, state_size={self.N}, heads={self.heads}, "
                 f"dictionary_size={self.K}, complex={self.complex}, "
                 f"estimator={'straight_through' if self.straight else 'exact'}, "
-                f"start={self.start}")
+                + ("" if self.straight else f"confidence={self.confidence}, ")
+                + f"start={self.start}")
