@@ -296,3 +296,15 @@ def test_out_of_range_options_name_the_range_and_the_value(name, options, match)
 def test_tiny_steps_radii_and_phases_give_finite_parameters(name, options):
     cell = cells.get(name, 4, 8, **options)  # they round to the smallest normal number, not 0
     assert all(torch.isfinite(p).all() for p in cell.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, "float32"])
+def test_cells_refuse_a_parameter_dtype_that_is_not_real_floating(dtype):
+    """An int or complex parameter dtype used to pass and fail at the first step in torch's
+    words; every cell refuses it when built, by cells.get or directly."""
+    for name in ("gru", "lru", "pd_ssm", "mamba"):
+        with pytest.raises(TypeError, match=rf"cell '{name}': dtype must be a real floating "
+                                            rf"torch.dtype"):
+            cells.get(name, 4, 8, dtype=dtype)
+    with pytest.raises(TypeError, match="GRU.*dtype must be a real floating"):
+        constructor("gru")(4, 8, dtype=dtype)

@@ -197,6 +197,17 @@ def check_sizes(owner: str, input_size, hidden_size) -> None:
         check_int(owner, name, v, 1)
 
 
+def check_parameter_dtype(owner: str, dtype) -> None:
+    """A cell's ``dtype`` (of its parameters) is None or a real floating torch.dtype: a complex
+    cell keeps real parameters and builds its complex numbers from them, and an int or complex
+    one would fail only at the first step, in torch's words."""
+    if dtype is None:
+        return
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{owner}: dtype must be a real floating torch.dtype (of the "
+                        f"parameters) or None, got {dtype!r}")
+
+
 def _checked(init: Callable) -> Callable:
     """``init`` (a Cell subclass's ``__init__``) checking its arguments against its signature
     first, as ``cells.get`` does: sizes, then each option's name and type. Only the constructor
@@ -214,6 +225,7 @@ def _checked(init: Callable) -> Callable:
             # Cell.__init__, which checks them again for cells built without this wrapper).
             if all(n in given for n in SIZES):
                 check_sizes(type(self).__name__, *(given[n] for n in SIZES))
+            check_parameter_dtype(owner, given.get("dtype"))
             init(self, *args, **kwargs)
         finally:
             _NAME.reset(token)
