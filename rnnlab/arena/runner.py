@@ -31,6 +31,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import __version__
+from ..tasks.base import generator
 from ..tools.device import check_device
 from ..tools.files import directory_lock, remove_stale_temps
 from . import report, runs, spec, store
@@ -140,6 +141,8 @@ def _resolve(cfg: ArenaConfig):
     validate(cfg)
     models = [spec.model(m) for m in cfg.models]
     tasks = [spec.task(t) for t in cfg.tasks]
+    for label, task in tasks:
+        _check_lengths(label, task)
     for model in models:
         for label, task in tasks:
             try:
@@ -149,6 +152,19 @@ def _resolve(cfg: ArenaConfig):
                 raise ValueError(f"--models: cannot build {model.label!r} for the task "
                                  f"{label!r}: {err}") from None
     return models, tasks
+
+
+def _check_lengths(label: str, task) -> None:
+    """Draw one sequence at each length a run will use (the shortest and longest train length,
+    every test length), so that a task whose options cannot fill a length (a vocabulary too
+    small for the sets) is refused before the directory is written, not in every run."""
+    for length in sorted({*task.train_lengths, *task.test_lengths}):
+        try:
+            task.sample(1, length, generator(0, "test"))
+        except ValueError as err:
+            raise ValueError(f"--tasks: {label!r} cannot draw its length {length} (train "
+                             f"{list(task.train_lengths)}, test {list(task.test_lengths)}): "
+                             f"{err}") from None
 
 
 def _warner(console: Console):
