@@ -67,6 +67,20 @@ def test_mqar_repeats_the_key_value_prefix_only():
     assert "read 2x" in wrapped.describe()
 
 
+def test_the_prefix_covers_every_copy_of_the_context():
+    """A prefix-mode model reads the whole repeated context both ways: mqar's 2 * pairs
+    key-value steps in each of the copies, and set disjointness's every step before the final
+    separator."""
+    mqar = tasks.get("mqar", vocab=32, pairs=4)
+    for times in (1, 2, 3):
+        x, _, _ = RepeatedContext(mqar, times).sample(2, 20, tasks.generator(0, "train"))
+        assert RepeatedContext(mqar, times).prefix(x).tolist() == [8 * times] * 2
+    sets = tasks.get("set_disjointness", vocab=64)
+    for times in (1, 2, 3):
+        x, _, _ = RepeatedContext(sets, times).sample(2, 12, tasks.generator(0, "train"))
+        assert RepeatedContext(sets, times).prefix(x).tolist() == [x.shape[1] - 1] * 2
+
+
 def test_tasks_without_a_context_are_refused():
     with pytest.raises(ValueError, match="task must be"):
         RepeatedContext(tasks.get("parity"))

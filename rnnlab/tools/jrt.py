@@ -84,6 +84,14 @@ def context_len(task, length: int) -> int:
                      f"context precedes the question), got {name!r}")
 
 
+def original_length(task, repeated: int, times: int) -> int:
+    """The length L of the sample whose context read ``times`` times gives ``repeated`` steps:
+    ``repeated = L + (times - 1) * context_len(task, L)``."""
+    if task.name == "set_disjointness":  # context L - 1: repeated = times (L - 1) + 1
+        return (repeated - 1) // times + 1
+    return repeated - (times - 1) * context_len(task, task.min_length)  # mqar: a fixed context
+
+
 class RepeatedContext:
     """``task`` with its context read ``times`` times: ``sample(batch, length, generator)``
     returns ``repeat_context`` of the task's sample (``length`` is the original length; the
@@ -104,6 +112,14 @@ class RepeatedContext:
                generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y, mask = self.task.sample(batch, length, generator)
         return repeat_context(x, context_len(self.task, length), y, mask, self.times)
+
+    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: the task's own context prefix and every copy of the context before it (a
+        prefix-mode model reads all the copies both ways, not the first one alone)."""
+        T = inputs.shape[1]
+        length = original_length(self.task, T, self.times)
+        extra = (self.times - 1) * context_len(self.task, length)
+        return self.task.prefix(inputs[:, extra:]) + extra
 
     def describe(self) -> str:
         return f"{self.task.describe()} read {self.times}x"
