@@ -185,8 +185,13 @@ def test_tasks_list_and_show_name_the_extra_metric():
 
 def test_the_algorithmic_preset_states_the_ut_table():
     cfg = preset("algorithmic")
-    ut = "ut(position_offset=800)"  # the paper's UT: random position offsets in training
-    assert cfg.models == ["lstm", "transformer", ut, "ut"]
+    # the paper's UT in one stream: random offsets, no RoPE, positions restart at the delimiter
+    ut = "ut(position_offset=800,restart_at=11,rotary=false)"
+    assert cfg.models == ["lstm", "transformer", ut, "ut(position_offset=800)", "ut"]
     assert cfg.expected[(ut, "reverse")] > cfg.expected[("lstm", "reverse")]
-    assert spec.model(ut).options == {"position_offset": 800}
-    assert "ut" in preset("full").models
+    assert spec.model(ut).options == {"position_offset": 800, "restart_at": 11, "rotary": False}
+    for name in cfg.tasks:  # 11 is the delimiter of every task of the table
+        task = spec.task(name)[1]
+        x, _, _ = task.sample(2, 21, tasks.generator(0, "train"))
+        assert (x == 11).sum(1).ge(1).all() and (x[:, :(x == 11).int().argmax(1).min()] < 11).all()
+    assert "ut" in preset("full").models and ut not in preset("full").models
