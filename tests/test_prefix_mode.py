@@ -3,6 +3,7 @@ of ``prefix_forward`` with the plain reference (outputs, state, every gradient),
 input; the plumbing through the models and the arena; set disjointness read twice."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,6 +161,20 @@ def test_bad_input_is_refused_naming_the_argument():
         prefix_forward(layer.cell, x, 2)
     with pytest.raises(ValueError, match=r"x must be a tensor \(B, T, D\)"):
         prefix_forward(layer, x[0], 2)
+    with pytest.raises(ValueError, match=r"prefix: expected shape \(B,\) = \(2,\), got \(0,\)"):
+        prefix_forward(layer, x, [])
+    with pytest.raises(TypeError, match="prefix: expected an int"):
+        prefix_forward(layer, x, np.True_)
+
+
+def test_numpy_prefixes_equal_python_and_torch_ones():
+    layer = rnnlab.Recurrent("gla", input_size=5, hidden_size=8, heads=2)
+    x = torch.randn(2, 6, 5)
+    want = prefix_forward(layer, x, torch.tensor([2, 6]))[0]
+    torch.testing.assert_close(prefix_forward(layer, x, np.array([2, 6]))[0], want)
+    torch.testing.assert_close(prefix_forward(layer, x, [np.int64(2), 6])[0], want)
+    torch.testing.assert_close(prefix_forward(layer, x, np.int32(3))[0],
+                               prefix_forward(layer, x, 3)[0])
 
 
 # --- models -------------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ cell's ``readout`` on ``B * M_max`` copies of the state. ``prefix_reference`` is
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..cells.base import Cell, State, as_tuple, map_state
@@ -34,10 +36,13 @@ from .recurrent import Recurrent
 
 def check_prefix(prefix, batch: int, steps: int, device=None) -> torch.Tensor:
     """``prefix``: an int, or B integers, in ``[0, T]`` -> a long tensor ``(B,)``."""
-    if isinstance(prefix, bool) or not isinstance(prefix, (int, torch.Tensor, list, tuple)):
+    if isinstance(prefix, (bool, np.bool_)) or not isinstance(
+            prefix, (numbers.Integral, torch.Tensor, np.ndarray, list, tuple)):
         raise TypeError(f"prefix: expected an int or a 1-D integer tensor of B={batch} prefix "
                         f"lengths, got {type(prefix).__name__}")
-    p = torch.as_tensor(prefix, device=device)
+    empty = isinstance(prefix, (list, tuple)) and not prefix  # as_tensor would make it float
+    p = torch.zeros(0, dtype=torch.long, device=device) if empty else \
+        torch.as_tensor(prefix, device=device)
     if p.is_floating_point() or p.is_complex() or p.dtype == torch.bool:
         raise TypeError(f"prefix: expected an integer dtype, got {p.dtype}")
     if p.dim() == 0:
