@@ -164,6 +164,9 @@ def test_sinusoid():
     (dict(restart_at=4), r"restart_at must be an int in \[0, 3\], got 4"),
     (dict(restart_at=1, kind="real"), "restart_at needs token inputs"),
     (dict(mixer="gru", rotary=False), "rotary=False needs the attention mixer"),
+    (dict(encoder=True), "encoder=True needs restart_at"),
+    (dict(encoder=True, restart_at=1, causal=False), "encoder=True needs .* causal=True"),
+    (dict(encoder=True, restart_at=1, mixer="gru"), "encoder=True needs .* the attention mixer"),
 ])
 def test_bad_arguments_name_themselves(kwargs, match):
     args = dict(vocab_size=4, n_outputs=2, d_model=8)
@@ -287,3 +290,56 @@ def test_ut_without_rotary_sees_positions_only_through_its_coordinates():
     model.coordinates = lambda T, step, device=None, offset=None: torch.zeros(T, 8)
     order = [1, 0, 2, 3, 4]
     torch.testing.assert_close(model(x[:, order]), model(x)[:, order])
+
+
+def test_attention_prefix_mask_reads_the_prefix_both_ways():
+    """prefix 0 is causal attention, prefix T is attention both ways; in between, a prefix step
+    sees later prefix steps and nothing after the prefix, and the steps after stay causal."""
+    torch.manual_seed(9)
+    causal = CausalSelfAttention(8, 2, rotary=False).double()
+    both = SelfAttention(8, 2, causal=False, rotary=False).double()
+    both.load_state_dict(causal.state_dict())
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    torch.testing.assert_close(causal(x, prefix=torch.zeros(2, dtype=torch.long))[0], causal(x)[0])
+    torch.testing.assert_close(causal(x, prefix=torch.full((2,), 7))[0], both(x))
+    prefix = torch.tensor([3, 5])
+    y = causal(x, prefix=prefix)[0]
+    for b, m in enumerate(prefix.tolist()):
+        ahead = x.clone()
+        ahead[b, m - 1] += 1.0  # the last prefix step: every prefix step sees it
+        changed = (causal(ahead, prefix=prefix)[0][b] - y[b]).abs().sum(-1) > 1e-9
+        assert changed.tolist() == [True] * 7
+        after = x.clone()
+        after[b, m] += 1.0  # the first step after the prefix: only it and later steps see it
+        changed = (causal(after, prefix=prefix)[0][b] - y[b]).abs().sum(-1) > 1e-9
+        assert changed.tolist() == [False] * m + [True] * (7 - m)
+    with pytest.raises(ValueError, match=r"prefix must be an integer tensor \(B,\) = \(2,\)"):
+        causal(x, prefix=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="prefix needs window=None"):
+        CausalSelfAttention(8, 2, window=3).double()(x, prefix=prefix)
+
+
+def test_ut_encoder_reads_the_input_both_ways_and_the_rest_causally():
+    """encoder=True: the steps before each row's restart token (9) read each other both ways,
+    the forward is the plain loop with that prefix mask, the steps from the token on stay
+    causal, and a row without the token is causal throughout."""
+    torch.manual_seed(10)
+    model = UniversalTransformer(10, 4, d_model=8, max_steps=2, heads=2, act=False,
+                                 restart_at=9, rotary=False, encoder=True).double().eval()
+    x = torch.tensor([[1, 2, 3, 9, 4, 5], [1, 2, 3, 4, 5, 6]])
+    prefix = model.encoder_steps(x)
+    assert prefix.tolist() == [3, 0]
+    h = model.embed(x) + model.segment(model.segments(x))
+    for step in range(1, 3):
+        h = model.block(h + model.coordinates(6, step, offset=model.shifts(x)).double(), prefix)
+    y = model(x)
+    torch.testing.assert_close(y, model.head(model.norm(h)))
+    ahead = x.clone()
+    ahead[:, 2] = 7  # row 0: the last input step, seen by the whole input; row 1: causal
+    changed = (model(ahead) - y).abs().sum(-1) > 1e-9
+    assert changed.tolist() == [[True] * 6, [False, False, True, True, True, True]]
+    later = x.clone()
+    later[:, 4:] = 8  # after the restart token: nothing before step 4 sees it
+    assert torch.equal((model(later) - y).abs().sum(-1)[:, :4] > 1e-9, torch.zeros(2, 4).bool())
+    with pytest.raises(TypeError, match="encoder must be a bool"):
+        UniversalTransformer(10, 4, restart_at=9, encoder=1)

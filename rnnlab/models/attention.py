@@ -63,8 +63,13 @@ class CausalSelfAttention(nn.Module):
         empty = torch.zeros(batch, self.heads, 0, d, device=device, dtype=dtype)
         return empty, empty.clone(), torch.zeros((), dtype=torch.long, device=device)
 
-    def forward(self, x: torch.Tensor, state: Optional[KVCache] = None):
+    def forward(self, x: torch.Tensor, state: Optional[KVCache] = None,
+                prefix: Optional[torch.Tensor] = None):
+        """``prefix (B,)`` (whole sequences only): the first ``prefix[b]`` steps of row b also
+        see each other ahead (a prefix-LM mask); the steps after stay causal."""
         B, T, D = x.shape
+        if prefix is not None:
+            return self._prefix_forward(x, prefix)
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         start = 0 if state is None else int(state[2])
         pos = torch.arange(start, start + T, device=x.device)  # (T,)
@@ -86,6 +91,27 @@ class CausalSelfAttention(nn.Module):
             k, v = k[:, :, k.shape[2] - min(keep, k.shape[2]):], v[:, :, v.shape[2] - min(
                 keep, v.shape[2]):]
         cache = (k, v, torch.tensor(start + T, device=x.device))
+        return self.out(y.transpose(1, 2).reshape(B, T, D)), cache  # (B, T, D)
+
+    def _prefix_forward(self, x: torch.Tensor, prefix: torch.Tensor):
+        B, T, D = x.shape
+        if self.window is not None:
+            raise ValueError("CausalSelfAttention: prefix needs window=None (a sliding window "
+                             "has no prefix to read whole)")
+        if not isinstance(prefix, torch.Tensor) or prefix.shape != (B,) or \
+                prefix.is_floating_point() or prefix.is_complex() or prefix.dtype == torch.bool:
+            got = f"{prefix.dtype} {tuple(prefix.shape)}" if isinstance(prefix, torch.Tensor) \
+                else type(prefix).__name__
+            raise ValueError(f"CausalSelfAttention: prefix must be an integer tensor (B,) = "
+                             f"({B},), got {got}")
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
+        pos = torch.arange(T, device=x.device)
+        inside = pos[None, :] < prefix.to(x.device)[:, None]  # (B, T): step in row b's prefix
+        allowed = (pos[None, :] <= pos[:, None]) | (inside[:, :, None] & inside[:, None, :])
+        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+        cache = (k, v, torch.tensor(T, device=x.device))
         return self.out(y.transpose(1, 2).reshape(B, T, D)), cache  # (B, T, D)
 
 

@@ -83,8 +83,8 @@ class SharedBlock(ResidualBlock):
     def __init__(self, mixer: nn.Module, d_model: int):
         super().__init__(mixer, d_model, mlp=make_mlp("relu", d_model), post_norm=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x)[0]  # (B, T, D)
+    def forward(self, x: torch.Tensor, prefix: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return super().forward(x, None, prefix)[0]  # (B, T, D)
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         """State dicts saved before the block became a ``ResidualBlock`` (``norm1``,
@@ -129,6 +129,9 @@ class UniversalTransformer(nn.Module):
             (default): positions run on.
         rotary: RoPE inside the attention (default); False leaves the coordinates above as the
             only positions, as in the paper's UT (attention mixers only).
+        encoder: with ``restart_at`` and causal attention, the steps before each row's restart
+            token also attend ahead to each other (a prefix-LM mask): the paper's bidirectional
+            encoder, in one stream. The steps from the restart token on stay causal.
         cell_kwargs: options of the cell (recurrent mixers only).
 
     After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
@@ -142,12 +145,13 @@ class UniversalTransformer(nn.Module):
                  halting_bias: float = 1.0, act_combine: str = "interpolate",
                  kind: str = "tokens", engine="auto", block: str = "default",
                  position_offset: int = 0, restart_at: Optional[int] = None,
-                 rotary: bool = True, **cell_kwargs):
+                 rotary: bool = True, encoder: bool = False, **cell_kwargs):
         super().__init__()
         check_int("UniversalTransformer", "position_offset", position_offset, 0)
         self._check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
                     ponder_weight, halting_bias, act_combine, kind, cell_kwargs)
         self._check_restart(restart_at, vocab_size, kind)
+        self._check_encoder(encoder, restart_at, mixer, causal)
         check_block("UniversalTransformer", block, mixer)
         self.d_model, self.max_steps, self.act, self.eps = d_model, max_steps, act, float(eps)
         self.ponder_weight, self.act_combine = float(ponder_weight), act_combine
@@ -163,7 +167,7 @@ class UniversalTransformer(nn.Module):
         self.n_updates: Optional[torch.Tensor] = None
         self.remainders: Optional[torch.Tensor] = None
         self.update_weights: Optional[torch.Tensor] = None
-        self.position_offset, self.restart_at = position_offset, restart_at
+        self.position_offset, self.restart_at, self.encoder = position_offset, restart_at, encoder
         if restart_at is not None:  # only then: the state dicts of other models keep their keys
             self.segment = nn.Embedding(2, d_model)
         if position_offset:  # seeded from the global generator: torch.manual_seed fixes it
@@ -197,6 +201,14 @@ class UniversalTransformer(nn.Module):
             raise ValueError(f"UniversalTransformer: restart_at needs token inputs "
                              f"(kind='tokens'), got kind={kind!r}")
         check_int("UniversalTransformer", "restart_at", restart_at, 0, vocab_size - 1)
+
+    @staticmethod
+    def _check_encoder(encoder, restart_at, mixer, causal) -> None:
+        check_bool("UniversalTransformer", "encoder", encoder)
+        if encoder and (restart_at is None or mixer != ATTENTION or not causal):
+            raise ValueError(f"UniversalTransformer: encoder=True needs restart_at (where the "
+                             f"input ends), the attention mixer and causal=True, got "
+                             f"restart_at={restart_at!r}, mixer={mixer!r}, causal={causal!r}")
 
     @staticmethod
     def _block(mixer, d_model, causal, heads, engine, block, rotary,
@@ -247,6 +259,14 @@ class UniversalTransformer(nn.Module):
         restart = torch.where(marked, -first, 0)  # (B, T)
         return restart if offset is None else restart + offset
 
+    def encoder_steps(self, inputs: torch.Tensor) -> Optional[torch.Tensor]:
+        """With ``encoder``: ``(B,)`` how many steps of each row read both ways, those before
+        its first restart token (0 in a row without one: it stays causal); else None."""
+        if not self.encoder:
+            return None
+        second = self.segments(inputs)  # (B, T)
+        return torch.where(second.bool().any(1), second.argmax(1), 0)  # (B,)
+
     def segments(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` long: 1 at and after each row's first ``restart_at`` token, else 0."""
         return ((inputs == self.restart_at).long().cumsum(dim=1) > 0).long()
@@ -261,16 +281,17 @@ class UniversalTransformer(nn.Module):
         h = self.embed(inputs)  # (B, T, D)
         if self.restart_at is not None:
             h = h + self.segment(self.segments(inputs))  # (B, T, D)
-        shift = self.shifts(inputs)
-        out = self._act(h, shift) if self.act else self._fixed(h, shift)  # (B, T, D)
+        shift, prefix = self.shifts(inputs), self.encoder_steps(inputs)
+        out = self._act(h, shift, prefix) if self.act else self._fixed(h, shift, prefix)
         logits = self.head(self.norm(out))  # (B, T, n_outputs)
         return (logits, self.ponder_cost) if return_ponder else logits
 
-    def _fixed(self, h: torch.Tensor, offset: Optional[torch.Tensor]) -> torch.Tensor:
+    def _fixed(self, h: torch.Tensor, offset: Optional[torch.Tensor],
+               prefix: Optional[torch.Tensor]) -> torch.Tensor:
         """Exactly ``max_steps`` steps; the last state is the output."""
         B, T, _ = h.shape
         for step in range(1, self.max_steps + 1):
-            h = self.block(h + self.coordinates(T, step, h.device, offset).to(h.dtype))
+            h = self.block(h + self.coordinates(T, step, h.device, offset).to(h.dtype), prefix)
         self.ponder_cost = h.new_zeros(())
         self.n_updates = torch.full((B, T), self.max_steps, dtype=torch.long, device=h.device)
         self.remainders = h.new_zeros(B, T)
@@ -278,7 +299,8 @@ class UniversalTransformer(nn.Module):
         self.update_weights[..., -1] = 1.0
         return h
 
-    def _act(self, h: torch.Tensor, offset: Optional[torch.Tensor]) -> torch.Tensor:
+    def _act(self, h: torch.Tensor, offset: Optional[torch.Tensor],
+             prefix: Optional[torch.Tensor]) -> torch.Tensor:
         """Per-position ACT loop (module doc); sets ``ponder_cost`` and the inspection
         tensors."""
         B, T, _ = h.shape
@@ -300,7 +322,7 @@ class UniversalTransformer(nn.Module):
             rem = rem + r_new
             n = n + running.long()
             w = p * going + r_new  # (B, T)
-            h = self.block(x)  # (B, T, D): the next step's input is the unweighted state
+            h = self.block(x, prefix)  # (B, T, D): the next step's input is the unweighted state
             if self.act_combine == "sum":
                 out = out + w[..., None] * h
             else:
