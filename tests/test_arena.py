@@ -183,6 +183,19 @@ def test_presets_resolve():
         run_arena(tiny(steps=0), None, quiet())
 
 
+def test_a_task_that_cannot_draw_its_lengths_is_refused_before_anything_is_written(tmp_path):
+    """set_disjointness with 128 ids cannot fill its test length 128: refused up front, not
+    as a failure in every run after the directory is written."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["arena", "--models", "gru", "--tasks",
+                                      "parity,set_disjointness(vocab=128)", "--steps", "2",
+                                      "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "--tasks: 'set_disjointness(vocab=128)' cannot draw its length 128" in text, text
+    assert "raise vocab" in text and not out.exists()
+
+
 def test_cli_arena_and_tasks_show(tmp_path):
     runner = CliRunner()
     out = tmp_path / "res"
