@@ -264,8 +264,7 @@ class UniversalTransformer(nn.Module):
         its first restart token (0 in a row without one: it stays causal); else None."""
         if not self.encoder:
             return None
-        second = self.segments(inputs)  # (B, T)
-        return torch.where(second.bool().any(1), second.argmax(1), 0)  # (B,)
+        return self.segments(inputs).argmax(dim=1)  # (B,): the first 1, or 0 where there is none
 
     def segments(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(B, T)`` long: 1 at and after each row's first ``restart_at`` token, else 0."""
