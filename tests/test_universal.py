@@ -315,8 +315,10 @@ def test_attention_prefix_mask_reads_the_prefix_both_ways():
         assert changed.tolist() == [False] * m + [True] * (7 - m)
     with pytest.raises(ValueError, match=r"prefix must be an integer tensor \(B,\) = \(2,\)"):
         causal(x, prefix=torch.tensor([1.0, 2.0]))
-    with pytest.raises(ValueError, match="prefix needs window=None"):
+    with pytest.raises(ValueError, match="prefix needs window=None and no cache"):
         CausalSelfAttention(8, 2, window=3).double()(x, prefix=prefix)
+    with pytest.raises(ValueError, match="prefix needs window=None and no cache"):
+        causal(x, causal.initial_state(2, dtype=torch.float64), prefix=prefix)
 
 
 def test_ut_encoder_reads_the_input_both_ways_and_the_rest_causally():

@@ -68,8 +68,7 @@ class CausalSelfAttention(nn.Module):
         """``prefix (B,)`` (whole sequences only): the first ``prefix[b]`` steps of row b also
         see each other ahead (a prefix-LM mask); the steps after stay causal."""
         B, T, D = x.shape
-        if prefix is not None:
-            return self._prefix_forward(x, prefix)
+        both_ways = None if prefix is None else self._prefix_mask(prefix, B, T, state, x.device)
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         start = 0 if state is None else int(state[2])
         pos = torch.arange(start, start + T, device=x.device)  # (T,)
@@ -78,7 +77,9 @@ class CausalSelfAttention(nn.Module):
         if state is not None:
             k = torch.cat([state[0].to(k.dtype), k], dim=2)  # (B, heads, S, D/heads)
             v = torch.cat([state[1].to(v.dtype), v], dim=2)
-        if self.window is None and k.shape[2] == T:
+        if both_ways is not None:
+            y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=both_ways)
+        elif self.window is None and k.shape[2] == T:
             y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             key_pos = torch.arange(start + T - k.shape[2], start + T, device=x.device)  # (S,)
@@ -93,26 +94,21 @@ class CausalSelfAttention(nn.Module):
         cache = (k, v, torch.tensor(start + T, device=x.device))
         return self.out(y.transpose(1, 2).reshape(B, T, D)), cache  # (B, T, D)
 
-    def _prefix_forward(self, x: torch.Tensor, prefix: torch.Tensor):
-        B, T, D = x.shape
-        if self.window is not None:
-            raise ValueError("CausalSelfAttention: prefix needs window=None (a sliding window "
-                             "has no prefix to read whole)")
+    def _prefix_mask(self, prefix, B: int, T: int, state, device) -> torch.Tensor:
+        """``(B, 1, T, T)`` bool: causal, plus both ways inside each row's prefix."""
+        if self.window is not None or state is not None:
+            raise ValueError("CausalSelfAttention: prefix needs window=None and no cache (it "
+                             "reads a whole sequence's prefix at once)")
         if not isinstance(prefix, torch.Tensor) or prefix.shape != (B,) or \
                 prefix.is_floating_point() or prefix.is_complex() or prefix.dtype == torch.bool:
             got = f"{prefix.dtype} {tuple(prefix.shape)}" if isinstance(prefix, torch.Tensor) \
                 else type(prefix).__name__
             raise ValueError(f"CausalSelfAttention: prefix must be an integer tensor (B,) = "
                              f"({B},), got {got}")
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        if self.rotary:
-            q, k = rotary(q), rotary(k)  # each (B, heads, T, D/heads)
-        pos = torch.arange(T, device=x.device)
-        inside = pos[None, :] < prefix.to(x.device)[:, None]  # (B, T): step in row b's prefix
+        pos = torch.arange(T, device=device)
+        inside = pos[None, :] < prefix.to(device)[:, None]  # (B, T): step in row b's prefix
         allowed = (pos[None, :] <= pos[:, None]) | (inside[:, :, None] & inside[:, None, :])
-        y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
-        cache = (k, v, torch.tensor(T, device=x.device))
-        return self.out(y.transpose(1, 2).reshape(B, T, D)), cache  # (B, T, D)
+        return allowed[:, None]  # (B, 1, T, T)
 
 
 class SelfAttention(CausalSelfAttention):
