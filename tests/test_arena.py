@@ -40,6 +40,15 @@ def test_tiny_grid_end_to_end(tmp_path):
     assert "data:image/png;base64," in html and "mamba[-1,1]" in html
     assert "| gru |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "results.csv").read_text().startswith("model,task,seed,length,metric")
+    curves = [json.loads(line) for line in (tmp_path / "curves.jsonl").read_text().splitlines()]
+    assert sorted((c["model"], c["task"], c["seed"]) for c in curves) == sorted(
+        {(r["model"], r["task"], r["seed"]) for r in records})  # one per run
+    for c in curves:  # a point every eval_every = 3 steps, up to the run's last step
+        steps = next(r["steps"] for r in records if (r["model"], r["task"]) == (c["model"],
+                                                                               c["task"]))
+        assert [p[0] for p in c["curve"]] == list(range(3, steps + 1, 3)), c
+    for task in ("parity", "mqar"):
+        assert (tmp_path / "plots" / "curves" / f"{task}.png").stat().st_size > 0
 
 
 def test_rerun_skips_finished_runs(tmp_path, monkeypatch):
@@ -112,6 +121,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, model_spec):
     straight = train_run(model, task, 0, cfg, tmp_path / "b")
     assert resumed["resumed_from"] == 4 and straight["resumed_from"] == 0
     assert resumed["scores"] == straight["scores"]
+    # the learning curve goes on from the checkpoint, the loss of step 4 included
+    assert resumed["curve"] == straight["curve"] and [p[0] for p in straight["curve"]] == [3, 6]
     a = load_file(str(tmp_path / "a" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
     assert a.keys() == b.keys()
@@ -268,6 +279,38 @@ def test_agreement_is_read_beyond_training_or_at_the_train_length_if_that_is_all
     assert rows["long", "b"][-3:] == [None, 1.0, None]  # not tested beyond yet: no verdict
     assert rows["short", "a"][-3:] == [None, 1.0, True]
     assert rows["short", "b"][-3:] == [None, 1.0, False]
+
+
+def test_the_learning_curve_is_the_mean_loss_and_the_validation_of_each_interval(tmp_path):
+    """A point every eval_every steps: the mean of the training losses since the previous
+    point and the validation metric that the run saw there (with or without early stop)."""
+    model, (_, task) = spec.model("gru"), spec.task("parity")
+    for early_stop in (None, 0.99):
+        seen = []
+        result = train_run(model, task, 0, tiny(steps=7, early_stop=early_stop),
+                           tmp_path / str(early_stop), lambda *a: seen.append(a))
+        losses = [loss for _, loss, _ in seen]
+        assert result["curve"] == [
+            [3, round(sum(losses[:3]) / 3, 6), round(seen[2][2], 6)],
+            [6, round(sum(losses[3:6]) / 3, 6), round(seen[5][2], 6)]]
+        assert [val is not None for *_, val in seen] == [s % 3 == 0 for s in range(1, 8)]
+
+
+def test_curves_are_replaced_per_run_and_a_damaged_line_is_dropped_with_a_warning(tmp_path):
+    from rnnlab.arena import store
+    run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
+    path = tmp_path / "curves.jsonl"
+    before = path.read_text()
+    path.write_text(before + '{"model": "gru", "task": "parity", "seed": 0, "cur\n')
+    warnings = []
+    entry = {**json.loads(before), "curve": [[3, 0.5, 0.25]]}
+    store.add_curve(tmp_path, entry, warnings.append)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [entry]
+    assert len(warnings) == 1 and "curves.jsonl: 1 line(s)" in warnings[0]
+    path.write_text("not json\n[1, 2]\n")
+    assert store.load_curves(tmp_path) == []  # the report still writes, without curves
+    report.write_all(tmp_path, tiny(models=["gru"], tasks=["parity"]),
+                     store.load_records(tmp_path, pytest.fail))
 
 
 def test_parallel_jobs_give_the_serial_results(tmp_path):

@@ -21,7 +21,7 @@ from rich.table import Table
 from ..tasks.metrics import METRICS
 from .config import ArenaConfig
 from .spec import without_lr
-from .store import summary, write_atomic
+from .store import load_curves, summary, write_atomic
 
 TOLERANCE = 0.1  # |measured - expected| that counts as a reproduction
 
@@ -154,10 +154,40 @@ def figure(task: str, metric: str, lengths: List[int], rows: List[list]):
     return fig
 
 
+def curve_figure(task: str, metric: str, curves: List[dict], early_stop: Optional[float]):
+    """The validation metric at the longest train length against the training step, one line
+    per run (``curves``: ``store.load_curves`` entries), a model's seeds in one colour."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=100)
+    models = list(dict.fromkeys(c["model"] for c in curves))
+    labelled = set()
+    for c in curves:
+        i = models.index(c["model"])
+        steps, _, vals = zip(*c["curve"])
+        ax.plot(steps, vals, color=f"C{i % 10}", linewidth=1.2,
+                linestyle=LINESTYLES[i // 10 % len(LINESTYLES)],
+                label=None if c["model"] in labelled else c["model"])
+        labelled.add(c["model"])
+    if early_stop is not None:
+        ax.axhline(early_stop, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("training step" + (" (dotted: early-stop level)" if early_stop else ""))
+    ax.set_ylabel(f"{metric} at the longest train length")
+    ax.set_title(f"{task}: learning curves (one line per seed)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
+
+
 def plot_png(task: str, metric: str, lengths: List[int], rows: List[list]) -> bytes:
     """``figure`` as PNG bytes."""
+    return _png(figure(task, metric, lengths, rows))
+
+
+def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
-    fig = figure(task, metric, lengths, rows)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -176,23 +206,31 @@ def plot_name(task: str, taken: set) -> str:
 
 def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
               meta: Optional[Dict[str, str]] = None) -> None:
-    """results.md, plots/<task>.png (an extra metric's: plots/<task>_<metric>.png) and
+    """results.md, plots/<task>.png (an extra metric's: plots/<task>_<metric>.png), the
+    learning curves of the runs in ``out/curves.jsonl`` (plots/curves/<task>.png) and
     report.html (each written atomically)."""
     write_atomic(out / "results.md", markdown(cfg, records))
+    curves = [c for c in load_curves(out) if c["model"] in cfg.models]
     sections, names, seen = [], set(), set()
     for task, metric, lengths, rows in task_tables(cfg, records):
         png = plot_png(task, metric, lengths, rows)
-        name = plot_name(task if task not in seen else f"{task}_{metric}", names)  # extras
+        main = task not in seen
+        name = plot_name(task if main else f"{task}_{metric}", names)  # extras
         seen.add(task)
         names.add(name)
         write_atomic(out / "plots" / f"{name}.png", png)
         cells = "".join(f"<th>{html.escape(h)}</th>" for h in _header(lengths))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
                        + "</tr>" for row in rows)
-        img = base64.b64encode(png).decode()
+        pngs = [png]
+        ours = [c for c in curves if c["task"] == task and c["metric"] == metric and c["curve"]]
+        if main and ours:
+            pngs.append(_png(curve_figure(task, metric, ours, cfg.early_stop)))
+            write_atomic(out / "plots" / "curves" / f"{name}.png", pngs[-1])
+        imgs = "".join(f"<img alt='{html.escape(task)}' src='data:image/png;base64,"
+                       f"{base64.b64encode(p).decode()}'>" for p in pngs)
         sections.append(f"<h2>{html.escape(_title(cfg, task, metric))}</h2>"
-                        f"<table><tr>{cells}</tr>{body}</table>"
-                        f"<img alt='{html.escape(task)}' src='data:image/png;base64,{img}'>")
+                        f"<table><tr>{cells}</tr>{body}</table>{imgs}")
     info = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
                    for k, v in (meta or {}).items())
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>rnnlab arena</title>"

@@ -227,8 +227,9 @@ def _train(todo, n_grid, cfg, shown, out, console, preset, records, failed, star
     trained = 0
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn()]
+    warn = _warner(console)
     with Progress(*columns, console=console, transient=True) as progress, \
-            contextlib.closing(executor(todo, cfg, out, progress, _warner(console))) as results:
+            contextlib.closing(executor(todo, cfg, out, progress, warn)) as results:
         overall = progress.add_task("grid", total=n_grid, completed=n_grid - len(todo))
         for (model, task_label, task, seed), result, error in results:
             progress.advance(overall)
@@ -238,6 +239,9 @@ def _train(todo, n_grid, cfg, shown, out, console, preset, records, failed, star
                 console.print(f"  {escape(title)}: [red]failed[/red]: {escape(error)}",
                               soft_wrap=True)
                 continue
+            if result.get("curve") is not None:  # first: a run without records runs again
+                store.add_curve(out, {"model": model.label, "task": task_label, "seed": seed,
+                                      "metric": task.metric, "curve": result["curve"]}, warn)
             records.extend(_records(model, task_label, task, seed, result, cfg, preset))
             store.save_records(out, records)
             report.write_all(out, shown, records, _meta(shown, preset, start))

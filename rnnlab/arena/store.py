@@ -6,7 +6,9 @@ Layout of ``--out DIR``::
     results.jsonl      one record per (model, task, seed, length, metric)
     results.csv        the same records as a table
     results.md         the summary table (markdown)
+    curves.jsonl       one learning curve per run: (step, mean training loss, validation)
     plots/<task>.png   metric vs test length, one line per model
+    plots/curves/<task>.png   validation metric vs training step, one line per run
     report.html        table and plots in one self-contained file
     runs/<id>/         checkpoint.safetensors of a run in progress / the trained weights
 
@@ -37,7 +39,8 @@ REQUIRED = {"model": str, "task": str, "seed": int, "length": int, "metric": str
 AGGREGATES = ("mean", "best")  # how ``summary`` combines the seeds of a run
 # what the arena writes into --out, and all that --fresh deletes
 OWN_ENTRIES = ("config.json", "results.jsonl", "results.csv", "results.md", "report.html",
-               "plots", "runs")
+               "curves.jsonl", "plots", "runs")
+CURVE_KEYS = ("model", "task", "seed")  # one curve per run
 
 
 def check_out(out: Path, fresh: bool) -> None:
@@ -206,3 +209,42 @@ def summary(records: List[dict], aggregate: str = "mean") -> Dict[tuple, Dict[in
             out[key] = {n: sum(v[n] for v in by_seed.values() if n in v)
                         / sum(n in v for v in by_seed.values()) for n in lengths}
     return out
+
+
+def load_curves(out: Path) -> List[dict]:
+    """The learning curves of ``out/curves.jsonl``: ``{"model", "task", "seed", "metric",
+    "curve": [[step, loss, val], ...]}`` per run. Curves only illustrate the records, so a line
+    that is not one (a torn write, an edit by hand) is left out rather than stopping the arena;
+    ``add_curve`` says so when it drops it."""
+    path = out / "curves.jsonl"
+    if not path.exists():
+        return []
+    curves = []
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            entry = json.loads(line) if line.strip() else None
+        except ValueError:
+            entry = None
+        if _is_curve(entry):
+            curves.append(entry)
+    return curves
+
+
+def _is_curve(entry) -> bool:
+    return (isinstance(entry, dict) and all(_is(entry.get(k), REQUIRED[k]) for k in CURVE_KEYS)
+            and isinstance(entry.get("metric"), str) and isinstance(entry.get("curve"), list)
+            and all(isinstance(p, list) and len(p) == 3 and is_int(p[0])
+                    and all(is_number(v) for v in p[1:]) for p in entry["curve"]))
+
+
+def add_curve(out: Path, entry: dict, warn: Callable[[str], None]) -> None:
+    """Record one run's curve in ``out/curves.jsonl``, replacing an older curve of that run."""
+    path = out / "curves.jsonl"
+    lines = path.read_bytes().split(b"\n") if path.exists() else []
+    curves = load_curves(out)
+    dropped = sum(1 for line in lines if line.strip()) - len(curves)
+    if dropped:
+        warn(f"{path}: {dropped} line(s) are not learning curves (torn write?); dropping them")
+    key = tuple(entry[k] for k in CURVE_KEYS)
+    kept = [c for c in curves if tuple(c[k] for k in CURVE_KEYS) != key] + [entry]
+    write_atomic(path, "".join(json.dumps(c) + "\n" for c in kept))

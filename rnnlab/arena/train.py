@@ -95,7 +95,10 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
 
     Returns ``{"scores": {length: value}, "extra_scores": {length: {metric: value}}, "steps": n,
     "stopped_early": bool, "train_seconds": s, "eval_seconds": s, "parameters": n, "engine":
-    name, "resumed_from": step}``; ``extra_scores`` holds the task's ``extra_metrics``.
+    name, "resumed_from": step, "curve": [[step, loss, val], ...]}``; ``extra_scores`` holds
+    the task's ``extra_metrics``; ``curve`` is the learning curve, a point every
+    ``cfg.eval_every`` steps: the mean training loss since the previous point and the validation
+    metric at the longest train length (kept in the checkpoint, so a resumed run continues it).
     """
     torch.manual_seed(seed)
     model = build_model(spec, task, cfg).to(cfg.device)
@@ -109,6 +112,8 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     meta = checkpoint.load_or_restart(ckpt, model, opt, gens, warn, max_step=cfg.steps) or {}
     resumed_from = step = int(meta.get("step", 0))
     hits = meta.get("hits", 0)
+    curve = meta.get("curve", [])  # [[step, mean loss since the last point, val], ...]
+    loss_sum, loss_n = meta.get("pending", [0.0, 0])  # the losses since the last point
     lo, hi = task.train_lengths
     start = time.perf_counter() - meta.get("seconds", 0.0)
     done = meta.get("done", False)
@@ -123,16 +128,22 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
                                      f"non-finite loss at step {step}")
         optimizer_step(model, opt, loss, learning_rate(cfg, step, spec.lr), cfg.clip)
         step += 1
+        value = loss.item()
+        loss_sum, loss_n = loss_sum + value, loss_n + 1
         val = None
-        if step % cfg.eval_every == 0 and cfg.early_stop is not None:
+        if step % cfg.eval_every == 0:
             val = evaluate(model, task, hi, EVAL_CHUNK, gens["val"], cfg.device)
-            hits = hits + 1 if val >= cfg.early_stop else 0
-            done = hits >= 2
+            curve.append([step, round(loss_sum / loss_n, 6), round(val, 6)])
+            loss_sum, loss_n = 0.0, 0
+            if cfg.early_stop is not None:
+                hits = hits + 1 if val >= cfg.early_stop else 0
+                done = hits >= 2
         if on_step is not None:
-            on_step(step, loss.item(), val)
+            on_step(step, value, val)
         if step % cfg.checkpoint_every == 0 or done or step == cfg.steps:
-            checkpoint.save(ckpt, model, opt, gens, {"step": step, "hits": hits, "done": done,
-                                                     "seconds": time.perf_counter() - start})
+            checkpoint.save(ckpt, model, opt, gens, {
+                "step": step, "hits": hits, "done": done, "curve": curve,
+                "pending": [loss_sum, loss_n], "seconds": time.perf_counter() - start})
     train_seconds = time.perf_counter() - start
     t0 = time.perf_counter()
     test_gen = _tasks.generator(seed, "test")
@@ -148,7 +159,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
             "eval_seconds": round(time.perf_counter() - t0, 2),
             "parameters": sum(p.numel() for p in model.parameters()),
             "engine": engine.engine_name if engine is not None else "attention",
-            "resumed_from": resumed_from}
+            "resumed_from": resumed_from, "curve": curve}
 
 
 def run_ids(labels: List[str]) -> str:
