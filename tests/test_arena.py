@@ -100,7 +100,8 @@ def test_a_config_json_without_a_grid_is_refused(tmp_path):
         run_arena(tiny(models=["gru"], tasks=["parity"]), tmp_path, quiet())
 
 
-@pytest.mark.parametrize("model_spec", ["gru", "ut(position_offset=30,max_steps=2)"])
+@pytest.mark.parametrize("model_spec", ["gru", "ut(position_offset=30,max_steps=2)",
+                                       "ut(tied=false,act=false,max_steps=2)"])
 def test_killed_run_resumes_to_the_same_weights(tmp_path, model_spec):
     """A run stopped after step 5 (checkpoint at 4) and restarted ends where one straight run
     ends: weights, optimizer moments and data streams are all restored (and the UT's random

@@ -104,6 +104,42 @@ def test_act_false_is_a_plain_loop_of_the_shared_block(mixer):
     torch.testing.assert_close(model.update_weights.sum(-1), torch.ones(2, 9, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("mixer", ["attention", "gru"])
+def test_untied_runs_a_block_of_its_own_at_each_step(mixer):
+    """tied=False: step t runs layers[t - 1] (a Transformer of distinct layers with act=False),
+    each with the tied block's size; the tied model keeps its state-dict keys."""
+    torch.manual_seed(4)
+    model = UniversalTransformer(7, 3, d_model=16, max_steps=3, mixer=mixer, act=False,
+                                 tied=False).double()
+    tied = UniversalTransformer(7, 3, d_model=16, max_steps=3, mixer=mixer, act=False)
+    per_block = sum(p.numel() for p in tied.block.parameters())
+    assert sum(p.numel() for p in model.parameters()) == \
+        sum(p.numel() for p in tied.parameters()) + 2 * per_block
+    assert any(k.startswith("block.") for k in tied.state_dict())
+    assert not any(k.startswith("layers.") for k in tied.state_dict())
+    x = torch.randint(0, 7, (2, 9))
+    h = model.embed(x)
+    for step in range(1, 4):
+        h = model.layers[step - 1](h + model.coordinates(9, step).double())
+    torch.testing.assert_close(model(x), model.head(model.norm(h)))
+    first, second = (list(layer.parameters()) for layer in model.layers[:2])
+    assert not all(torch.equal(a, b) for a, b in zip(first, second))  # initialised apart
+
+
+def test_untied_act_runs_each_steps_own_block(monkeypatch):
+    """With ACT, the k-th step taken runs layers[k - 1], once per step (forced halting: the
+    third position needs all three steps)."""
+    torch.manual_seed(0)
+    model = UniversalTransformer(5, 4, d_model=8, max_steps=3, heads=2, tied=False).double()
+    calls = iter([torch.tensor([row], dtype=torch.float64) for row in FORCED])
+    monkeypatch.setattr(model, "halting_probability", lambda state: next(calls))
+    ran = []
+    for i, layer in enumerate(model.layers):
+        layer.register_forward_hook(lambda mod, args, out, i=i: ran.append(i))
+    model(torch.tensor([[1, 2, 3]]))
+    assert ran == [0, 1, 2] and model.n_updates.tolist() == [N_HAND]
+
+
 @pytest.mark.parametrize("mixer, block", [("attention", "default"), ("lstm", "default"),
                                           ("mamba", "published")])
 @pytest.mark.parametrize("act", [True, False])
@@ -179,6 +215,8 @@ def test_bad_arguments_name_themselves(kwargs, match):
         UniversalTransformer(4, 2, restart_at=True)
     with pytest.raises(TypeError, match="rotary must be a bool"):
         UniversalTransformer(4, 2, rotary=0)
+    with pytest.raises(TypeError, match="tied must be a bool"):
+        UniversalTransformer(4, 2, tied="no")
 
 
 def test_random_position_offsets_shift_the_coordinates_in_training_only():

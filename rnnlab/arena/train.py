@@ -149,7 +149,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     test_gen = _tasks.generator(seed, "test")
     tested = {n: evaluate_all(model, task, n, cfg.eval_examples, test_gen, cfg.device)
               for n in task.test_lengths}
-    first = model.block if spec.universal else model.blocks[0]
+    first = model.step_block(1) if spec.universal else model.blocks[0]
     engine = getattr(first.mixer, "rnn", None)
     return {"scores": {n: values[task.metric] for n, values in tested.items()},
             "extra_scores": {n: {k: v for k, v in values.items() if k != task.metric}

@@ -132,6 +132,11 @@ class UniversalTransformer(nn.Module):
         encoder: with ``restart_at`` and causal attention, the steps before each row's restart
             token also attend ahead to each other (a prefix-LM mask): the paper's bidirectional
             encoder, in one stream. The steps from the restart token on stay causal.
+        tied: one block shared by every depth step (the UT, default); False gives each of the
+            ``max_steps`` steps a block of its own (``layers``). With ``act=False`` that is the
+            paper's own view of a standard Transformer (distinct layers, fixed depth), with the
+            same positions as the UT: the control that tells the UT's recurrence in depth from
+            its position scheme (the coordinates are still added before every step).
         cell_kwargs: options of the cell (recurrent mixers only).
 
     After each forward: ``ponder_cost`` (scalar tensor, differentiable: add it to the loss),
@@ -145,7 +150,8 @@ class UniversalTransformer(nn.Module):
                  halting_bias: float = 1.0, act_combine: str = "interpolate",
                  kind: str = "tokens", engine="auto", block: str = "default",
                  position_offset: int = 0, restart_at: Optional[int] = None,
-                 rotary: bool = True, encoder: bool = False, **cell_kwargs):
+                 rotary: bool = True, encoder: bool = False, tied: bool = True,
+                 **cell_kwargs):
         super().__init__()
         check_int("UniversalTransformer", "position_offset", position_offset, 0)
         self._check(vocab_size, n_outputs, d_model, max_steps, mixer, causal, act, eps,
@@ -157,8 +163,14 @@ class UniversalTransformer(nn.Module):
         self.ponder_weight, self.act_combine = float(ponder_weight), act_combine
         self.embed = (nn.Embedding(vocab_size, d_model) if kind == "tokens"
                       else nn.Linear(vocab_size, d_model))
-        self.block = self._block(mixer, d_model, causal, heads, engine, block, rotary,
-                                 cell_kwargs)
+        check_bool("UniversalTransformer", "tied", tied)
+        self.tied = tied
+        blocks = [self._block(mixer, d_model, causal, heads, engine, block, rotary, cell_kwargs)
+                  for _ in range(1 if tied else max_steps)]
+        if tied:  # ``block`` as before: the state dicts of tied models keep their keys
+            self.block = blocks[0]
+        else:
+            self.layers = nn.ModuleList(blocks)
         self.halting = nn.Linear(d_model, 1)
         nn.init.constant_(self.halting.bias, float(halting_bias))
         self.norm = nn.LayerNorm(d_model)
@@ -225,6 +237,10 @@ class UniversalTransformer(nn.Module):
                                       cell_kwargs, causal=causal, block=block, rotary=rotary),
                            d_model)
 
+    def step_block(self, step: int) -> SharedBlock:
+        """The block that depth step ``step`` (1, 2, ...) runs: the shared one, or its own."""
+        return self.block if self.tied else self.layers[step - 1]
+
     def coordinates(self, length: int, step: int, device=None,
                     offset: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``P^step``: sinusoidal position plus sinusoidal depth-step embedding, ``(T, D)``, or
@@ -290,7 +306,8 @@ class UniversalTransformer(nn.Module):
         """Exactly ``max_steps`` steps; the last state is the output."""
         B, T, _ = h.shape
         for step in range(1, self.max_steps + 1):
-            h = self.block(h + self.coordinates(T, step, h.device, offset).to(h.dtype), prefix)
+            h = self.step_block(step)(h + self.coordinates(T, step, h.device, offset).to(h.dtype),
+                                      prefix)
         self.ponder_cost = h.new_zeros(())
         self.n_updates = torch.full((B, T), self.max_steps, dtype=torch.long, device=h.device)
         self.remainders = h.new_zeros(B, T)
@@ -321,7 +338,7 @@ class UniversalTransformer(nn.Module):
             rem = rem + r_new
             n = n + running.long()
             w = p * going + r_new  # (B, T)
-            h = self.block(x, prefix)  # (B, T, D): the next step's input is the unweighted state
+            h = self.step_block(step)(x, prefix)  # (B, T, D); the next input: unweighted
             if self.act_combine == "sum":
                 out = out + w[..., None] * h
             else:
