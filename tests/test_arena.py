@@ -398,3 +398,26 @@ def test_every_model_stays_visible_in_the_length_plot():
         assert legend.x0 >= axes.x1  # right of the data, never over it
     finally:
         plt.close(fig)
+
+
+def test_long_model_specs_put_the_legend_below_the_axes_not_over_or_beside_them():
+    """Specs like the UT's controls would squeeze the axes to a sliver beside the legend: the
+    legend goes below them and the axes keep most of the figure's width (both kinds of plot)."""
+    import matplotlib.pyplot as plt
+
+    from rnnlab.arena.report import curve_figure, figure
+
+    long = "ut(tied=false,act=false,max_steps=2,position_offset=800,restart_at=11,rotary=false)"
+    curves = [{"model": m, "task": "identity", "seed": 0, "metric": "accuracy",
+               "curve": [[100, 2.0, 0.1], [200, 1.0, 0.9]]} for m in (long, "lstm")]
+    for fig in (figure("identity", "accuracy", [81, 201], [[long, 1.0, 0.9], ["lstm", 0.5, 0.2]]),
+                curve_figure("identity", "accuracy", curves, 0.99)):
+        try:
+            ax = fig.axes[0]
+            fig.canvas.draw()
+            legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+            assert legend.y1 <= axes.y0  # below the data, never over it
+            assert axes.width > 0.7 * fig.bbox.width
+            assert {t.get_text() for t in ax.get_legend().get_texts()} == {long, "lstm"}
+        finally:
+            plt.close(fig)

@@ -149,9 +149,24 @@ def figure(task: str, metric: str, lengths: List[int], rows: List[list]):
     ax.set_ylabel(metric)
     ax.set_title(task)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
+    _legend(fig, ax)
     return fig
+
+
+LEGEND_BESIDE = 32  # the longest model label kept beside the axes; longer ones go below
+
+
+def _legend(fig, ax) -> None:
+    """The legend beside the axes, or, for long model specs (which would squeeze the axes to a
+    sliver), below them, one label per line, the figure growing to hold it."""
+    labels = ax.get_legend_handles_labels()[1]
+    if max(map(len, labels), default=0) <= LEGEND_BESIDE:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        fig.set_figheight(fig.get_figheight() + 0.18 * len(labels) + 0.4)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.16),
+                  borderaxespad=0.0)
+    fig.tight_layout()
 
 
 def curve_figure(task: str, metric: str, curves: List[dict], early_stop: Optional[float]):
@@ -176,8 +191,7 @@ def curve_figure(task: str, metric: str, curves: List[dict], early_stop: Optiona
     ax.set_ylabel(f"{metric} at the longest train length")
     ax.set_title(f"{task}: learning curves (one line per seed)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
+    _legend(fig, ax)
     return fig
 
 
