@@ -187,11 +187,16 @@ def test_the_algorithmic_preset_states_the_ut_table():
     cfg = preset("algorithmic")
     # the paper's UT in one stream: random offsets, no RoPE, positions restart at the delimiter
     ut = "ut(position_offset=800,restart_at=11,rotary=false)"
-    assert cfg.models == ["lstm", "transformer", ut, "ut(position_offset=800)", "ut"]
+    # and the control: a Transformer of 2 distinct layers with the same positions
+    control = "ut(tied=false,act=false,max_steps=2,position_offset=800,restart_at=11,rotary=false)"
+    assert cfg.models == ["lstm", "transformer", ut, control, "ut(position_offset=800)", "ut"]
     assert cfg.expected[(ut, "reverse")] > cfg.expected[("lstm", "reverse")]
     assert spec.model(ut).options == {"position_offset": 800, "restart_at": 11, "rotary": False}
+    assert spec.model(control).options == {**spec.model(ut).options, "tied": False,
+                                           "act": False, "max_steps": 2}
     for name in cfg.tasks:  # 11 is the delimiter of every task of the table
         task = spec.task(name)[1]
         x, _, _ = task.sample(2, 21, tasks.generator(0, "train"))
         assert (x == 11).sum(1).ge(1).all() and (x[:, :(x == 11).int().argmax(1).min()] < 11).all()
     assert "ut" in preset("full").models and ut not in preset("full").models
+    assert control not in preset("full").models

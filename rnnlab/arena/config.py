@@ -154,10 +154,14 @@ UT_TABLE = ("Dehghani et al., ICLR'19 (Universal Transformer), algorithmic table
 # copies nothing beyond the train lengths).
 UT_PAPER = "ut(position_offset=800,restart_at=11,rotary=false)"
 UT_OFFSETS = "ut(position_offset=800)"  # offsets alone (the first version of this row)
+# The control: 2 distinct layers, fixed depth, no ACT (the paper's own view of a Transformer)
+# with the UT's positions; it tells the UT's recurrence in depth from its position scheme.
+UT_TRANSFORMER = ("ut(tied=false,act=false,max_steps=2,position_offset=800,restart_at=11,"
+                  "rotary=false)")
 PRESETS["algorithmic"] = dict(
     # tensor2tensor's copy, reverse and addition, strings of <= 40 symbols in training and up to
     # 400 in test; the UT repeats one attention block with ACT, the Transformer stacks 2.
-    models=["lstm", "transformer", UT_PAPER, UT_OFFSETS, "ut"],  # the last two: ablations
+    models=["lstm", "transformer", UT_PAPER, UT_TRANSFORMER, UT_OFFSETS, "ut"],  # + ablations
     tasks=["identity", "reverse", "addition"],
     # lr 1e-3: the post-norm UT stalls at 3e-3 (0.23 vs 0.55 at T = 81 after 3000 steps on
     # identity); the budget lets every model fit the train lengths before extrapolating.
