@@ -59,6 +59,7 @@ def main() -> None:
     result = train_run(spec.model(args.model), task, args.seed, cfg, run, show)
     print(json.dumps({"model": args.model, "task": args.task, "steps": args.steps,
                       "scores": result["scores"], "extra": result["extra_scores"],
+                      "curve": result["curve"],  # [step, mean loss, validation] every 100
                       "wall_s": round(time.perf_counter() - start)}), flush=True)
 
 
