@@ -216,18 +216,26 @@ def load_curves(out: Path) -> List[dict]:
     "curve": [[step, loss, val], ...]}`` per run. Curves only illustrate the records, so a line
     that is not one (a torn write, an edit by hand) is left out rather than stopping the arena;
     ``add_curve`` says so when it drops it."""
-    path = out / "curves.jsonl"
+    return _read_curves(out / "curves.jsonl")[0]
+
+
+def _read_curves(path: Path):
+    """``(curves, lines that are not one)`` of a curves file (none when it is absent)."""
     if not path.exists():
-        return []
-    curves = []
+        return [], 0
+    curves, bad = [], 0
     for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
         try:
-            entry = json.loads(line) if line.strip() else None
+            entry = json.loads(line)
         except ValueError:
             entry = None
         if _is_curve(entry):
             curves.append(entry)
-    return curves
+        else:
+            bad += 1
+    return curves, bad
 
 
 def _is_curve(entry) -> bool:
@@ -240,9 +248,7 @@ def _is_curve(entry) -> bool:
 def add_curve(out: Path, entry: dict, warn: Callable[[str], None]) -> None:
     """Record one run's curve in ``out/curves.jsonl``, replacing an older curve of that run."""
     path = out / "curves.jsonl"
-    lines = path.read_bytes().split(b"\n") if path.exists() else []
-    curves = load_curves(out)
-    dropped = sum(1 for line in lines if line.strip()) - len(curves)
+    curves, dropped = _read_curves(path)  # one read of the file
     if dropped:
         warn(f"{path}: {dropped} line(s) are not learning curves (torn write?); dropping them")
     key = tuple(entry[k] for k in CURVE_KEYS)
