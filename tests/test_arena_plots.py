@@ -57,3 +57,56 @@ def test_long_model_specs_put_the_legend_below_the_axes_not_over_or_beside_them(
             assert {t.get_text() for t in ax.get_legend().get_texts()} == {long, "lstm"}
         finally:
             plt.close(fig)
+
+
+def _grid_records():
+    """Model a on tasks long (tested beyond training, with an extra metric) and short (tested
+    only at its train length); model b on long only."""
+    recs = [dict(model=m, task=t, metric="accuracy", seed=s, length=n, value=v + 0.1 * s)
+            for m, t, vals in (("a", "long", {10: 0.9, 20: 0.5, 40: 0.3}),
+                               ("a", "short", {10: 0.6}), ("b", "long", {10: 0.2, 20: 0.1}))
+            for s in (0, 1) for n, v in vals.items()]
+    return recs + [{**r, "metric": "sequence_accuracy", "value": 0.0} for r in recs[:3]]
+
+
+def test_the_overview_is_the_tables_fit_and_beyond_with_missing_runs_left_empty():
+    """Each cell is the task's own metric (not an extra one) from the report's tables: the value
+    at the train length and the mean beyond it, None where a run is missing or a task is tested
+    only at its train length; a model with no run at all is left out."""
+    import matplotlib.pyplot as plt
+    from pytest import approx
+
+    from rnnlab.arena import report
+    from rnnlab.arena.config import ArenaConfig
+    from rnnlab.arena.overview import overview, overview_figure
+
+    cfg = ArenaConfig(models=["c", "b", "a"], tasks=["long", "short"])
+    models, tasks, fit, beyond = overview(cfg.models, report.task_tables(cfg, _grid_records()))
+    assert models == ["b", "a"] and tasks == ["long", "short"]
+    assert fit == [[approx(0.25), None], [approx(0.95), approx(0.65)]]  # means of two seeds
+    assert beyond == [[approx(0.15), None], [approx(0.45), None]]
+    fig = overview_figure(models, tasks, fit, beyond)
+    try:
+        top, bottom = (ax for ax in fig.axes if ax.images)
+        assert [t.get_text() for t in top.texts] == ["0.25", "0.95", "0.65"]
+        assert [t.get_text() for t in bottom.texts] == ["0.15", "0.45"]
+        assert top.images[0].get_array().mask.tolist() == [[False, True], [False, False]]
+        assert [t.get_text() for t in bottom.get_xticklabels()] == tasks
+        assert [t.get_text() for t in top.get_yticklabels()] == models
+    finally:
+        plt.close(fig)
+
+
+def test_the_report_shows_the_overview_for_two_or_more_tasks_only(tmp_path):
+    from rnnlab.arena import report
+    from rnnlab.arena.config import ArenaConfig
+
+    recs = _grid_records()
+    report.write_all(tmp_path / "two", ArenaConfig(models=["a", "b"], tasks=["long", "short"]),
+                     recs)
+    assert (tmp_path / "two" / "plots" / "overview.png").stat().st_size > 0
+    assert "Overview: 2 models × 2 tasks" in (tmp_path / "two" / "report.html").read_text()
+    one = [r for r in recs if r["task"] == "long"]
+    report.write_all(tmp_path / "one", ArenaConfig(models=["a", "b"], tasks=["long"]), one)
+    assert not (tmp_path / "one" / "plots" / "overview.png").exists()
+    assert (tmp_path / "one" / "plots" / "long.png").exists()

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..tasks.metrics import METRICS
 from .config import ArenaConfig
+from .overview import overview, overview_figure
 from .spec import without_lr
 from .store import load_curves, summary, write_atomic
 
@@ -221,12 +222,21 @@ def plot_name(task: str, taken: set) -> str:
 def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
               meta: Optional[Dict[str, str]] = None) -> None:
     """results.md, plots/<task>.png (an extra metric's: plots/<task>_<metric>.png), the
-    learning curves of the runs in ``out/curves.jsonl`` (plots/curves/<task>.png) and
-    report.html (each written atomically)."""
+    learning curves of the runs in ``out/curves.jsonl`` (plots/curves/<task>.png), for a grid
+    of two or more tasks the models x tasks overview (plots/overview.png), and report.html
+    (each written atomically)."""
     write_atomic(out / "results.md", markdown(cfg, records))
     curves = [c for c in load_curves(out) if c["model"] in cfg.models]
-    sections, names, seen = [], set(), set()
-    for task, metric, lengths, rows in task_tables(cfg, records):
+    tables = task_tables(cfg, records)
+    sections, names, seen = [], {"overview"}, set()  # no task's plot may take its name
+    grid = overview(cfg.models, tables)
+    if len(grid[1]) > 1:
+        png = _png(overview_figure(*grid))
+        write_atomic(out / "plots" / "overview.png", png)
+        sections.append(f"<h2>Overview: {len(grid[0])} models × {len(grid[1])} tasks</h2>"
+                        f"<img alt='overview' style='max-width:100%' src='data:image/png;"
+                        f"base64,{base64.b64encode(png).decode()}'>")
+    for task, metric, lengths, rows in tables:
         png = plot_png(task, metric, lengths, rows)
         main = task not in seen
         name = plot_name(task if main else f"{task}_{metric}", names)  # extras

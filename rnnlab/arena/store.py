@@ -9,6 +9,7 @@ Layout of ``--out DIR``::
     curves.jsonl       one learning curve per run: (step, mean training loss, validation)
     plots/<task>.png   metric vs test length, one line per model
     plots/curves/<task>.png   validation metric vs training step, one line per run
+    plots/overview.png        models x tasks heatmaps (two or more tasks)
     report.html        table and plots in one self-contained file
     runs/<id>/         checkpoint.safetensors of a run in progress / the trained weights
 
