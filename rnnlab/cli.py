@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import cli_checks as checks
+from .checks import check_number
 from .cli_checks import THREADS_MAX
 from .train.options import SEED_MAX
 
@@ -49,6 +50,17 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
                                               show_default=False),
           steps: Optional[int] = typer.Option(
               None, help="most training steps per run [default: the preset's]", show_default=False),
+          lr: Optional[float] = typer.Option(
+              None, help="peak AdamW learning rate, in (0, 1] (a model's own `lr=` option wins) "
+                         "[default: the preset's]", show_default=False),
+          d_model: Optional[int] = typer.Option(
+              None, help="width of every block [default: the preset's]", show_default=False),
+          layers: Optional[int] = typer.Option(
+              None, help="residual blocks (not the `ut`'s: its depth is its own) "
+                         "[default: the preset's]", show_default=False),
+          batch: Optional[int] = typer.Option(
+              None, help="sequences per training step [default: the preset's]",
+              show_default=False),
           out: Optional[str] = typer.Option(
               None, help="results directory [default: results/arena-PRESET]",
               show_default=False, metavar="<path>"),
@@ -75,14 +87,17 @@ def arena(preset: str = typer.Option("quick", help="embedded preset: quick, stat
     from .arena.runner import ArenaFailed, run_arena
     # interrupted=None: the arena itself says how to resume
     with checks.user_errors(failures=(ArenaFailed,), interrupted=None):
-        checks.counts(steps=steps)
+        checks.counts(steps=steps, d_model=d_model, layers=layers, batch=batch)
+        if lr is not None:
+            check_number(None, "--lr", lr, 0, 1, low_open=True)
         checks.counts(1, THREADS_MAX, threads=threads)
         checks.counts(0, THREADS_MAX, jobs=jobs)  # 0: as many as the cores
         overrides = dict(models=checks.specs(models, "--models", "lstm,gru"),
                          tasks=checks.specs(tasks, "--tasks", "parity,mqar"),
                          seeds=checks.ints(seeds, "--seeds", "0,1,2", 0, SEED_MAX)
                          if seeds is not None else None,
-                         steps=steps, device=device, threads=threads,
+                         steps=steps, lr=lr, d_model=d_model, n_layers=layers, batch=batch,
+                         device=device, threads=threads,
                          jobs=jobs or min(4, os.cpu_count() or 1))
         cfg = arena_config.preset(preset, **overrides)
         path = checks.path(out, "--out") if out is not None else Path("results") / f"arena-{preset}"

@@ -83,6 +83,14 @@ HOSTILE = [
     (ARENA + ["--tasks", ""], "--tasks: expected comma-separated specs"),
     (ARENA + ["--threads", "99999999999999999999"], "--threads: expected an integer <= 1024"),
     (ARENA + ["--device", "cuda:99"], "--device"),
+    (ARENA + ["--lr", "0"], "--lr: expected a number in (0, 1], got 0.0"),
+    (ARENA + ["--lr", "nan"], "--lr: expected a number in (0, 1], got nan"),
+    (ARENA + ["--lr", "2"], "--lr: expected a number in (0, 1], got 2.0"),
+    (ARENA + ["--d-model", "0"], "--d-model: expected an integer >= 1, got 0"),
+    (ARENA + ["--layers", "-1"], "--layers: expected an integer >= 1, got -1"),
+    (ARENA + ["--batch", "0"], "--batch: expected an integer >= 1, got 0"),
+    (ARENA + ["--d-model", "6", "--models", "deltanet(heads=4)"],
+     "--models: cannot build 'deltanet(heads=4)' for the task 'parity'"),
     (["tasks", "show", "parity", "--samples", "0"], "--samples: expected an integer >= 1"),
     (["tasks", "show", "parity", "--seed", "-1"], "--seed: expected an integer >= 0"),
     (["tasks", "show", ""], "--tasks"),
@@ -111,6 +119,25 @@ def test_a_mistake_is_one_line_exit_2_and_nothing_is_written(tmp_path, text, arg
         args[args.index("--out") + 1] = str(out / "result.json")
     assert_one_error_line(invoke(args), 2, message)
     assert not out.exists()
+
+
+def test_arena_training_options_reach_the_runs_and_tie_the_directory(tmp_path):
+    """--lr, --d-model, --layers and --batch override the preset's fields (config.json and the
+    records say so); the same --out with another --lr is refused, the directory unchanged."""
+    import json
+    out = tmp_path / "out"
+    args = ARENA + ["--lr", "0.01", "--d-model", "8", "--layers", "1", "--batch", "4",
+                    "--out", out]
+    assert invoke(args).exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["lr"], config["d_model"], config["n_layers"], config["batch"]) == \
+        (0.01, 8, 1, 4)
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert (record["lr"], record["d_model"], record["n_layers"]) == (0.01, 8, 1)
+    before = files(out)
+    assert_one_error_line(invoke(args[:-2] + ["--lr", "0.02", "--out", out]), 2, "--out",
+                          "lr: 0.01 there, 0.02 now")
+    assert files(out) == before
 
 
 def test_a_refused_command_leaves_an_existing_directory_unchanged(tmp_path, text):

@@ -206,14 +206,16 @@ def preset(name: str, **overrides) -> ArenaConfig:
     return ArenaConfig(**fields)
 
 
-# the fields that ``rnnlab arena`` sets from an option of the same name
-CLI_OPTIONS = ("models", "tasks", "seeds", "steps", "device", "threads", "jobs")
+# the fields that ``rnnlab arena`` sets from an option: field -> option
+CLI_OPTIONS = {**{f: f"--{f}" for f in ("models", "tasks", "seeds", "steps", "lr", "batch",
+                                        "device", "threads", "jobs")},
+               "d_model": "--d-model", "n_layers": "--layers"}
 
 
 def _owner(field: str) -> Tuple[Optional[str], str]:
     """How an error names a field, as ``rnnlab.checks`` takes it: the CLI option with no owner
     (``--steps: expected ...``), or ``arena: field`` for the others."""
-    return (None, f"--{field}") if field in CLI_OPTIONS else ("arena", field)
+    return (None, CLI_OPTIONS[field]) if field in CLI_OPTIONS else ("arena", field)
 
 
 def _name(field: str) -> str:
@@ -240,7 +242,7 @@ def validate(cfg: ArenaConfig) -> None:
     check_choice("arena", "aggregate", cfg.aggregate, AGGREGATES)
     check_bool("arena", "mlp", cfg.mlp)
     # no upper bound given: check_number then refuses inf (as it does NaN), so each is finite
-    check_number("arena", "lr", cfg.lr, 0, low_open=True)
+    check_number(*_owner("lr"), cfg.lr, 0, low_open=True)
     check_number("arena", "clip", cfg.clip, 0, low_open=True)
     check_number("arena", "weight_decay", cfg.weight_decay, 0)
     check_number("arena", "early_stop", cfg.early_stop, 0, 1, low_open=True, optional=True)

@@ -114,8 +114,10 @@ def check_config(out: Path, training_fields: dict, has_records: bool) -> dict:
         changed = sorted(k for k in (set(old) | set(fields)) - set(GRID)
                          if old.get(k) != fields.get(k))
         if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} there, {fields.get(k)!r} now"
+                              for k in changed)
             raise ValueError(f"--out: {out} holds results of a different configuration "
-                             f"(differs in {changed}); choose another --out or delete it")
+                             f"({diffs}); choose another --out or delete it")
         merged.update({k: list(dict.fromkeys(old[k] + fields[k])) for k in GRID})
     if merged != old:
         write_atomic(path, json.dumps(merged, indent=1, sort_keys=True))
