@@ -110,3 +110,35 @@ def test_the_report_shows_the_overview_for_two_or_more_tasks_only(tmp_path):
     report.write_all(tmp_path / "one", ArenaConfig(models=["a", "b"], tasks=["long"]), one)
     assert not (tmp_path / "one" / "plots" / "overview.png").exists()
     assert (tmp_path / "one" / "plots" / "long.png").exists()
+
+
+def test_the_report_renders_again_only_the_plots_whose_data_changed(tmp_path, monkeypatch):
+    """The arena rewrites the report after every run: a plot whose table did not change is not
+    drawn again, and the files are the same bytes as a fresh render."""
+    from rnnlab.arena import report
+    from rnnlab.arena.config import ArenaConfig
+
+    drawn = []
+    for name in ("figure", "overview_figure"):
+        def counted(*args, _draw=getattr(report, name), _name=name):
+            drawn.append((_name, args[0] if _name == "figure" else "all"))
+            return _draw(*args)
+        monkeypatch.setattr(report, name, counted)
+    monkeypatch.setattr(report, "_RENDERED", {})
+    cfg = ArenaConfig(models=["a", "b", "c"], tasks=["long", "short"])
+    recs = _grid_records()
+    report.write_all(tmp_path / "r", cfg, recs)
+    assert sorted(drawn) == [("figure", "long"), ("figure", "long"), ("figure", "short"),
+                             ("overview_figure", "all")]  # long: its extra metric's plot too
+    drawn.clear()
+    report.write_all(tmp_path / "r", cfg, recs)
+    assert drawn == []
+    more = recs + [dict(model="c", task="short", metric="accuracy", seed=0, length=10,
+                        value=0.7)]
+    report.write_all(tmp_path / "r", cfg, more)
+    assert sorted(drawn) == [("figure", "short"), ("overview_figure", "all")]
+    monkeypatch.setattr(report, "_RENDERED", {})
+    report.write_all(tmp_path / "fresh", cfg, more)
+    for name in ("long.png", "short.png", "overview.png"):
+        assert (tmp_path / "r" / "plots" / name).read_bytes() == \
+            (tmp_path / "fresh" / "plots" / name).read_bytes()

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import html
 import io
+import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -201,6 +202,23 @@ def plot_png(task: str, metric: str, lengths: List[int], rows: List[list]) -> by
     return _png(figure(task, metric, lengths, rows))
 
 
+# Rendered PNGs by a digest of what they show. The arena rewrites the report after every run and
+# only the finished run's task changes: re-rendering all of a 34-task grid's plots took ~20 s
+# each time, on the core a run needs. Matplotlib's Agg output depends only on the inputs.
+_RENDERED: Dict[str, bytes] = {}
+_RENDERED_MAX = 512
+
+
+def _cached_png(kind: str, render, *args) -> bytes:
+    """``_png(render(*args))``, rendered once per distinct ``(kind, args)`` in this process."""
+    key = hashlib.sha256(json.dumps([kind, args], default=repr).encode()).hexdigest()
+    if key not in _RENDERED:
+        if len(_RENDERED) >= _RENDERED_MAX:
+            _RENDERED.clear()
+        _RENDERED[key] = _png(render(*args))
+    return _RENDERED[key]
+
+
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
@@ -231,13 +249,13 @@ def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
     sections, names, seen = [], {"overview"}, set()  # no task's plot may take its name
     grid = overview(cfg.models, tables)
     if len(grid[1]) > 1:
-        png = _png(overview_figure(*grid))
+        png = _cached_png("overview", overview_figure, *grid)
         write_atomic(out / "plots" / "overview.png", png)
         sections.append(f"<h2>Overview: {len(grid[0])} models × {len(grid[1])} tasks</h2>"
                         f"<img alt='overview' style='max-width:100%' src='data:image/png;"
                         f"base64,{base64.b64encode(png).decode()}'>")
     for task, metric, lengths, rows in tables:
-        png = plot_png(task, metric, lengths, rows)
+        png = _cached_png("lengths", figure, task, metric, lengths, rows)
         main = task not in seen
         name = plot_name(task if main else f"{task}_{metric}", names)  # extras
         seen.add(task)
@@ -249,7 +267,7 @@ def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
         pngs = [png]
         ours = [c for c in curves if c["task"] == task and c["metric"] == metric and c["curve"]]
         if main and ours:
-            pngs.append(_png(curve_figure(task, metric, ours, cfg.early_stop)))
+            pngs.append(_cached_png("curves", curve_figure, task, metric, ours, cfg.early_stop))
             write_atomic(out / "plots" / "curves" / f"{name}.png", pngs[-1])
         imgs = "".join(f"<img alt='{html.escape(task)}' src='data:image/png;base64,"
                        f"{base64.b64encode(p).decode()}'>" for p in pngs)
