@@ -5,7 +5,7 @@ Usage: python bench/delta_rule.py [OUT.json]   (same as `rnnlab bench delta-rule
 import sys
 from pathlib import Path
 
-from rnnlab.cli import bench_delta_rule
+from rnnlab.benchmarks.cli import bench_delta_rule
 
 if __name__ == "__main__":
     bench_delta_rule(out=Path(sys.argv[1] if len(sys.argv) > 1 else "bench/out/delta_rule.json"))

@@ -7,7 +7,7 @@ timings meaningless.
 import sys
 from pathlib import Path
 
-from rnnlab.cli import bench_sequential
+from rnnlab.benchmarks.cli import bench_sequential
 
 if __name__ == "__main__":
     out = sys.argv[1] if len(sys.argv) > 1 else "bench/out/sequential_gru.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +16,9 @@ from rich.markup import escape
 from .train.options import INT_MAX, check_int
 
 errors = Console(stderr=True, soft_wrap=True)  # one line per message, however long
+# Wide tables stay readable when output goes to a file or a pipe (rich would assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 140)
+MARKUP = "markdown"  # rich markup would take "[default: ...]" in a help text for a style tag
 
 THREADS_MAX = 1024  # threads or processes: more than any CPU has cores
 # OSErrors of the file system (not of a network or a process): a run cannot write its outputs

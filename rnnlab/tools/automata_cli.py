@@ -18,9 +18,8 @@ from typing import Optional
 
 import typer
 
+from ..cli_checks import MARKUP
 from .automata_study import PAREN_TOKENS, plot_parens, run_parens, run_tomita, write_json
-
-MARKUP = "markdown"
 
 
 # --- the commands ------------------------------------------------------------------------------
