@@ -197,11 +197,6 @@ def curve_figure(task: str, metric: str, curves: List[dict], early_stop: Optiona
     return fig
 
 
-def plot_png(task: str, metric: str, lengths: List[int], rows: List[list]) -> bytes:
-    """``figure`` as PNG bytes."""
-    return _png(figure(task, metric, lengths, rows))
-
-
 # Rendered PNGs by a digest of what they show. The arena rewrites the report after every run and
 # only the finished run's task changes: re-rendering all of a 34-task grid's plots took ~20 s
 # each time, on the core a run needs. Matplotlib's Agg output depends only on the inputs.
