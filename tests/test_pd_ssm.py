@@ -324,3 +324,31 @@ def test_straight_through_gradient_is_the_dense_estimator(engine, complex_):
     for name, a, r in zip(("projection", "projection bias", "dictionary", "initial state"),
                           got, ref):
         assert_close(a, r, torch.float64, f"straight-through gradient of the {name}")
+
+
+def test_the_straight_through_spread_is_its_plain_product_under_every_transform():
+    """``_Spread`` (the step's zero-valued ``(S - sg(S)) h`` without its two zero products)
+    equals the plain product in value, in backward, and under jacfwd, jacrev and vmap (Newton
+    differentiates the step with torch.func)."""
+    from torch.func import jacfwd, jacrev, vmap
+
+    from rnnlab.cells.pd_ssm import _Spread
+
+    def plain(S, h):
+        return (S - S.detach()) @ h
+
+    torch.manual_seed(0)
+    S, h = torch.randn(2, 3, 5, 5, dtype=torch.float64), torch.randn(2, 3, 5, 2,
+                                                                      dtype=torch.float64)
+    assert torch.equal(_Spread.apply(S, h), plain(S, h))
+    assert torch.equal(vmap(_Spread.apply)(S, h), plain(S, h))
+    for transform in (jacfwd, jacrev):
+        for arg in (0, 1):
+            got, want = (transform(f, argnums=arg)(S, h) for f in (_Spread.apply, plain))
+            assert_close(got, want, torch.float64, f"{transform.__name__} in argument {arg}")
+    g = torch.randn_like(h)
+    grads = [torch.autograd.grad((f(S.requires_grad_(), h.requires_grad_()) * g).sum(), (S, h),
+                                 allow_unused=True, materialize_grads=True)
+             for f in (_Spread.apply, plain)]
+    for got, want in zip(*grads):
+        assert_close(got, want, torch.float64, "backward")
