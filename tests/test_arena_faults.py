@@ -1,5 +1,5 @@
 """The arena under faults (issue 12): Ctrl-C, SIGTERM, failing and dying runs, a full disk,
-damaged state files, a second writer, and bad input found before anything is written.
+damaged state files and a second writer (bad input: tests/test_cli_errors.py).
 
 Process-level cases run the real CLI in a child process (its own process group, as a terminal
 job) through a driver that adds a tiny preset and plants faults by seed, in the workers too:
@@ -241,40 +241,6 @@ def test_ctrl_c_in_the_serial_arena_keeps_finished_runs(tmp_path, monkeypatch):
                                       "--out", str(tmp_path)])
     assert result.exit_code == 130, result.output
     assert "interrupted; 0 of 1 runs are recorded" in result.output
-
-
-# --- validation before anything is written -------------------------------------------------
-
-@pytest.mark.parametrize("args, message", [
-    (["--models", "deltanet(heads=3)"], "cannot build 'deltanet(heads=3)'"),
-    (["--device", "cuda:7"], "--device"),
-    (["--steps", "0"], "--steps"),
-    (["--jobs", "-1"], "--jobs"),
-    (["--threads", "0"], "--threads"),
-    (["--seeds", "0,0"], "--seeds"),
-])
-def test_bad_input_is_refused_before_anything_is_written(tmp_path, args, message):
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["arena", "--models", "gru", "--tasks", "parity",
-                                      "--steps", "2", "--out", str(out), *args])
-    assert result.exit_code == 2, result.output
-    assert message in " ".join(result.output.split())
-    assert not out.exists()
-
-
-
-def test_out_that_is_a_file_or_not_writable(tmp_path, monkeypatch):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("keep")
-    for out in (a_file, a_file / "below"):
-        result = CliRunner().invoke(app, ["arena", "--models", "gru", "--tasks", "parity",
-                                          "--out", str(out)])
-        assert result.exit_code == 2 and "--out" in result.output, result.output
-    assert a_file.read_text() == "keep"
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root ignores chmod
-    with pytest.raises(ValueError, match="--out: .* is not writable"):
-        run_arena(faults(), tmp_path / "new", quiet())
-    assert not (tmp_path / "new").exists()
 
 
 # --- one writer per directory, --fresh ----------------------------------------------------

@@ -83,6 +83,12 @@ HOSTILE = [
     (ARENA + ["--tasks", ""], "--tasks: expected comma-separated specs"),
     (ARENA + ["--threads", "99999999999999999999"], "--threads: expected an integer <= 1024"),
     (ARENA + ["--device", "cuda:99"], "--device"),
+    (ARENA + ["--device", "cuda:7"], "--device"),
+    (ARENA + ["--steps", "0"], "--steps: expected an integer >= 1, got 0"),
+    (ARENA + ["--jobs", "-1"], "--jobs: expected an integer >= 0, got -1"),
+    (ARENA + ["--threads", "0"], "--threads: expected an integer >= 1, got 0"),
+    (ARENA + ["--seeds", "0,0"], "--seeds: each entry must appear once, got 0 more than once"),
+    (ARENA + ["--models", "deltanet(heads=3)"], "--models: cannot build 'deltanet(heads=3)'"),
     (ARENA + ["--lr", "0"], "--lr: expected a number in (0, 1], got 0.0"),
     (ARENA + ["--lr", "nan"], "--lr: expected a number in (0, 1], got nan"),
     (ARENA + ["--lr", "2"], "--lr: expected a number in (0, 1], got 2.0"),
@@ -158,16 +164,17 @@ def test_a_refused_command_leaves_an_existing_directory_unchanged(tmp_path, text
 def test_out_that_is_a_file_or_not_writable(tmp_path, text, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("keep")
-    for command in (LM + ["--data", text], JRT, ["bench", "generate", "--lengths", "3"]):
+    for command in (LM + ["--data", text], JRT, ARENA, ["bench", "generate", "--lengths", "3"]):
         assert_one_error_line(invoke(command + ["--out", a_file / "below"]), 2, "--out",
                               "is a file")
-    for command in (LM + ["--data", text], JRT):
+    for command in (LM + ["--data", text], JRT, ARENA):
         assert_one_error_line(invoke(command + ["--out", a_file]), 2,
                               "--out: expected a directory, got the file")
     assert a_file.read_text() == "keep"
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # root ignores chmod
-    assert_one_error_line(invoke(LM + ["--data", text, "--out", tmp_path / "new"]), 2,
-                          "--out", "is not writable")
+    for command in (LM + ["--data", text], ARENA):
+        assert_one_error_line(invoke(command + ["--out", tmp_path / "new"]), 2,
+                              "--out", "is not writable")
     assert not (tmp_path / "new").exists()
 
 
