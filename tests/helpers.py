@@ -15,6 +15,12 @@ from rnnlab.cells import as_tuple, map_state
 from rnnlab.testing.tolerance import TOL, assert_close, rel_err, sq_norm, widen  # noqa: F401
 
 
+# Python code that gives a child Python the Ctrl-C handler a terminal's job has: a shell that
+# starts a job in the background (`cmd &`, nohup) makes it ignore SIGINT, and Python then
+# installs no KeyboardInterrupt handler. Tests that interrupt a child with SIGINT run this first.
+CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)"
+
+
 def fla_naive(module: str):
     """fla's pure-torch naive module (e.g. ``"delta_rule.naive"``), the independent test oracle;
     skips when fla is not installed. ``fla.ops`` imports triton at package level, so without

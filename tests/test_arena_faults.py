@@ -26,7 +26,7 @@ from rnnlab.arena.train import run_ids, train_run
 from rnnlab.cli import app
 from rnnlab.errors import CheckpointError
 from rnnlab.tools.files import directory_lock
-from .helpers import fill_disk
+from .helpers import CTRL_C, fill_disk
 
 # 2 models x 4 seeds of a few steps each: a run takes well under a second
 FAULTS = dict(models=["gru", "lstm"], tasks=["parity"], seeds=[0, 1, 2, 3], d_model=8, batch=4,
@@ -34,6 +34,7 @@ FAULTS = dict(models=["gru", "lstm"], tasks=["parity"], seeds=[0, 1, 2, 3], d_mo
 LENGTHS = len(spec.task("parity")[1].test_lengths)  # records per run
 
 DRIVER = f"""
+{CTRL_C}
 import dataclasses, os
 from rnnlab.arena import config, runs
 

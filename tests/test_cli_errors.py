@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from rnnlab import cli_checks
 from rnnlab.cli import app
-from .helpers import fill_disk
+from .helpers import CTRL_C, fill_disk
 
 TEXT = "The quick brown fox jumps over the lazy dog; sphinx of black quartz, judge my vow.\n"
 LM = ["train", "lm", "--d-model", "8", "--layers", "1", "--length", "8", "--batch", "2",
@@ -213,14 +213,20 @@ def test_sigint_to_a_training_process(tmp_path, text):
     """A real Ctrl-C (SIGINT) to ``rnnlab train lm`` in its own process."""
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rnnlab.cli", *LM[:-2], "--steps", "1000000",
+    cli = f"{CTRL_C}; import runpy; runpy.run_module('rnnlab.cli', run_name='__main__')"
+    proc = subprocess.Popen([sys.executable, "-c", cli, *LM[:-2], "--steps", "1000000",
                              "--data", str(text), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=180)  # a hang guard for a loaded machine
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.safetensors").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)  # a hang guard for a loaded machine
+    finally:  # a failed test leaves no endless training behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, stdout + stderr
     assert stderr.strip().splitlines() == [f"error: interrupted; the last checkpoint in {out} "
                                            f"is kept: run the same command again to resume"]
