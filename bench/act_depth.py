@@ -7,7 +7,8 @@ the run's train length, beside the run's recorded score there.
 
 An ACT position that halts at the first step has ``R = 1`` whatever its halting probability, so
 no gradient reaches the halting unit through it: a UT whose positions all halt at step 1 is a
-one-layer Transformer and stays one. This reads how often that happened.
+one-layer Transformer and stays one. This reads how often that happened, as a histogram; the
+arena's own records carry the mean (``act_depth``) for runs made since it records it.
 """
 import argparse
 import json

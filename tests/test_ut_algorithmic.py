@@ -154,6 +154,7 @@ def test_the_ponder_cost_is_in_the_training_loss(tmp_path):
     assert losses[5.0] - losses[0.0] >= 5.0 - 1e-4
     assert result["engine"] == "attention"
     assert set(result["extra_scores"][801]) == {"sequence_accuracy"}
+    assert set(result["act_depth"]) == set(task.test_lengths)
 
 
 def test_the_records_carry_the_extra_metric(tmp_path):

@@ -5,7 +5,8 @@ length), the mean beyond training, and where the preset documents an expected ou
 value and whether the run agrees with it within ``TOLERANCE`` (at the train length for a task
 tested only there). A task's extra metrics
 (``Task.extra_metrics``, carried in its records: ``sequence_accuracy``) get a table of their own
-after it, without expected values.
+after it, without expected values. Universal Transformers with ACT get one more table, their
+depth per task (``act_depth``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Dict, List, Optional, Tuple
 from rich.table import Table
 
 from ..tasks.metrics import METRICS
+from .act_depth import HEADER as DEPTH_HEADER, TITLE as DEPTH_TITLE, depth_rows
 from .config import ArenaConfig
 from .overview import overview, overview_figure
 from .spec import without_lr
@@ -96,29 +98,41 @@ def _header(lengths: List[int]) -> List[str]:
 
 
 def rich_tables(cfg: ArenaConfig, records: List[dict]) -> List[Table]:
-    tables = []
-    for task, metric, lengths, rows in task_tables(cfg, records):
-        table = Table(title=_title(cfg, task, metric))
-        for i, name in enumerate(_header(lengths)):
-            table.add_column(name, justify="left" if i == 0 else "right")
-        for row in rows:
-            table.add_row(*(_fmt(v) for v in row))
-        tables.append(table)
+    tables = [_rich_table(_title(cfg, task, metric), _header(lengths), rows, labels=1)
+              for task, metric, lengths, rows in task_tables(cfg, records)]
+    depth = depth_rows(cfg, records)
+    if depth:
+        tables.append(_rich_table(DEPTH_TITLE, DEPTH_HEADER, depth, labels=3))
     return tables
+
+
+def _rich_table(title: str, header: List[str], rows: List[list], labels: int) -> Table:
+    """A rich table, its first ``labels`` columns (names) left-aligned, the values right."""
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < labels else "right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    return table
+
+
+def _md_table(header: List[str], rows: List[list]) -> List[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows])
 
 
 def markdown(cfg: ArenaConfig, records: List[dict]) -> str:
     lines = []
     for task, metric, lengths, rows in task_tables(cfg, records):
-        header = _header(lengths)
-        lines += [f"### {_title(cfg, task, metric)}", "", "| " + " | ".join(header) + " |",
-                  "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+        lines += [f"### {_title(cfg, task, metric)}", ""] + _md_table(_header(lengths), rows)
         lines.append("")
     if cfg.source and cfg.expected:
         lines.append(f"Expected values: {cfg.source}. Agreement: within ±{TOLERANCE} of the "
                      f"mean beyond the train length (of the train-length value for a task "
                      f"tested only there).")
+    depth = depth_rows(cfg, records)
+    if depth:
+        lines += ["", f"### {DEPTH_TITLE}", ""] + _md_table(DEPTH_HEADER, depth)
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +246,13 @@ def plot_name(task: str, taken: set) -> str:
     return name
 
 
+def _html_table(header: List[str], rows: List[list]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
 def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
               meta: Optional[Dict[str, str]] = None) -> None:
     """results.md, plots/<task>.png (an extra metric's: plots/<task>_<metric>.png), the
@@ -256,9 +277,6 @@ def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
         seen.add(task)
         names.add(name)
         write_atomic(out / "plots" / f"{name}.png", png)
-        cells = "".join(f"<th>{html.escape(h)}</th>" for h in _header(lengths))
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row)
-                       + "</tr>" for row in rows)
         pngs = [png]
         ours = [c for c in curves if c["task"] == task and c["metric"] == metric and c["curve"]]
         if main and ours:
@@ -267,7 +285,10 @@ def write_all(out: Path, cfg: ArenaConfig, records: List[dict],
         imgs = "".join(f"<img alt='{html.escape(task)}' src='data:image/png;base64,"
                        f"{base64.b64encode(p).decode()}'>" for p in pngs)
         sections.append(f"<h2>{html.escape(_title(cfg, task, metric))}</h2>"
-                        f"<table><tr>{cells}</tr>{body}</table>{imgs}")
+                        f"{_html_table(_header(lengths), rows)}{imgs}")
+    depth = depth_rows(cfg, records)
+    if depth:
+        sections.append(f"<h2>{html.escape(DEPTH_TITLE)}</h2>" + _html_table(DEPTH_HEADER, depth))
     info = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
                    for k, v in (meta or {}).items())
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>rnnlab arena</title>"

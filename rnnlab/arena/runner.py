@@ -88,9 +88,10 @@ def _records(model: spec.ModelSpec, task_label: str, task, seed: int, result: di
             "torch_version": torch.__version__,
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
-    extra = result.get("extra_scores", {})
+    extra, depth = result.get("extra_scores", {}), result.get("act_depth", {})
     return [{**base, "length": n, "value": round(v, 6),
-             **{k: round(x, 6) for k, x in extra.get(n, {}).items()}}
+             **{k: round(x, 6) for k, x in extra.get(n, {}).items()},
+             **({"act_depth": round(depth[n], 6)} if n in depth else {})}
             for n, v in result["scores"].items()]
 
 

@@ -63,17 +63,31 @@ def ponder_cost(model: torch.nn.Module) -> Optional[torch.Tensor]:
     return getattr(model, "ponder_cost", None)
 
 
+def act_depth(model: torch.nn.Module) -> Optional[float]:
+    """The mean depth steps (ACT's ``N``) over all positions of the model's last forward, for a
+    ``UniversalTransformer`` with ACT; else None. A UT whose positions all halt after one step
+    is a one-layer Transformer and stays one (a position halting at step 1 has ``R = 1``, so no
+    gradient reaches its halting unit): this is how a run shows it."""
+    steps = getattr(model, "n_updates", None) if getattr(model, "act", False) else None
+    return None if steps is None else float(steps.float().mean())
+
+
 def evaluate_all(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,
                  gen: torch.Generator, device: str) -> Dict[str, float]:
     """``{metric: value}``, the task's metric and its ``extra_metrics``, on ``examples``
-    sequences of ``length`` (averaged over chunks, weighted by their sizes)."""
+    sequences of ``length`` (averaged over chunks, weighted by their sizes); for a model with
+    ACT also ``act_depth``, the mean depth steps its positions took."""
     model.eval()
     totals: Dict[str, float] = {}
     with torch.no_grad():
         for start in range(0, examples, EVAL_CHUNK):
             n = min(EVAL_CHUNK, examples - start)
             x, y, mask = (t.to(device) for t in task.sample(n, length, gen))
-            for name, value in task.scores(outputs(model, task, x), y, mask).items():
+            scores = dict(task.scores(outputs(model, task, x), y, mask))
+            depth = act_depth(model)
+            if depth is not None:
+                scores["act_depth"] = depth
+            for name, value in scores.items():
                 totals[name] = totals.get(name, 0.0) + value * n
     model.train()
     return {name: total / examples for name, total in totals.items()}
@@ -93,12 +107,14 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     A damaged checkpoint is moved aside and the run restarts from step 0 after ``warn``; one
     past ``cfg.steps`` raises ``CheckpointError`` (it is never taken as a finished run).
 
-    Returns ``{"scores": {length: value}, "extra_scores": {length: {metric: value}}, "steps": n,
-    "stopped_early": bool, "train_seconds": s, "eval_seconds": s, "parameters": n, "engine":
-    name, "resumed_from": step, "curve": [[step, loss, val], ...]}``; ``extra_scores`` holds
-    the task's ``extra_metrics``; ``curve`` is the learning curve, a point every
-    ``cfg.eval_every`` steps: the mean training loss since the previous point and the validation
-    metric at the longest train length (kept in the checkpoint, so a resumed run continues it).
+    Returns ``{"scores": {length: value}, "extra_scores": {length: {metric: value}},
+    "act_depth": {length: steps}, "steps": n, "stopped_early": bool, "train_seconds": s,
+    "eval_seconds": s, "parameters": n, "engine": name, "resumed_from": step, "curve": [[step,
+    loss, val], ...]}``; ``extra_scores`` holds the task's ``extra_metrics``; ``act_depth`` the
+    mean ACT steps per position (empty but for a UT with ACT); ``curve`` is the learning curve,
+    a point every ``cfg.eval_every`` steps: the mean training loss since the previous point and
+    the validation metric at the longest train length (kept in the checkpoint, so a resumed run
+    continues it).
     """
     torch.manual_seed(seed)
     model = build_model(spec, task, cfg).to(cfg.device)
@@ -149,11 +165,13 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     test_gen = _tasks.generator(seed, "test")
     tested = {n: evaluate_all(model, task, n, cfg.eval_examples, test_gen, cfg.device)
               for n in task.test_lengths}
+    depth = {n: values.pop("act_depth") for n, values in tested.items() if "act_depth" in values}
     first = model.step_block(1) if spec.universal else model.blocks[0]
     engine = getattr(first.mixer, "rnn", None)
     return {"scores": {n: values[task.metric] for n, values in tested.items()},
             "extra_scores": {n: {k: v for k, v in values.items() if k != task.metric}
                              for n, values in tested.items()},
+            "act_depth": depth,
             "steps": step, "stopped_early": done and step < cfg.steps,
             "train_seconds": round(train_seconds, 2),
             "eval_seconds": round(time.perf_counter() - t0, 2),
