@@ -75,7 +75,7 @@ def test_ut_records_carry_the_trained_models_depth_on_the_test_sequences(tmp_pat
             (tmp_path / "results.jsonl").read_text().splitlines()] == \
         [r.get("act_depth") for r in records]
     rows = depth_rows(cfg, records)
-    assert [row[:3] for row in rows] == [[cfg.models[0], "parity", task.metric]]
+    assert [row[:4] for row in rows] == [[cfg.models[0], "parity", task.metric, 1]]
     for name in ("results.md", "report.html"):
         assert TITLE in (tmp_path / name).read_text(), name
     assert TITLE in [t.title for t in report.rich_tables(cfg, records)]
@@ -95,14 +95,15 @@ def test_depth_rows_average_the_seeds_in_the_grids_order():
         _record("ut", "parity", 0, 32, 0.4, 5.0), _record("ut", "parity", 1, 8, 1.0, 4.0),
         _record("ut", "parity", 1, 16, 0.9, 1.0), _record("ut", "parity", 1, 32, 0.8, 1.0),
         _record("ut", "dlr_shift", 0, 64, 0.7, 1.5),  # tested only at its train length
+        _record("ut", "dlr_shift", 1, 64, 0.1),  # recorded before depth was: not in the row
         _record("ut(max_steps=2)", "parity", 0, 8, 0.6, "deep"),  # not a number: left out
         _record("ut(max_steps=2)", "parity", 1, 8, 0.6, True),  # nor a bool
         _record("gru", "parity", 0, 8, 1.0),
         _record("ut(halting_bias=0)", "parity", 0, 8, 1.0, 2.0),  # not in this grid
     ]
     assert depth_rows(cfg, records) == [
-        ["ut", "parity", "accuracy", 0.75, 3.0, pytest.approx((2.0 + 3.0) / 2)],
-        ["ut", "dlr_shift", "accuracy", 0.7, 1.5, None]]
+        ["ut", "parity", "accuracy", 2, 0.75, 3.0, pytest.approx((2.0 + 3.0) / 2)],
+        ["ut", "dlr_shift", "accuracy", 1, 0.7, 1.5, None]]
     assert TITLE in report.markdown(cfg, records)
     without = [r for r in records if "act_depth" not in r]
     assert depth_rows(cfg, without) == [] and TITLE not in report.markdown(cfg, without)
