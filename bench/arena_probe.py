@@ -1,9 +1,12 @@
 """One arena run with its training curve, for controlled experiments on a disagreement: the
 arena's own ``train_run`` (same model, data streams, optimizer and scores), with the step budget,
-size and train lengths given here and no early stop, printing the loss every ``--every`` steps.
+size and train lengths given here and no early stop, printing the loss every ``--every`` steps
+(and for a UT with ACT the mean depth steps of its positions over those steps: when ACT
+collapses to one step, and whether it comes back).
 
     python bench/arena_probe.py lstm mod_arith --steps 12000 --layers 2
     python bench/arena_probe.py lstm mod_arith --steps 1500 --train-max 12   # short sequences
+    python bench/arena_probe.py "ut(ponder_weight=0)" dlr_context_shift --every 100
 """
 import argparse
 import json
@@ -14,7 +17,8 @@ import torch
 
 from rnnlab.arena import spec
 from rnnlab.arena.config import ArenaConfig
-from rnnlab.arena.train import train_run
+from rnnlab.arena import train
+from rnnlab.arena.train import act_depth, train_run
 
 
 def main() -> None:
@@ -47,18 +51,27 @@ def main() -> None:
         object.__setattr__(task, "test_lengths", (args.train_max, 2 * args.train_max))
     run = args.out / f"{args.model}-{args.task}-{args.steps}-{args.seed}-{time.time_ns()}"
 
-    window = []  # the losses since the last print: one batch's loss depends on its length
+    window, depths = [], []  # since the last print: one batch's loss depends on its length
+    built = []  # the run's model, to read its ACT depth after each step
+    build = train.build_model
+    train.build_model = lambda *a: built.append(build(*a)) or built[-1]
 
     def show(step, loss, val):
         window.append(loss)
+        depth = act_depth(built[-1])  # of this step's batch (the validation's on eval steps)
+        if depth is not None:
+            depths.append(depth)
         if step % args.every == 0:
-            print(f"step {step}: loss {sum(window) / len(window):.3f} (mean of the last "
+            deep = f", ACT depth {sum(depths) / len(depths):.3f}" if depths else ""
+            print(f"step {step}: loss {sum(window) / len(window):.3f}{deep} (mean of the last "
                   f"{len(window)} steps)", flush=True)
             window.clear()
+            depths.clear()
     start = time.perf_counter()
     result = train_run(spec.model(args.model), task, args.seed, cfg, run, show)
     print(json.dumps({"model": args.model, "task": args.task, "steps": args.steps,
                       "scores": result["scores"], "extra": result["extra_scores"],
+                      "act_depth": result["act_depth"],
                       "curve": result["curve"],  # [step, mean loss, validation] every 100
                       "wall_s": round(time.perf_counter() - start)}), flush=True)
 
