@@ -364,3 +364,14 @@ def test_killing_the_arena_ends_its_workers(tmp_path):
         time.sleep(0.2)
     alive = [c for c in children if running(c)]
     assert not alive, f"workers {alive} outlived the arena"
+
+
+def test_full_trains_each_task_once():
+    """The registry's defaults join ``full`` only where no listed variant is the same task:
+    ``word_problem`` is ``word_problem(group='S5')``, ``set_disjointness`` its ratio 0.25."""
+    labels = preset("full").tasks
+    built = [spec.task(label)[1] for label in labels]
+    assert all(a != b for i, a in enumerate(built) for b in built[i + 1:])
+    assert "word_problem(group='S5')" in labels and "word_problem" not in labels
+    assert "set_disjointness" in labels and "set_disjointness(ratio=0.25)" not in labels
+    assert {"parity", "reber", "tomita"} <= set(labels)  # defaults with no listed twin stay

@@ -178,7 +178,7 @@ FULL_MODELS = sorted({m for p in PRESETS.values() for m in p["models"]
                       if "prefix=" not in m and "restart_at=" not in m})
 PRESETS["full"] = dict(
     models=FULL_MODELS,
-    tasks=None,  # every preset's tasks, then every other registered task (at load time)
+    tasks=None,  # every preset's tasks, then every other registered task (at load time), once
     steps=3000, d_model=64, n_layers=2,
     expected={k: v for p in PRESETS.values() for k, v in p.get("expected", {}).items()
               if k[0] in FULL_MODELS},
@@ -195,7 +195,7 @@ def preset(name: str, **overrides) -> ArenaConfig:
     if fields.get("tasks") is None:
         listed = [t for p in PRESETS.values() for t in (p["tasks"] or [])]
         every = [n for n in tasks.available() if tasks.get(n).kind in ("tokens", "real")]
-        fields["tasks"] = list(dict.fromkeys(listed + every))
+        fields["tasks"] = _distinct_tasks(listed + every)
     known = {f.name for f in dataclasses.fields(ArenaConfig)}
     for key, value in overrides.items():
         if key not in known:
@@ -204,6 +204,21 @@ def preset(name: str, **overrides) -> ArenaConfig:
         if value is not None:
             fields[key] = value
     return ArenaConfig(**fields)
+
+
+def _distinct_tasks(labels: List[str]) -> List[str]:
+    """``labels`` less each that builds the same task as an earlier one: a registry default is
+    often a listed variant by another name (``word_problem`` is ``word_problem(group='S5')``),
+    and training it again would only repeat that variant's records."""
+    from .spec import task as build  # spec imports this module
+    kept: List[str] = []
+    built: list = []  # tasks are dataclasses: equal options, equal task (and unhashable)
+    for label in dict.fromkeys(labels):
+        task = build(label)[1]
+        if task not in built:
+            kept.append(label)
+            built.append(task)
+    return kept
 
 
 # the fields that ``rnnlab arena`` sets from an option: field -> option
