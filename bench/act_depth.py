@@ -20,7 +20,7 @@ from rnnlab.arena import spec
 from rnnlab.arena.config import ArenaConfig
 from rnnlab.arena.runs import run_dir
 from rnnlab.arena.store import load_records
-from rnnlab.arena.train import build_model
+from rnnlab.arena.train import act_depth, build_model
 from rnnlab.tools import checkpoint
 
 
@@ -42,7 +42,7 @@ def depth(model, task, length: int, examples: int, seed: int) -> dict:
     with torch.no_grad():
         model(x)
     steps = model.n_updates.long()  # (B, T): ACT's N per position
-    return {"mean": round(float(steps.float().mean()), 3),
+    return {"mean": round(act_depth(model), 3),
             "mean_scored": round(float(steps[mask].float().mean()), 3),
             # positions that took 1, 2, ..., max_steps steps
             "histogram": torch.bincount(steps.flatten(), minlength=model.max_steps + 1)[1:]
