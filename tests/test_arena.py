@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from rnnlab.arena import ArenaConfig, preset, report, run_arena, spec
+from rnnlab.arena.config import PRESETS
 from rnnlab.arena.runner import _resolve
 from rnnlab.arena.train import run_ids, train_run
 from rnnlab.cli import app
@@ -179,7 +180,6 @@ def test_a_models_own_lr_runs_as_the_arena_lr_would(tmp_path):
 
 
 def test_presets_resolve():
-    from rnnlab.arena.config import PRESETS
     for name in PRESETS:
         cfg = preset(name)
         for m in cfg.models:
@@ -375,3 +375,32 @@ def test_full_trains_each_task_once():
     assert "word_problem(group='S5')" in labels and "word_problem" not in labels
     assert "set_disjointness" in labels and "set_disjointness(ratio=0.25)" not in labels
     assert {"parity", "reber", "tomita"} <= set(labels)  # defaults with no listed twin stay
+
+
+def test_no_preset_lists_one_model_or_task_twice():
+    """Every preset passes the arena's check that two labels never build the same thing."""
+    for name in PRESETS:
+        cfg = preset(name)
+        models = [spec.identity(spec.model(m), cfg.lr) for m in cfg.models]
+        tasks = [spec.task(t)[1] for t in cfg.tasks]
+        for built in (models, tasks):
+            assert all(a != b for i, a in enumerate(built) for b in built[i + 1:]), name
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("gru", "gru()", True),
+    ("gru", " gru ( ) ", True),
+    ("transformer", "transformer(heads=4)", True),  # the default written out
+    ("transformer", "transformer(heads=2)", False),
+    ("mamba[0,1]", "mamba(allow_neg_eigval=false,block=published)", True),
+    ("mamba[0,1]", "mamba(allow_neg_eigval=false)", False),  # the generic block
+    ("mamba[0,1]", "mamba[-1,1]", False),
+    ("gla", "gla(lr=1e-3)", True),  # the arena's own rate
+    ("gla", "gla(lr=3e-3)", False),
+    ("gla", "gla(prefix=true)", False),
+    ("ut", "ut(act=true)", True),
+    ("ut", "ut(act=false)", False),
+    ("ut", "transformer", False),
+])
+def test_model_identity_fills_in_defaults_and_the_rate(a, b, same):
+    assert (spec.identity(spec.model(a), 1e-3) == spec.identity(spec.model(b), 1e-3)) is same

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import re
 from typing import Dict, List, Optional, Tuple
 
@@ -162,6 +163,20 @@ def model(spec: str) -> ModelSpec:
         fixed = LAYER_FIXED if block == "published" else CELL_FIXED
         options = typed("--models", spec, cells.registry.constructor(mixer), options, fixed)
     return ModelSpec(spec.strip(), mixer, {**preset, **options}, block, prefix, lr=lr)
+
+
+def identity(spec: ModelSpec, default_lr: float) -> tuple:
+    """What ``spec`` trains, comparable with ``==`` across labels: ``gru`` and ``gru()``,
+    ``mamba[0,1]`` and ``mamba(allow_neg_eigval=false,block=published)``, or an option written
+    at its default, are one model. The learning rate is the one the run uses."""
+    fn = (UniversalTransformer if spec.universal else CausalSelfAttention
+          if spec.mixer == ATTENTION else cells.registry.constructor(spec.mixer))
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                if p.default is not p.empty}
+    options = sorted((k, v) for k, v in spec.options.items()
+                     if k not in defaults or defaults[k] != v)
+    lr = default_lr if spec.lr is None else spec.lr
+    return spec.mixer, spec.block, spec.prefix, spec.universal, lr, options
 
 
 def without_lr(label: str) -> str:
