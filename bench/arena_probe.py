@@ -73,6 +73,7 @@ def main() -> None:
                       "scores": result["scores"], "extra": result["extra_scores"],
                       "act_depth": result["act_depth"],
                       "curve": result["curve"],  # [step, mean loss, validation] every 100
+                      "depth_curve": result["depth_curve"],  # [step, ACT depth at validation]
                       "wall_s": round(time.perf_counter() - start)}), flush=True)
 
 

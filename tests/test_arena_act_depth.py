@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnlab import tasks
-from rnnlab.arena import ArenaConfig, report, run_arena, spec
+from rnnlab.arena import ArenaConfig, report, run_arena, spec, store
 from rnnlab.arena.act_depth import TITLE, depth_rows
 from rnnlab.arena.runs import run_dir
 from rnnlab.arena.train import act_depth, build_model, evaluate_all
@@ -76,9 +76,56 @@ def test_ut_records_carry_the_trained_models_depth_on_the_test_sequences(tmp_pat
         [r.get("act_depth") for r in records]
     rows = depth_rows(cfg, records)
     assert [row[:4] for row in rows] == [[cfg.models[0], "parity", task.metric, 1]]
+    # the learning curve has the depth at each validation point (the UT with ACT only)
+    curves = {c["model"]: c for c in store.load_curves(tmp_path)}
+    assert {m: "act_depth" in c for m, c in curves.items()} == {
+        cfg.models[0]: True, cfg.models[1]: False, "gru": False}
+    depth = curves[cfg.models[0]]["act_depth"]
+    assert [p[0] for p in depth] == [p[0] for p in curves[cfg.models[0]]["curve"]] == [3, 6]
+    assert all(1.0 <= p[1] <= 3.0 for p in depth)
     for name in ("results.md", "report.html"):
         assert TITLE in (tmp_path / name).read_text(), name
     assert TITLE in [t.title for t in report.rich_tables(cfg, records)]
+
+
+def test_the_depth_curve_is_the_validations_depth_and_survives_a_resume(tmp_path):
+    """Each point is the depth of the validation batch the run scored there; a run resumed
+    from its checkpoint continues the same depth curve."""
+    import rnnlab.arena.train as train
+    model_spec, (_, task) = spec.model("ut(max_steps=3,halting_bias=-1)"), spec.task("parity")
+    seen = []
+    evaluate_all_ = train.evaluate_all
+
+    def spy(model, *args):
+        scores = evaluate_all_(model, *args)
+        seen.append(scores["act_depth"])
+        return scores
+    cfg = tiny(steps=7, early_stop=None, checkpoint_every=4)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "evaluate_all", spy)
+        straight = train.train_run(model_spec, task, 0, cfg, tmp_path / "straight")
+    assert straight["depth_curve"] == [[3, round(seen[0], 6)], [6, round(seen[1], 6)]]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_5(step, *_):
+        if step == 5:
+            raise Stop
+    with pytest.raises(Stop):
+        train.train_run(model_spec, task, 0, cfg, tmp_path / "resumed", stop_at_5)
+    resumed = train.train_run(model_spec, task, 0, cfg, tmp_path / "resumed")
+    assert resumed["resumed_from"] == 4 and resumed["depth_curve"] == straight["depth_curve"]
+    gru = train.train_run(spec.model("gru"), task, 0, cfg, tmp_path / "gru")
+    assert gru["depth_curve"] == []
+
+
+def test_a_curve_whose_depth_points_are_damaged_is_no_curve():
+    entry = {"model": "ut", "task": "parity", "seed": 0, "metric": "accuracy",
+             "curve": [[3, 0.5, 0.25]]}
+    assert store._is_curve(entry) and store._is_curve({**entry, "act_depth": [[3, 1.5]]})
+    for bad in ([[3]], [[3, "deep"]], [[3.5, 1.0]], [[3, 1.0, 2.0]], {"3": 1.0}, [3, 1.0]):
+        assert not store._is_curve({**entry, "act_depth": bad}), bad
 
 
 def _record(model, task, seed, length, value, depth=None):

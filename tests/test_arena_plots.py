@@ -46,17 +46,42 @@ def test_long_model_specs_put_the_legend_below_the_axes_not_over_or_beside_them(
     long = "ut(tied=false,act=false,max_steps=2,position_offset=800,restart_at=11,rotary=false)"
     curves = [{"model": m, "task": "identity", "seed": 0, "metric": "accuracy",
                "curve": [[100, 2.0, 0.1], [200, 1.0, 0.9]]} for m in (long, "lstm")]
+    deep = [{**curves[0], "act_depth": [[100, 2.5], [200, 1.5]]}, curves[1]]
     for fig in (figure("identity", "accuracy", [81, 201], [[long, 1.0, 0.9], ["lstm", 0.5, 0.2]]),
-                curve_figure("identity", "accuracy", curves, 0.99)):
+                curve_figure("identity", "accuracy", curves, 0.99),
+                curve_figure("identity", "accuracy", deep, 0.99)):
         try:
-            ax = fig.axes[0]
             fig.canvas.draw()
-            legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
-            assert legend.y1 <= axes.y0  # below the data, never over it
-            assert axes.width > 0.7 * fig.bbox.width
-            assert {t.get_text() for t in ax.get_legend().get_texts()} == {long, "lstm"}
+            (legend,) = fig.legends
+            box = legend.get_window_extent()
+            assert all(box.y1 <= ax.get_window_extent().y0 for ax in fig.axes)  # below all
+            assert all(ax.get_window_extent().width > 0.7 * fig.bbox.width for ax in fig.axes)
+            assert {t.get_text() for t in legend.get_texts()} == {long, "lstm"}
         finally:
             plt.close(fig)
+
+
+def test_curves_with_act_depth_draw_it_below_the_metric_one_line_per_run():
+    """The depth panel holds a line per run that recorded one (the GRU has none), in the
+    colour of its run's metric line, and short labels keep the legend beside the axes."""
+    import matplotlib.pyplot as plt
+
+    from rnnlab.arena.report import curve_figure
+    curves = [{"model": m, "task": "parity", "seed": s, "metric": "accuracy",
+               "curve": [[100, 2.0, 0.5], [200, 1.0, 0.9]],
+               **({"act_depth": [[100, 3.0 - s], [200, 1.0]]} if m == "ut" else {})}
+              for m, s in (("gru", 0), ("ut", 0), ("ut", 1))]
+    fig = curve_figure("parity", "accuracy", curves, None)
+    try:
+        top, low = fig.axes
+        assert len(top.lines) == 3 and len(low.lines) == 2
+        assert [list(line.get_ydata()) for line in low.lines] == [[3.0, 1.0], [2.0, 1.0]]
+        assert {line.get_color() for line in low.lines} == {top.lines[1].get_color()}
+        assert low.get_ylabel() == "ACT depth (mean steps)" and top.get_legend() is not None
+    finally:
+        plt.close(fig)
+    assert len(curve_figure("parity", "accuracy", curves[:1], None).axes) == 1  # no depth
+    plt.close("all")
 
 
 def _grid_records():

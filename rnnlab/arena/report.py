@@ -173,39 +173,52 @@ LEGEND_BESIDE = 32  # the longest model label kept beside the axes; longer ones 
 
 
 def _legend(fig, ax) -> None:
-    """The legend beside the axes, or, for long model specs (which would squeeze the axes to a
-    sliver), below them, one label per line, the figure growing to hold it."""
-    labels = ax.get_legend_handles_labels()[1]
+    """The legend of ``ax`` beside it, or, for long model specs (which would squeeze the axes to
+    a sliver), at the figure's foot, one label per line, the figure growing to hold it."""
+    handles, labels = ax.get_legend_handles_labels()
     if max(map(len, labels), default=0) <= LEGEND_BESIDE:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     else:
-        fig.set_figheight(fig.get_figheight() + 0.18 * len(labels) + 0.4)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.16),
-                  borderaxespad=0.0)
+        grow = 0.17 * len(labels) + 0.1  # inches: a line per label
+        fig.set_figheight(fig.get_figheight() + grow)
+        fig.legend(handles, labels, fontsize=8, loc="lower left", borderaxespad=0.2,
+                   bbox_to_anchor=(0.0, 0.0))
+        fig.tight_layout(rect=(0.0, grow / fig.get_figheight(), 1.0, 1.0))
+        return
     fig.tight_layout()
 
 
 def curve_figure(task: str, metric: str, curves: List[dict], early_stop: Optional[float]):
     """The validation metric at the longest train length against the training step, one line
-    per run (``curves``: ``store.load_curves`` entries), a model's seeds in one colour."""
+    per run (``curves``: ``store.load_curves`` entries), a model's seeds in one colour; below
+    it, where runs recorded one, their ACT depth (a UT's depth can collapse to one step)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=100)
+    deep = [c for c in curves if c.get("act_depth")]
+    fig, axes = plt.subplots(2 if deep else 1, 1, sharex=True, squeeze=False, dpi=100,
+                             figsize=(8.0, 6.0 if deep else 4.0),
+                             gridspec_kw={"height_ratios": [2, 1] if deep else [1]})
+    ax, low = axes[0][0], axes[-1][0]
     models = list(dict.fromkeys(c["model"] for c in curves))
     labelled = set()
     for c in curves:
         i = models.index(c["model"])
+        style = {"color": f"C{i % 10}", "linewidth": 1.2,
+                 "linestyle": LINESTYLES[i // 10 % len(LINESTYLES)]}
         steps, _, vals = zip(*c["curve"])
-        ax.plot(steps, vals, color=f"C{i % 10}", linewidth=1.2,
-                linestyle=LINESTYLES[i // 10 % len(LINESTYLES)],
-                label=None if c["model"] in labelled else c["model"])
+        ax.plot(steps, vals, label=None if c["model"] in labelled else c["model"], **style)
         labelled.add(c["model"])
+        if c.get("act_depth"):
+            low.plot(*zip(*c["act_depth"]), **style)
     if early_stop is not None:
         ax.axhline(early_stop, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("training step" + (" (dotted: early-stop level)" if early_stop else ""))
+    low.set_xlabel("training step" + (" (dotted: early-stop level)" if early_stop else ""))
     ax.set_ylabel(f"{metric} at the longest train length")
     ax.set_title(f"{task}: learning curves (one line per seed)")
+    if deep:
+        low.set_ylabel("ACT depth (mean steps)")
+        low.grid(alpha=0.3)
     ax.grid(alpha=0.3)
     _legend(fig, ax)
     return fig

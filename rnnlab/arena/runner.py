@@ -256,8 +256,10 @@ def _train(todo, n_grid, cfg, shown, out, console, preset, records, failed, star
                               soft_wrap=True)
                 continue
             if result.get("curve") is not None:  # first: a run without records runs again
+                depth = result.get("depth_curve")
                 store.add_curve(out, {"model": model.label, "task": task_label, "seed": seed,
-                                      "metric": task.metric, "curve": result["curve"]}, warn)
+                                      "metric": task.metric, "curve": result["curve"],
+                                      **({"act_depth": depth} if depth else {})}, warn)
             records.extend(_records(model, task_label, task, seed, result, cfg, preset))
             store.save_records(out, records)
             report.write_all(out, shown, records, _meta(shown, preset, start))

@@ -6,9 +6,10 @@ Layout of ``--out DIR``::
     results.jsonl      one record per (model, task, seed, length, metric)
     results.csv        the same records as a table
     results.md         the summary table (markdown)
-    curves.jsonl       one learning curve per run: (step, mean training loss, validation)
+    curves.jsonl       one learning curve per run: (step, mean training loss, validation),
+                       and (step, ACT depth) for a Universal Transformer with ACT
     plots/<task>.png   metric vs test length, one line per model
-    plots/curves/<task>.png   validation metric vs training step, one line per run
+    plots/curves/<task>.png   validation metric (and ACT depth) vs training step, per run
     plots/overview.png        models x tasks heatmaps (two or more tasks)
     report.html        table and plots in one self-contained file
     runs/<id>/         checkpoint.safetensors of a run in progress / the trained weights
@@ -243,9 +244,15 @@ def _read_curves(path: Path):
 
 def _is_curve(entry) -> bool:
     return (isinstance(entry, dict) and all(_is(entry.get(k), REQUIRED[k]) for k in CURVE_KEYS)
-            and isinstance(entry.get("metric"), str) and isinstance(entry.get("curve"), list)
-            and all(isinstance(p, list) and len(p) == 3 and is_int(p[0])
-                    and all(is_number(v) for v in p[1:]) for p in entry["curve"]))
+            and isinstance(entry.get("metric"), str) and _are_points(entry.get("curve"), 3)
+            and ("act_depth" not in entry or _are_points(entry["act_depth"], 2)))
+
+
+def _are_points(points, width: int) -> bool:
+    """``points`` is a list of ``[step, value, ...]`` with ``width`` numbers each."""
+    return isinstance(points, list) and all(
+        isinstance(p, list) and len(p) == width and is_int(p[0])
+        and all(is_number(v) for v in p[1:]) for p in points)
 
 
 def add_curve(out: Path, entry: dict, warn: Callable[[str], None]) -> None:

@@ -93,12 +93,6 @@ def evaluate_all(model: torch.nn.Module, task: _tasks.Task, length: int, example
     return {name: total / examples for name, total in totals.items()}
 
 
-def evaluate(model: torch.nn.Module, task: _tasks.Task, length: int, examples: int,
-             gen: torch.Generator, device: str) -> float:
-    """The task's metric on ``examples`` sequences of ``length`` (``evaluate_all``)."""
-    return evaluate_all(model, task, length, examples, gen, device)[task.metric]
-
-
 def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, run_dir: Path,
               on_step: Optional[Callable[[int, float, Optional[float]], None]] = None,
               warn: Callable[[str], None] = _warn) -> dict:
@@ -110,11 +104,13 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     Returns ``{"scores": {length: value}, "extra_scores": {length: {metric: value}},
     "act_depth": {length: steps}, "steps": n, "stopped_early": bool, "train_seconds": s,
     "eval_seconds": s, "parameters": n, "engine": name, "resumed_from": step, "curve": [[step,
-    loss, val], ...]}``; ``extra_scores`` holds the task's ``extra_metrics``; ``act_depth`` the
-    mean ACT steps per position (empty but for a UT with ACT); ``curve`` is the learning curve,
-    a point every ``cfg.eval_every`` steps: the mean training loss since the previous point and
-    the validation metric at the longest train length (kept in the checkpoint, so a resumed run
-    continues it).
+    loss, val], ...], "depth_curve": [[step, depth], ...]}``; ``extra_scores`` holds the task's
+    ``extra_metrics``; ``act_depth`` the mean ACT steps per position (empty but for a UT with
+    ACT); ``curve`` is the learning curve, a point every ``cfg.eval_every`` steps: the mean
+    training loss since the previous point and the validation metric at the longest train
+    length; ``depth_curve`` the ACT depth of those validation batches (empty without ACT: where
+    a UT's depth collapses, and when). Both are kept in the checkpoint, so a resumed run
+    continues them.
     """
     torch.manual_seed(seed)
     model = build_model(spec, task, cfg).to(cfg.device)
@@ -129,6 +125,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
     resumed_from = step = int(meta.get("step", 0))
     hits = meta.get("hits", 0)
     curve = meta.get("curve", [])  # [[step, mean loss since the last point, val], ...]
+    depth_curve = meta.get("depth_curve", [])  # [[step, mean ACT depth at val], ...]
     loss_sum, loss_n = meta.get("pending", [0.0, 0])  # the losses since the last point
     lo, hi = task.train_lengths
     start = time.perf_counter() - meta.get("seconds", 0.0)
@@ -148,8 +145,11 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
         loss_sum, loss_n = loss_sum + value, loss_n + 1
         val = None
         if step % cfg.eval_every == 0:
-            val = evaluate(model, task, hi, EVAL_CHUNK, gens["val"], cfg.device)
+            scores = evaluate_all(model, task, hi, EVAL_CHUNK, gens["val"], cfg.device)
+            val = scores[task.metric]
             curve.append([step, round(loss_sum / loss_n, 6), round(val, 6)])
+            if "act_depth" in scores:
+                depth_curve.append([step, round(scores["act_depth"], 6)])
             loss_sum, loss_n = 0.0, 0
             if cfg.early_stop is not None:
                 hits = hits + 1 if val >= cfg.early_stop else 0
@@ -159,6 +159,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
         if step % cfg.checkpoint_every == 0 or done or step == cfg.steps:
             checkpoint.save(ckpt, model, opt, gens, {
                 "step": step, "hits": hits, "done": done, "curve": curve,
+                "depth_curve": depth_curve,
                 "pending": [loss_sum, loss_n], "seconds": time.perf_counter() - start})
     train_seconds = time.perf_counter() - start
     t0 = time.perf_counter()
@@ -177,7 +178,7 @@ def train_run(spec: ModelSpec, task: _tasks.Task, seed: int, cfg: ArenaConfig, r
             "eval_seconds": round(time.perf_counter() - t0, 2),
             "parameters": sum(p.numel() for p in model.parameters()),
             "engine": engine.engine_name if engine is not None else "attention",
-            "resumed_from": resumed_from, "curve": curve}
+            "resumed_from": resumed_from, "curve": curve, "depth_curve": depth_curve}
 
 
 def run_ids(labels: List[str]) -> str:
