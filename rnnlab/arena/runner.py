@@ -35,7 +35,7 @@ from ..tasks.base import generator
 from ..tools.device import check_device
 from ..tools.files import directory_lock, remove_stale_temps
 from . import report, runs, spec, store
-from .config import ArenaConfig, validate
+from .config import CLI_OPTIONS, ArenaConfig, validate
 from .train import build_model
 
 
@@ -119,7 +119,8 @@ def run_arena(cfg: ArenaConfig, out: Path, console: Console, preset: str = "cust
             if fresh:
                 store.clear(out)
             records = store.load_records(out, _warner(console))
-            grown = store.check_config(out, cfg.training_fields(), bool(records))
+            grown = store.check_config(out, cfg.training_fields(), bool(records),
+                                       lambda there: _check_new_labels(cfg, there, out))
             if ours:  # temporary files of writers killed or out of disk; never sweep `--out ~`
                 remove_stale_temps(out)
             torch.set_num_threads(cfg.threads)
@@ -168,6 +169,27 @@ def _check_distinct(option: str, noun: str, labels: List[str], built: list) -> N
                 raise ValueError(f"{option}: {labels[j]!r} and {labels[i]!r} are the same "
                                  f"{noun} (equal options once defaults are filled in); list "
                                  f"one of them")
+
+
+def _check_new_labels(cfg: ArenaConfig, there: dict, out: Path) -> None:
+    """Refuse a label new to ``out`` that builds a model or task ``out`` holds under another
+    label: the directory would hold the same runs twice. (Labels there that no longer parse,
+    from another rnnlab version, are left out of the comparison.)"""
+    for field, noun, build in (("models", "model", lambda m: spec.identity(spec.model(m), cfg.lr)),
+                               ("tasks", "task", lambda t: spec.task(t)[1])):
+        held = []
+        for label in there[field]:
+            try:
+                held.append((label, build(label)))
+            except (TypeError, ValueError):
+                pass
+        for label in getattr(cfg, field):
+            if label not in there[field]:
+                same = next((old for old, built in held if built == build(label)), None)
+                if same is not None:
+                    raise ValueError(f"{CLI_OPTIONS[field]}: {label!r} is the {noun} {same!r} "
+                                     f"that {out} already holds; write {same!r} to run more "
+                                     f"of it there")
 
 
 def _check_lengths(label: str, task) -> None:

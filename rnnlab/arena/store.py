@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Optional
 
 from ..checks import check_choice, is_int, is_number
 from ..tools.files import LOCK_NAME, TEMP_SUFFIX, write_atomic
@@ -86,10 +86,12 @@ def clear(out: Path) -> None:
 GRID = ("models", "tasks", "seeds")  # each run depends on its own cell only: may grow
 
 
-def check_config(out: Path, training_fields: dict, has_records: bool) -> dict:
+def check_config(out: Path, training_fields: dict, has_records: bool,
+                 check_growth: Optional[Callable[[dict], None]] = None) -> dict:
     """Tie ``out`` to a configuration: refuse to mix results of different ones. The grid
     (``GRID``) may differ: a results directory grows by the runs of each command, and
-    config.json records the union. Returns that union, ``{"models": [...], ...}``."""
+    config.json records the union, once ``check_growth(the grid there)`` has not raised.
+    Returns that union, ``{"models": [...], ...}``."""
     path = out / "config.json"
     fields = json.loads(json.dumps(training_fields))  # as it reads back (tuples -> lists)
     old = None
@@ -119,6 +121,8 @@ def check_config(out: Path, training_fields: dict, has_records: bool) -> dict:
                               for k in changed)
             raise ValueError(f"--out: {out} holds results of a different configuration "
                              f"({diffs}); choose another --out or delete it")
+        if check_growth is not None:
+            check_growth({k: old[k] for k in GRID})
         merged.update({k: list(dict.fromkeys(old[k] + fields[k])) for k in GRID})
     if merged != old:
         write_atomic(path, json.dumps(merged, indent=1, sort_keys=True))
