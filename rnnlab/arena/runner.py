@@ -185,7 +185,8 @@ def _check_new_labels(cfg: ArenaConfig, there: dict, out: Path) -> None:
                 pass
         for label in getattr(cfg, field):
             if label not in there[field]:
-                same = next((old for old, built in held if built == build(label)), None)
+                new = build(label)  # once, not once per label held
+                same = next((old for old, built in held if built == new), None)
                 if same is not None:
                     raise ValueError(f"{CLI_OPTIONS[field]}: {label!r} is the {noun} {same!r} "
                                      f"that {out} already holds; write {same!r} to run more "
