@@ -245,6 +245,10 @@ def test_cli_ranks_and_writes_json(tmp_path):
 @pytest.mark.parametrize("extra, words", [
     (["--models", "transformer"], ["--models", "transformer", "no recurrent layer"]),
     (["--models", "gru,gru"], ["--models", "more than once"]),
+    (["--models", "gru,gru()"], ["--models", "'gru' and 'gru()' are the same model"]),
+    (["--models", "mamba[0,1],mamba(allow_neg_eigval=false,block=published)"],
+     ["--models", "same model"]),
+    (["--models", "gla,gla(lr=1e-2)"], ["--models", "'gla' and 'gla(lr=1e-2)'", "same model"]),
     (["--task", "nosuch"], ["--task:", "unknown task"]),
     (["--layer", "1"], ["--layer", "<= 0", "got 1"]),
     (["--batch", "0"], ["--batch", ">= 1", "got 0"]),

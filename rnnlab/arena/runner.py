@@ -143,9 +143,10 @@ def _resolve(cfg: ArenaConfig):
     validate(cfg)
     models = [spec.model(m) for m in cfg.models]
     tasks = [spec.task(t) for t in cfg.tasks]
-    _check_distinct("--models", "model", cfg.models,
-                    [spec.identity(m, cfg.lr) for m in models])
-    _check_distinct("--tasks", "task", cfg.tasks, [task for _, task in tasks])
+    # (``validate`` has refused labels written twice; these are two labels of one thing)
+    spec.check_distinct("--models", "model", cfg.models,
+                        [spec.identity(m, cfg.lr) for m in models])
+    spec.check_distinct("--tasks", "task", cfg.tasks, [task for _, task in tasks])
     for label, task in tasks:
         _check_lengths(label, task)
     for model in models:
@@ -157,18 +158,6 @@ def _resolve(cfg: ArenaConfig):
                 raise ValueError(f"--models: cannot build {model.label!r} for the task "
                                  f"{label!r}: {err}") from None
     return models, tasks
-
-
-def _check_distinct(option: str, noun: str, labels: List[str], built: list) -> None:
-    """Refuse two labels of one grid that build the same thing (``word_problem`` and
-    ``word_problem(group='S5')``): each would only repeat the other's runs under a second
-    name, in every table. (``validate`` has refused labels written twice.)"""
-    for i, thing in enumerate(built):  # specs hold lists: compared with ==, not hashed
-        for j in range(i):
-            if built[j] == thing:
-                raise ValueError(f"{option}: {labels[j]!r} and {labels[i]!r} are the same "
-                                 f"{noun} (equal options once defaults are filled in); list "
-                                 f"one of them")
 
 
 def _check_new_labels(cfg: ArenaConfig, there: dict, out: Path) -> None:

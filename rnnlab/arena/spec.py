@@ -165,18 +165,34 @@ def model(spec: str) -> ModelSpec:
     return ModelSpec(spec.strip(), mixer, {**preset, **options}, block, prefix, lr=lr)
 
 
-def identity(spec: ModelSpec, default_lr: float) -> tuple:
-    """What ``spec`` trains, comparable with ``==`` across labels: ``gru`` and ``gru()``,
+def architecture(spec: ModelSpec) -> tuple:
+    """What ``spec`` builds, comparable with ``==`` across labels: ``gru`` and ``gru()``,
     ``mamba[0,1]`` and ``mamba(allow_neg_eigval=false,block=published)``, or an option written
-    at its default, are one model. The learning rate is the one the run uses."""
+    at its default, are one model. The learning rate is not part of it (see ``identity``)."""
     fn = (UniversalTransformer if spec.universal else CausalSelfAttention
           if spec.mixer == ATTENTION else cells.registry.constructor(spec.mixer))
     defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
                 if p.default is not p.empty}
     options = sorted((k, v) for k, v in spec.options.items()
                      if k not in defaults or defaults[k] != v)
-    lr = default_lr if spec.lr is None else spec.lr
-    return spec.mixer, spec.block, spec.prefix, spec.universal, lr, options
+    return spec.mixer, spec.block, spec.prefix, spec.universal, options
+
+
+def identity(spec: ModelSpec, default_lr: float) -> tuple:
+    """What ``spec`` trains: its ``architecture`` and the learning rate the run uses."""
+    return (*architecture(spec), default_lr if spec.lr is None else spec.lr)
+
+
+def check_distinct(option: str, noun: str, labels: List[str], built: list) -> None:
+    """Refuse two labels that build the same thing (``word_problem`` and
+    ``word_problem(group='S5')``): each would only repeat the other's rows under a second
+    name. ``built[i]`` is what ``labels[i]`` builds (an ``identity``, a task)."""
+    for i, thing in enumerate(built):  # specs hold lists: compared with ==, not hashed
+        for j in range(i):
+            if built[j] == thing:
+                raise ValueError(f"{option}: {labels[j]!r} and {labels[i]!r} are the same "
+                                 f"{noun} (equal options once defaults are filled in); list "
+                                 f"one of them")
 
 
 def without_lr(label: str) -> str:

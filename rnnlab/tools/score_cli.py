@@ -50,6 +50,8 @@ def _models(text: str) -> list:
     if repeated:
         raise ValueError(f"--models: each model must appear once, got {', '.join(repeated)} "
                          f"more than once in {text!r}")
+    # ``gru`` and ``gru()`` (or ``gla`` and ``gla(lr=1e-2)``: no training here) are one model
+    spec.check_distinct("--models", "model", labels, [spec.architecture(s) for s in specs])
     return specs
 
 
