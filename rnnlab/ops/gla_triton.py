@@ -37,14 +37,11 @@ implementations and autograd, so ``torch.compile`` traces through them. Under
 ``TRITON_INTERPRET=1`` (set before triton is imported) the kernels run on CPU tensors; that is
 how the CPU suite checks them against ``gated_linear_attention_reference``.
 
-**Dispatch from ops/gla.py** (not wired yet): as ``ops/diagonal/__init__.py`` does, give gla.py
-a ``USE_TRITON = True`` switch and a ``backend(device)`` that says "triton" when the device is
-CUDA and triton imports, else "torch"; at the top of ``gated_linear_attention``, when
-``backend(q.device) == "triton"`` and T > 0, ``from .gla_triton import
-gated_linear_attention_triton`` (lazily: importing triton is slow) and return its result with
-the same arguments, ``chunk_size`` passed only when it is a power of two >= 16 (else the torch
-path, which takes any C). Engines that call it (``engines/factored.py``) then name the path
-(e.g. ``engine_name`` "outer_product[triton]") so the choice is never silent.
+**Dispatch**: ``ops/gla.py``'s ``gated_linear_attention`` calls
+``gated_linear_attention_triton`` (imported lazily: importing triton is slow) when its
+``backend(q.device)`` is "triton" (CUDA, triton importable, ``gla.USE_TRITON``), T > 0 and
+``chunk_size`` is None or a power of two >= 16; any other chunk size keeps the torch path, which
+takes any C. The scan engine reaches it through ``engines/factored.py`` (GLA, Mamba-2).
 """
 from __future__ import annotations
 

@@ -14,32 +14,13 @@ to its tolerance.
 - here: the dispatch (``backend``: CUDA with triton importable -> "triton", else "torch"),
   which cells the kernels take (``engine_supports``) and ``newton_fused``.
 
-How ``engines/newton.py`` should call it (not wired yet): in ``Newton.run_call``, before the
-generic solve, when the method is plain ``NewtonSteps`` (not ELK), ``quasi`` is off, no ``guess``
-is given, ``x`` is on CUDA (``backend(x.device) == "triton"``) and ``engine_supports(cell)``
-names the cell::
-
-    from ..ops import newton_fused as nf
-
-    kind = nf.engine_supports(cell)               # "paragru" / "indrnn_relu" / ... or None
-    if kind is not None and nf.backend(x.device) == "triton" and not self.quasi \\
-            and guess is None and isinstance(self.method, NewtonSteps):
-        u = cell.project(x)                        # (B, T, G*H)
-        lay = layout(cell, h0)
-        z, h_T, info = nf.newton_fused(kind, u, flatten(h0, lay), nf.cell_params(cell),
-                                       lengths, tol=self.tol, max_iters=self.max_iters,
-                                       damping=self.method.damping, init=self.init)
-        failure = info.pop("failure")
-        stats.update(info, kernel="triton")        # iterations, residual, converged, history;
-        if failure is not None:                    # kernel: the engine says what ran
-            return self._fail(cell, x, h0, lengths, failure, stats)
-        z = unflatten(z.reshape(B * T, -1), lay)   # the state leaves, (h, c) for ParaLSTM
-        y = cell.readout(z, u.reshape(B * T, -1)).unflatten(0, (B, T))
-        # zero y at padded steps (as _outputs does); return y, unflatten(h_T, lay)
-
-The gradient flows to u (hence x and the projection), h0 and the parameters (through
-``cell_params``, which applies the cells' clamps in torch). The engine's ``probe`` of the
-declared structure can stay as it is (once per cell).
+The Newton engine calls it (``engines/newton_kernels.py``: ``fused_kind`` picks the kernels,
+``run_fused`` runs them) when the method is plain ``NewtonSteps`` (not ELK), ``quasi`` is off,
+no warm start (``guess``) is given, ``backend(x.device)`` is "triton" and ``engine_supports``
+names the cell; the engine's ``stats`` then say ``kernel = "triton"``, and a failed solve
+falls back or raises as the generic one does. The gradient flows to u (hence x and the
+projection), h0 and the parameters (through ``cell_params``, which applies the cells' clamps
+in torch).
 """
 from __future__ import annotations
 
