@@ -17,23 +17,9 @@ from pathlib import Path
 import torch
 
 from rnnlab.arena import spec
-from rnnlab.arena.config import ArenaConfig
-from rnnlab.arena.runs import run_dir
 from rnnlab.arena.store import load_records
-from rnnlab.arena.train import act_depth, build_model
-from rnnlab.tools import checkpoint
-
-
-def trained(out: Path, record: dict, cfg: ArenaConfig):
-    """The run's model with its checkpoint's weights, and its task; None without a checkpoint."""
-    model_spec, (_, task) = spec.model(record["model"]), spec.task(record["task"])
-    path = run_dir(out, model_spec, record["task"], record["seed"]) / "checkpoint.safetensors"
-    model = build_model(model_spec, task, cfg)
-    if not getattr(model, "act", False) or not path.exists():
-        return None
-    # the optimizer is only there to be filled: checkpoint.load restores weights and moments
-    checkpoint.load(path, model, torch.optim.AdamW(model.parameters()), {})
-    return model.eval(), task
+from rnnlab.arena.train import act_depth
+from rnnlab.arena.trained import config, trained
 
 
 def depth(model, task, length: int, examples: int, seed: int) -> dict:
@@ -57,15 +43,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    fields = json.loads((args.out / "config.json").read_text())
-    cfg = ArenaConfig(models=[], tasks=[], d_model=fields["d_model"], n_layers=fields["n_layers"])
+    cfg = config(args.out)
     rows = []
     for record in load_records(args.out, print):  # one record per run and test length:
         if record["length"] != record["train_length"] or not spec.model(record["model"]).universal:
             continue  # a UT's record at the train length
-        built = trained(args.out, record, cfg)
-        if built is None:
-            continue
+        built = trained(args.out, record["model"], record["task"], record["seed"], cfg)
+        if built is None or not getattr(built[0], "act", False):
+            continue  # no checkpoint, or a fixed-depth UT
         row = {"model": record["model"], "task": record["task"], "seed": record["seed"],
                "length": record["train_length"], "value": record["value"],
                **depth(*built, record["train_length"], args.examples, args.seed)}

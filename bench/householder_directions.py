@@ -10,16 +10,12 @@ that token's mean direction (mean, min), each head separately then averaged.
     python bench/householder_directions.py results/arena-quick "deltanet[-1,1]"
 """
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from rnnlab.arena import spec
-from rnnlab.arena.config import ArenaConfig
-from rnnlab.arena.train import build_model, run_ids
+from rnnlab.arena.trained import config, trained
 
 
 def factors(model, x):
@@ -48,24 +44,20 @@ def main() -> None:
     parser.add_argument("model", help="a model label of that arena, e.g. deltanet[-1,1]")
     parser.add_argument("--length", type=int, default=256, help="probe sequence length")
     args = parser.parse_args()
-    config = json.loads((args.out / "config.json").read_text())
-    cfg = ArenaConfig(**config)
-    for text in config["tasks"]:
-        label, task = spec.task(text)
-        for seed in config["seeds"]:
-            run = args.out / "runs" / run_ids([args.model, label, str(seed)])
-            if not (run / "checkpoint.safetensors").exists():  # not trained (yet)
+    cfg = config(args.out)
+    for text in cfg.tasks:
+        for seed in cfg.seeds:
+            run = trained(args.out, args.model, text, seed, cfg)
+            if run is None:  # not trained (yet)
                 continue
-            model = build_model(spec.model(args.model), task, cfg)
-            state = load_file(str(run / "checkpoint.safetensors"))
-            model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+            model, task = run
             x, _, _ = task.sample(256, args.length, torch.Generator().manual_seed(0))
             eig, k = factors(model, x)
             for token in x.unique().tolist():
                 at = x == token
                 kt = k[at]  # (n, heads, K)
                 cos = (kt * F.normalize(kt.mean(0), dim=-1)).sum(-1)  # (n, heads)
-                print(f"{label} seed {seed} token {token}: 1-beta {eig[at].mean():+.4f}, "
+                print(f"{text} seed {seed} token {token}: 1-beta {eig[at].mean():+.4f}, "
                       f"cos(k, mean k) mean {cos.mean():.4f} min {cos.min():.4f}")
 
 
