@@ -16,14 +16,14 @@ import torch
 
 from rnnlab.arena import spec
 from rnnlab.arena.trained import config, trained
-from rnnlab.tasks.languages import _dfa_tables
+from rnnlab.tasks.languages import TOMITA_DFAS
 
 GROUPS = ("other", "0-run 1-4", "0-run 5-16", "0-run >16")
 
 
 def groups(x: torch.Tensor) -> torch.Tensor:
     """``(B, T)`` group index of each position of the bit strings ``x`` (see ``GROUPS``)."""
-    delta, _, _ = _dfa_tables(3)
+    delta = torch.tensor(TOMITA_DFAS[3][0])  # (states, 2): next state on 0, on 1
     batch, length = x.shape
     state = torch.zeros(batch, dtype=torch.long)
     run = torch.zeros(batch, dtype=torch.long)  # length of the current run so far
@@ -46,7 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = config(args.out)
-    labels = [t for t in cfg.tasks if spec.task(t)[1] == spec.task("tomita(grammar=3)")[1]]
+    tomita3 = spec.task("tomita(grammar=3)")[1]
+    labels = [t for t in cfg.tasks if spec.task(t)[1] == tomita3]
     print(f"{'model':44} {'all':>6} " + " ".join(f"{g:>17}" for g in GROUPS))
     for label in labels:
         for model_label in cfg.models:

@@ -32,3 +32,6 @@ def test_a_directory_without_config_is_refused_by_name(tmp_path):
         config(tmp_path)
     with pytest.raises(FileNotFoundError, match="config.json"):
         trained(tmp_path, "gru", "parity", 0)
+    (tmp_path / "config.json").write_text('{"models": ["gru"')  # a torn write
+    with pytest.raises(ValueError, match=r"out: .*config\.json is not JSON"):
+        config(tmp_path)

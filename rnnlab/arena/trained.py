@@ -25,7 +25,11 @@ def config(out: Path) -> ArenaConfig:
     if not path.is_file():
         raise FileNotFoundError(f"out: {path} does not exist; expected an arena results "
                                 f"directory (one that `rnnlab arena --out` wrote)")
-    fields = json.loads(path.read_text())
+    try:
+        fields = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"out: {path} is not JSON ({err}); expected the config.json that "
+                         f"`rnnlab arena --out` wrote") from None
     known = {f.name for f in dataclasses.fields(ArenaConfig)}
     return ArenaConfig(**{k: v for k, v in fields.items() if k in known})
 
